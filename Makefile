@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, then run the main job on the embedded default bundle
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SYSTEM_TOOLS := ffmpeg espeak-ng
+
+.PHONY: setup system-deps test demo clean
+
+setup: system-deps $(VENV)/.installed
+
+# ffmpeg: torchcodec's decoder backend; espeak-ng: a TTS used by tests and the corpus builder.
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+# One pip command for everything: installing step by step lets pip upgrade pinned packages.
+$(VENV)/.installed: pyproject.toml requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.txt -e .
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/spokenlm demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache
