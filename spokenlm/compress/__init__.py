@@ -1,0 +1,100 @@
+"""Compressors: encoder frames -> fewer LLM-bound tokens (Speech-LLaMA, Wu et al., 2023, §2.2).
+
+``build_compressor(config)`` is the one place that turns a config into a module;
+``save_compressor`` / ``load_compressor`` write and read a directory holding
+
+    compressor.json      {"kind": "ctc" | "stack", ...the config's fields...}
+    model.safetensors    the module's state dict (empty for the parameter-free stack compressor)
+
+Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from torch import nn
+
+from spokenlm.compress.base import CompressedOutput, Compressor
+from spokenlm.compress.ctc import CharSpan, CTCCompressor, CTCCompressorConfig
+from spokenlm.compress.stack import StackCompressor, StackCompressorConfig
+from spokenlm.compress.vocab import BLANK, DEFAULT_ALPHABET, CharVocab
+
+__all__ = [
+    "BLANK",
+    "DEFAULT_ALPHABET",
+    "CTCCompressor",
+    "CTCCompressorConfig",
+    "CharSpan",
+    "CharVocab",
+    "CompressedOutput",
+    "Compressor",
+    "CompressorConfig",
+    "StackCompressor",
+    "StackCompressorConfig",
+    "build_compressor",
+    "load_compressor",
+    "save_compressor",
+]
+
+CompressorConfig = CTCCompressorConfig | StackCompressorConfig
+
+# kind in compressor.json -> (config class, module class)
+_KINDS: dict[str, tuple[type, type[nn.Module]]] = {
+    "ctc": (CTCCompressorConfig, CTCCompressor),
+    "stack": (StackCompressorConfig, StackCompressor),
+}
+
+CONFIG_FILE = "compressor.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def build_compressor(config: CompressorConfig) -> nn.Module:
+    """A freshly initialised compressor for ``config`` (validated)."""
+    for config_cls, module_cls in _KINDS.values():
+        if type(config) is config_cls:
+            return module_cls(config)
+    raise TypeError(f"no compressor for config type {type(config).__name__}; known: {_config_names()}")
+
+
+def save_compressor(compressor: nn.Module, directory: str | Path) -> None:
+    """Write ``compressor.json`` and ``model.safetensors`` into ``directory`` (created if missing)."""
+    from safetensors.torch import save_file
+
+    kind = next((k for k, (_, module_cls) in _KINDS.items() if type(compressor) is module_cls), None)
+    if kind is None:
+        raise TypeError(f"cannot save a {type(compressor).__name__}; known: {_config_names()}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"kind": kind, **dataclasses.asdict(compressor.config)}
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    state = {name: t.detach().cpu().contiguous() for name, t in compressor.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+
+
+def load_compressor(directory: str | Path, *, device: str = "cpu") -> nn.Module:
+    """The compressor saved in ``directory`` by ``save_compressor``, weights on ``device``."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
+    fields = json.loads(config_path.read_text())
+    kind = fields.pop("kind", None)
+    if kind not in _KINDS:
+        raise ValueError(f"{config_path}: unknown compressor kind {kind!r}; expected one of {sorted(_KINDS)}")
+    config_cls, module_cls = _KINDS[kind]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{config_path}: unknown {kind} compressor config keys {unknown}")
+    compressor = module_cls(config_cls(**fields))
+    compressor.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=device), strict=True)
+    return compressor.to(device)
+
+
+def _config_names() -> list[str]:
+    return [config_cls.__name__ for config_cls, _ in _KINDS.values()]
