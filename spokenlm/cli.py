@@ -1,0 +1,160 @@
+"""The `spokenlm` command line: `run` tasks on audio files, and the `demo`.
+
+    spokenlm run --model DIR --task TASK [--question Q] [--target-lang es] [--json] FILES...
+    spokenlm demo [--model DIR]
+
+Bad input files get one line on stderr and exit code 2; the other files of the call still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from spokenlm.tasks import TARGET_LANGUAGES, TASK_NAMES
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spokenlm", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a task on audio files")
+    run.add_argument("--model", required=True, help="a spokenlm bundle directory")
+    run.add_argument("--task", required=True, choices=TASK_NAMES)
+    run.add_argument("--question", help="the question, for --task qa")
+    run.add_argument("--target-lang", choices=sorted(TARGET_LANGUAGES), help="for --task translate (default es)")
+    run.add_argument("--json", action="store_true", help="print one JSON object per input file")
+    _generation_args(run)
+    run.add_argument("files", nargs="+", help="audio files: wav, flac, ogg, mp3")
+
+    demo = commands.add_parser("demo", help="run every task on the example clips")
+    demo.add_argument("--model", help="a bundle (default: the embedded default, else an untrained one)")
+    _generation_args(demo)
+    return parser
+
+
+def _generation_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strategy", choices=("greedy", "beam", "sample"), default="greedy")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--num-beams", type=int, default=4)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": _run, "demo": _demo}[args.command](args)
+    except (ValueError, FileNotFoundError) as e:  # bad parameters or bundle: one line, no traceback
+        print(f"spokenlm: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _generation(args: argparse.Namespace):
+    from spokenlm.lm import GenerationConfig
+
+    config = GenerationConfig(
+        strategy=args.strategy,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams if args.strategy == "beam" else 1,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+    config.validate()
+    return config
+
+
+def _run(args: argparse.Namespace) -> int:
+    from spokenlm.audio import AudioError, load_audio
+    from spokenlm.model import load_bundle
+    from spokenlm.tasks import TaskRequest, build_prompt
+
+    request = TaskRequest(
+        task=args.task,
+        question=args.question,
+        target_lang=(args.target_lang or "es") if args.task == "translate" else args.target_lang,
+    )
+    build_prompt(request)  # validate before loading anything
+    generation = _generation(args)
+    model = load_bundle(args.model)
+
+    status = 0
+    for path in args.files:  # one file at a time: a bad file costs only its own line
+        try:
+            wav = load_audio(path)
+        except AudioError as e:
+            print(f"spokenlm: {path}: {e}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
+            continue
+        (output,) = model.run([wav], [request], generation)
+        if args.json:
+            print(json.dumps(output_record(path, output), ensure_ascii=False), flush=True)
+        else:
+            print(f"{path}\t{args.task}\t{describe(output)}", flush=True)
+    return status
+
+
+def output_record(path: str, output) -> dict:
+    """The `--json` record of one file: every field present, null where the task does not apply."""
+    from spokenlm.tasks import Answer, DialogActs, Entities, Sentiment, Summary, Transcript, Translation
+
+    result = output.result
+    record: dict = {
+        "path": str(path),
+        "task": output.request.task,
+        "text": output.transcript,
+        "entities": None,
+        "sentiment": None,
+        "dialog_acts": None,
+        "translation": None,
+        "answer": None,
+        "summary": None,
+        "tokens_per_second": round(output.tokens_per_second, 3),
+        "timing_ms": {k: round(v, 1) for k, v in output.timing_ms.items()},
+    }
+    if isinstance(result, Transcript):
+        record["text"] = result.text
+    elif isinstance(result, Entities):
+        record["text"] = result.text
+        record["entities"] = [
+            {"tag": e.tag, "text": e.text, "start_char": e.start_char, "end_char": e.end_char,
+             "start_s": e.start_s, "end_s": e.end_s}
+            for e in result.entities
+        ]  # fmt: skip
+    elif isinstance(result, Sentiment):
+        record["sentiment"] = result.label
+    elif isinstance(result, DialogActs):
+        record["dialog_acts"] = list(result.acts)
+    elif isinstance(result, Translation):
+        record["translation"] = result.text
+    elif isinstance(result, Answer):
+        record["answer"] = result.text
+    elif isinstance(result, Summary):
+        record["summary"] = result.text
+    return record
+
+
+def describe(output) -> str:
+    """One human-readable line for a result."""
+    record = output_record("", output)
+    task = output.request.task
+    if task == "ner":
+        tags = ", ".join(f"{e['tag']}: {e['text']}" for e in record["entities"]) or "no entities"
+        return f"{record['text']!r} [{tags}]"
+    key = {"asr": "text", "translate": "translation", "sentiment": "sentiment", "dialog-act": "dialog_acts",
+           "qa": "answer", "summarize": "summary"}[task]  # fmt: skip
+    return repr(record[key])
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from spokenlm.demo import run_demo
+
+    return run_demo(model_dir=args.model, generation=_generation(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""SpeechLM: encoder -> compressor -> adapter -> decoder LLM, its one builder, and the bundle format.
+
+`SpeechLM` receives its parts; `build_speechlm(config)` is the only code that reads a
+`SpeechLMConfig`; `save_bundle` / `load_bundle` write and read the directory layout of DESIGN.md §3:
+
+    DIR/spokenlm.json        format version, component configs, task list, provenance
+    DIR/encoder/             encoder.json + model.safetensors (an HF Wav2Vec2 dir for that backend)
+    DIR/compressor/          compressor.json + model.safetensors
+    DIR/adapter.safetensors
+    DIR/llm/                 a Hugging Face causal-LM dir (config.json, model.safetensors, tokenizer)
+    DIR/lora/                a peft adapter dir (optional)
+
+Long recordings are cut at pauses into chunks of at most `max_chunk_s`; each chunk is encoded and
+compressed on its own and the compressed tokens are concatenated in order, with their times kept.
+The LLM thus sees the whole recording without any attention over its raw frames (the restricted
+self-attention idea of long-form speech summarization, Sharma et al., 2022).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from spokenlm.adapter import Adapter, AdapterConfig, build_adapter
+from spokenlm.audio import SAMPLE_RATE, batch_audio, split_on_silence
+from spokenlm.compress import build_compressor, load_compressor, save_compressor
+from spokenlm.compress.base import CompressedOutput
+from spokenlm.compress.ctc import CTCCompressor, CTCCompressorConfig
+from spokenlm.compress.stack import StackCompressorConfig
+from spokenlm.encoders import build_encoder, load_encoder, save_encoder
+from spokenlm.encoders.base import EncoderOutput
+from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig
+from spokenlm.lm import GenerationConfig, SpeechLLM, add_lora, build_llm, load_llm, load_lora, save_llm, save_lora
+from spokenlm.tasks import TASK_NAMES, Entities, Entity, TaskRequest, TaskResult, build_prompt, parse_output
+
+BUNDLE_FORMAT_VERSION = 1
+
+EncoderConfig = Wav2Vec2EncoderConfig
+CompressorConfig = CTCCompressorConfig | StackCompressorConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLMConfig:
+    """Where the decoder LLM comes from: a checkpoint directory, or an architecture to initialise."""
+
+    path: str | None = None  # a Hugging Face causal-LM dir (weights + tokenizer)
+    architecture: dict | None = None  # an HF config dict (with model_type) for a random init
+    tokenizer: str | None = None  # tokenizer dir; required with `architecture`
+    lora_rank: int = 0  # > 0: freeze the LLM and train LoRA adapters of this rank
+
+    def validate(self) -> None:
+        if (self.path is None) == (self.architecture is None):
+            raise ValueError("LLMConfig needs exactly one of path or architecture")
+        if self.architecture is not None and self.tokenizer is None:
+            raise ValueError("LLMConfig with an architecture needs a tokenizer directory")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechLMConfig:
+    encoder: EncoderConfig
+    compressor: CompressorConfig
+    llm: LLMConfig
+    adapter_hidden_dim: int = 256  # hidden width of the MLP adapter
+    max_chunk_s: float = 30.0  # long audio is split at pauses into chunks no longer than this
+
+    def validate(self) -> None:
+        self.encoder.validate()
+        self.compressor.validate()
+        self.llm.validate()
+        if self.adapter_hidden_dim <= 0:
+            raise ValueError(f"adapter_hidden_dim must be > 0, got {self.adapter_hidden_dim}")
+        if not 1.0 <= self.max_chunk_s <= 600.0:
+            raise ValueError(f"max_chunk_s must be within [1, 600] seconds, got {self.max_chunk_s}")
+
+
+@dataclass(frozen=True)
+class SpeechTokens:
+    """Compressed speech of whole recordings, chunks joined, before the adapter."""
+
+    embeddings: Tensor  # (B, N, D_enc) right-padded
+    lengths: Tensor  # (B,) tokens per recording
+    spans_s: list[list[tuple[float, float]]]  # per recording, per token: seconds in the recording
+    durations_s: list[float]
+    transcripts: list[str] | None  # greedy CTC transcripts when the compressor has a CTC head
+    char_times: list[list[tuple[str, float, float]]] | None  # per recording: (char, start_s, end_s)
+
+    @property
+    def tokens_per_second(self) -> list[float]:
+        return [n / d for n, d in zip(self.lengths.tolist(), self.durations_s)]
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    request: TaskRequest
+    result: TaskResult
+    transcript: str | None  # the CTC transcript of the speech, where there is a CTC head
+    tokens_per_second: float  # compressed tokens per second of audio fed to the LLM
+    timing_ms: dict[str, float]  # per stage, for the whole batch
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    format_version: int = BUNDLE_FORMAT_VERSION
+    trained: bool = False  # False: random weights, outputs are meaningless
+    tasks: tuple[str, ...] = TASK_NAMES
+    provenance: dict = field(default_factory=dict)  # how it was made: recipe, data, metrics
+
+
+class SpeechLM(nn.Module):
+    def __init__(
+        self,
+        *,
+        encoder: nn.Module,
+        compressor: nn.Module,
+        adapter: Adapter,
+        llm: SpeechLLM,
+        max_chunk_s: float = 30.0,
+        info: BundleInfo | None = None,
+    ):
+        super().__init__()
+        if compressor.output_dim != adapter.config.input_dim:
+            raise ValueError(
+                f"adapter input_dim {adapter.config.input_dim} != compressor output_dim {compressor.output_dim}"
+            )
+        if adapter.config.output_dim != llm.model_dim:
+            raise ValueError(f"adapter output_dim {adapter.config.output_dim} != LLM model_dim {llm.model_dim}")
+        self.encoder, self.compressor, self.adapter, self.llm = encoder, compressor, adapter, llm
+        self.max_chunk_s = max_chunk_s
+        self.info = info or BundleInfo()
+
+    @torch.inference_mode()
+    def encode_recordings(self, waves: list[Tensor], *, max_chunks_per_batch: int = 8) -> SpeechTokens:
+        """Cut each recording at pauses, compress every chunk, join each recording's tokens."""
+        chunks = [(i, c) for i, wav in enumerate(waves) for c in split_on_silence(wav, max_chunk_s=self.max_chunk_s)]
+        parts: list[list[tuple[Tensor, list[tuple[float, float]], str | None, list]]] = [[] for _ in waves]
+        for first in range(0, len(chunks), max_chunks_per_batch):
+            group = chunks[first : first + max_chunks_per_batch]
+            batch = batch_audio([c.wav for _, c in group])
+            encoded: EncoderOutput = self.encoder(batch.wav, batch.lengths)
+            out = self.compressor(encoded)
+            texts, alignments = self._ctc_text(out, encoded.lengths)
+            for j, (item, chunk) in enumerate(group):
+                n = int(out.lengths[j])
+                spans = [(chunk.start_s + s, chunk.start_s + e) for s, e in out.span_seconds(j)]
+                chars = [(ch, chunk.start_s + s, chunk.start_s + e) for ch, s, e in alignments[j]] if alignments else []
+                parts[item].append((out.embeddings[j, :n], spans, texts[j] if texts else None, chars))
+
+        embeddings = [torch.cat([p[0] for p in item_parts]) for item_parts in parts]
+        lengths = torch.tensor([e.shape[0] for e in embeddings], dtype=torch.long)
+        padded = nn.utils.rnn.pad_sequence(embeddings, batch_first=True)
+        has_ctc = all(p[2] is not None for item_parts in parts for p in item_parts)
+        return SpeechTokens(
+            embeddings=padded,
+            lengths=lengths,
+            spans_s=[[s for p in item_parts for s in p[1]] for item_parts in parts],
+            durations_s=[wav.shape[-1] / SAMPLE_RATE for wav in waves],
+            transcripts=[" ".join(t for p in ps if (t := p[2])) for ps in parts] if has_ctc else None,
+            char_times=[_join_char_times(ps) for ps in parts] if has_ctc else None,
+        )
+
+    def _ctc_text(self, out: CompressedOutput, frames: Tensor) -> tuple[list[str] | None, list | None]:
+        """Greedy CTC text and per-character times (s, within the chunk), where there is a CTC head."""
+        if not isinstance(self.compressor, CTCCompressor) or out.ctc_log_probs is None:
+            return None, None
+        alignments = self.compressor.char_alignment(out.ctc_log_probs, frames)
+        texts = ["".join(c.char for c in a) for a in alignments]
+        rate = out.frame_rate_hz
+        seconds = [[(c.char, c.start_frame / rate, c.end_frame / rate) for c in a] for a in alignments]
+        return texts, seconds
+
+    @torch.inference_mode()
+    def run(
+        self,
+        waves: list[Tensor],
+        requests: list[TaskRequest],
+        generation: GenerationConfig | None = None,
+    ) -> list[RunOutput]:
+        """Run one task request per recording (each a mono 16 kHz waveform (S,))."""
+        if len(waves) != len(requests):
+            raise ValueError(f"got {len(waves)} recordings but {len(requests)} requests")
+        if not waves:
+            return []
+        prompts = [build_prompt(r) for r in requests]  # validates every request first
+        generation = generation or GenerationConfig()
+        t0 = time.perf_counter()
+        speech = self.encode_recordings(waves)
+        t1 = time.perf_counter()
+        projected = self.adapter(speech.embeddings)
+        t2 = time.perf_counter()
+        texts = [o.text for o in self.llm.generate(prompts, projected, speech.lengths, generation)]
+        t3 = time.perf_counter()
+        timing = {"encode_compress": (t1 - t0) * 1e3, "adapter": (t2 - t1) * 1e3, "llm": (t3 - t2) * 1e3}
+        outputs = []
+        for i, (request, text) in enumerate(zip(requests, texts)):
+            result = parse_output(request, text)
+            if isinstance(result, Entities) and speech.char_times is not None:
+                result = _locate_entities(result, speech.char_times[i])
+            outputs.append(
+                RunOutput(
+                    request=request,
+                    result=result,
+                    transcript=speech.transcripts[i] if speech.transcripts is not None else None,
+                    tokens_per_second=speech.tokens_per_second[i],
+                    timing_ms=timing,
+                )
+            )
+        return outputs
+
+
+def _join_char_times(parts) -> list[tuple[str, float, float]]:
+    joined: list[tuple[str, float, float]] = []
+    for _, _, _, chars in parts:
+        if joined and chars:  # chunks are joined by a space, as their transcripts are
+            joined.append((" ", joined[-1][2], chars[0][1]))
+        joined.extend(chars)
+    return joined
+
+
+def _locate_entities(result: Entities, char_times: list[tuple[str, float, float]]) -> Entities:
+    """Give each entity audio times by aligning the LLM's text to the CTC characters.
+
+    A character-level diff (difflib) maps positions of the LLM text onto CTC characters, whose frame
+    spans are known; an entity gets the span from its first to its last matched character.
+    """
+    ctc_text = "".join(ch for ch, _, _ in char_times)
+    matcher = difflib.SequenceMatcher(None, result.text, ctc_text, autojunk=False)
+    to_ctc: dict[int, int] = {}
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            to_ctc[block.a + k] = block.b + k
+    located = []
+    for e in result.entities:
+        hits = [to_ctc[i] for i in range(e.start_char, e.end_char) if i in to_ctc]
+        if hits:
+            e = dataclasses.replace(e, start_s=char_times[min(hits)][1], end_s=char_times[max(hits)][2])
+        located.append(e)
+    return dataclasses.replace(result, entities=tuple(located))
+
+
+# --- building and the bundle ---------------------------------------------------------------------
+
+
+def build_speechlm(config: SpeechLMConfig) -> SpeechLM:
+    """Build every part from `config`: the one place that reads a SpeechLMConfig."""
+    config.validate()
+    encoder = build_encoder(config.encoder)
+    compressor = build_compressor(config.compressor)
+    if config.llm.path is not None:
+        llm = load_llm(config.llm.path)
+    else:
+        from transformers import AutoTokenizer
+
+        llm = build_llm(config.llm.architecture, AutoTokenizer.from_pretrained(config.llm.tokenizer))
+    if config.llm.lora_rank:
+        llm = add_lora(llm, rank=config.llm.lora_rank, alpha=2 * config.llm.lora_rank)
+    adapter = build_adapter(
+        AdapterConfig(
+            input_dim=compressor.output_dim, output_dim=llm.model_dim, hidden_dim=config.adapter_hidden_dim
+        )
+    )
+    return SpeechLM(encoder=encoder, compressor=compressor, adapter=adapter, llm=llm, max_chunk_s=config.max_chunk_s)
+
+
+def save_bundle(model: SpeechLM, path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_encoder(model.encoder, path / "encoder")
+    save_compressor(model.compressor, path / "compressor")
+    save_file({k: v.contiguous() for k, v in model.adapter.state_dict().items()}, path / "adapter.safetensors")
+    has_lora = getattr(model.llm, "has_lora", False)
+    save_llm(model.llm, path / "llm")
+    if has_lora:
+        save_lora(model.llm, path / "lora")
+    meta = {
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "encoder": {"dir": "encoder"},
+        "compressor": {"dir": "compressor"},
+        "adapter": dataclasses.asdict(model.adapter.config),
+        "llm": {"dir": "llm", "lora": "lora" if has_lora else None},
+        "max_chunk_s": model.max_chunk_s,
+        "trained": model.info.trained,
+        "tasks": list(model.info.tasks),
+        "provenance": model.info.provenance,
+    }
+    (path / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+class BundleError(ValueError):
+    """A bundle directory that cannot be loaded, with the reason."""
+
+
+def load_bundle(path: str | Path) -> SpeechLM:
+    path = Path(path)
+    meta_path = path / "spokenlm.json"
+    if not meta_path.is_file():
+        raise BundleError(f"{path} is not a spokenlm bundle: spokenlm.json is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{meta_path} is not valid JSON: {e}") from e
+    version = meta.get("format_version")
+    if version != BUNDLE_FORMAT_VERSION:
+        raise BundleError(f"{meta_path}: unsupported bundle format_version {version!r}, expected {BUNDLE_FORMAT_VERSION}")
+    encoder = load_encoder(path / meta["encoder"]["dir"])
+    compressor = load_compressor(path / meta["compressor"]["dir"])
+    adapter = build_adapter(AdapterConfig(**meta["adapter"]))
+    adapter.load_state_dict(_load_safetensors(path / "adapter.safetensors"))
+    llm = load_llm(path / meta["llm"]["dir"])
+    if meta["llm"].get("lora"):
+        llm = load_lora(llm, path / meta["llm"]["lora"])
+    info = BundleInfo(
+        trained=bool(meta.get("trained", False)),
+        tasks=tuple(meta.get("tasks", TASK_NAMES)),
+        provenance=meta.get("provenance", {}),
+    )
+    model = SpeechLM(
+        encoder=encoder, compressor=compressor, adapter=adapter, llm=llm, max_chunk_s=meta["max_chunk_s"], info=info
+    )
+    return model.eval()
+
+
+def _load_safetensors(file: Path) -> dict[str, Tensor]:
+    if not file.is_file():
+        raise BundleError(f"missing weights file {file} (bundles hold safetensors only; pickles are refused)")
+    return load_file(str(file))

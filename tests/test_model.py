@@ -1,0 +1,121 @@
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from spokenlm.audio import SAMPLE_RATE, load_audio
+from spokenlm.lm import GenerationConfig
+from spokenlm.model import BundleError, load_bundle, save_bundle
+from spokenlm.tasks import TASK_NAMES, Entities, TaskRequest
+
+GREEDY = GenerationConfig(max_new_tokens=8)
+
+
+def _requests() -> list[TaskRequest]:
+    extra = {"qa": {"question": "who?"}, "translate": {"target_lang": "es"}}
+    return [TaskRequest(task=t, **extra.get(t, {})) for t in TASK_NAMES]
+
+
+def test_import_spokenlm_pulls_in_no_service_frameworks():
+    code = (
+        "import sys, spokenlm, spokenlm.model, spokenlm.cli, spokenlm.demo; "
+        "print([m for m in ('ray', 'gradio', 'fastapi') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_bundle_layout_matches_the_design(tiny_bundle):
+    names = {p.name for p in tiny_bundle.iterdir()}
+    assert {"spokenlm.json", "encoder", "compressor", "adapter.safetensors", "llm", "lora"} <= names
+    assert (tiny_bundle / "llm" / "config.json").is_file() and (tiny_bundle / "llm" / "model.safetensors").is_file()
+    meta = json.loads((tiny_bundle / "spokenlm.json").read_text())
+    assert meta["format_version"] == 1 and meta["trained"] is False
+    assert not list(tiny_bundle.rglob("*.bin")) and not list(tiny_bundle.rglob("*.pt"))
+
+
+def test_every_task_runs_and_returns_its_typed_result(tiny_bundle, example_clips):
+    model = load_bundle(tiny_bundle)
+    wav = load_audio(example_clips[0])
+    outputs = model.run([wav] * len(TASK_NAMES), _requests(), GREEDY)
+    duration = wav.shape[-1] / SAMPLE_RATE
+    for request, output in zip(_requests(), outputs):
+        assert output.request == request
+        assert type(output.result).__name__ == {
+            "asr": "Transcript", "translate": "Translation", "ner": "Entities", "sentiment": "Sentiment",
+            "dialog-act": "DialogActs", "qa": "Answer", "summarize": "Summary",
+        }[request.task]  # fmt: skip
+        assert output.tokens_per_second > 0
+        assert set(output.timing_ms) == {"encode_compress", "adapter", "llm"}
+        assert isinstance(output.transcript, str)  # the CTC compressor's greedy transcript
+        if isinstance(output.result, Entities):
+            for e in output.result.entities:
+                assert e.start_s is None or 0 <= e.start_s <= e.end_s <= duration
+
+
+def test_bundle_round_trip_gives_identical_outputs(tiny_bundle, example_clips, tmp_path):
+    first = load_bundle(tiny_bundle)
+    second = load_bundle(save_bundle(first, tmp_path / "copy"))
+    waves = [load_audio(p) for p in example_clips]
+    a, b = first.encode_recordings(waves), second.encode_recordings(waves)
+    torch.testing.assert_close(a.embeddings, b.embeddings, rtol=0, atol=0)
+    assert a.spans_s == b.spans_s and a.transcripts == b.transcripts
+    requests = [TaskRequest(task="asr")] * len(waves)
+    assert [o.result for o in first.run(waves, requests, GREEDY)] == [o.result for o in second.run(waves, requests, GREEDY)]
+
+
+def test_long_audio_is_chunked_and_its_tokens_joined_in_order(tiny_bundle, example_clips):
+    model = load_bundle(tiny_bundle)
+    speech = torch.cat([load_audio(p) for p in example_clips])
+    silence = torch.zeros(SAMPLE_RATE)
+    long = torch.cat([speech, silence] * 10)  # ~ 73 s: three chunks of at most 30 s
+    duration = long.shape[-1] / SAMPLE_RATE
+    assert duration > 60
+    seen = []  # padded sample counts of every encoder call: no call may see more than 30 s
+    hook = model.encoder.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-1]))
+    tokens = model.encode_recordings([long, speech])
+    hook.remove()
+    assert max(seen) <= 30 * SAMPLE_RATE
+    spans = tokens.spans_s[0]
+    assert len(spans) == int(tokens.lengths[0])
+    assert all(s0 < e0 <= s1 for (s0, e0), (s1, _) in zip(spans, spans[1:]))  # ordered, disjoint
+    assert 0 <= spans[0][0] and spans[-1][1] <= duration + 1e-6
+    assert spans[-1][1] > 60  # tokens from the last chunk carry its time offset
+    assert tokens.durations_s == pytest.approx([duration, speech.shape[-1] / SAMPLE_RATE])
+    # The short recording in the same call is unaffected by its long neighbour.
+    alone = model.encode_recordings([speech])
+    n = int(alone.lengths[0])
+    torch.testing.assert_close(tokens.embeddings[1, :n], alone.embeddings[0, :n])
+    assert tokens.spans_s[1] == alone.spans_s[0]
+
+
+def test_load_bundle_refuses_what_it_cannot_load_safely(tiny_bundle, tmp_path):
+    with pytest.raises(BundleError, match=re.escape(f"{tmp_path} is not a spokenlm bundle: spokenlm.json is missing")):
+        load_bundle(tmp_path)
+
+    copy = tmp_path / "pickled"
+    shutil.copytree(tiny_bundle, copy)
+    (copy / "adapter.safetensors").rename(copy / "adapter.bin")
+    with pytest.raises(BundleError, match=re.escape("bundles hold safetensors only; pickles are refused")):
+        load_bundle(copy)
+
+    meta = json.loads((tiny_bundle / "spokenlm.json").read_text())
+    meta["format_version"] = 99
+    bad = tmp_path / "future"
+    shutil.copytree(tiny_bundle, bad)
+    (bad / "spokenlm.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="unsupported bundle format_version 99, expected 1"):
+        load_bundle(bad)
+
+
+def test_run_validates_requests_before_any_work(tiny_bundle, example_clips):
+    model = load_bundle(tiny_bundle)
+    wav = load_audio(example_clips[0])
+    with pytest.raises(ValueError, match=re.escape("task 'qa' needs a non-empty question")):
+        model.run([wav], [TaskRequest(task="qa")])
+    with pytest.raises(ValueError, match=re.escape("got 1 recordings but 2 requests")):
+        model.run([wav], [TaskRequest(task="asr")] * 2)
