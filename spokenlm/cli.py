@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     _generation_args(run)
     run.add_argument("files", nargs="+", help="audio files: wav, flac, ogg, mp3")
 
+    train = commands.add_parser("train", help="run a training recipe (see spokenlm/recipes/)")
+    train.add_argument("stage", help="text-lm | encoder-ssl | sylber | ctc | speechlm")
+    train.add_argument("--config", required=True, help="recipe config, .yaml or .json")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set optim.max_steps=100 (value parsed as YAML)")
+    train.add_argument("--workers", type=int, default=0, help="> 0: run on Ray Train with this many workers")
+
     demo = commands.add_parser("demo", help="run every task on the example clips")
     demo.add_argument("--model", help="a bundle (default: the embedded default, else an untrained one)")
     _generation_args(demo)
@@ -48,7 +55,7 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "demo": _demo}[args.command](args)
+        return {"run": _run, "demo": _demo, "train": _train}[args.command](args)
     except (ValueError, FileNotFoundError) as e:  # bad parameters or bundle: one line, no traceback
         print(f"spokenlm: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -148,6 +155,30 @@ def describe(output) -> str:
     key = {"asr": "text", "translate": "translation", "sentiment": "sentiment", "dialog-act": "dialog_acts",
            "qa": "answer", "summarize": "summary"}[task]  # fmt: skip
     return repr(record[key])
+
+
+def _train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from spokenlm.recipes import get_recipe
+    from spokenlm.train.config import load_config
+
+    config_type, train = get_recipe(args.stage)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    config = load_config(args.config, config_type, overrides)
+    if args.workers > 0:
+        from pipelines.ray_train import train_on_ray
+
+        summary = train_on_ray(args.stage, config, num_workers=args.workers)
+    else:
+        summary = train(config)
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

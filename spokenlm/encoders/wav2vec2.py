@@ -37,9 +37,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from spokenlm.audio import SAMPLE_RATE  # every wav2vec 2.0 checkpoint was trained on 16 kHz audio
 from spokenlm.encoders.base import EncoderOutput
 
-SAMPLE_RATE = 16_000  # Hz; every wav2vec 2.0 checkpoint was trained on 16 kHz audio
 BUNDLE_FORMAT_VERSION = 1
 
 LayerChoice = Literal["last", "weighted"] | int
