@@ -73,7 +73,7 @@ class TextLMConfig:
 
 
 def read_lines(paths: tuple[str, ...]) -> list[str]:
-    """Sentences from text files, and every task target (plus its instruction) from manifests."""
+    """Sentences from text files (each side of a .tsv pair), and every task target from manifests."""
     from spokenlm.tasks import TASKS
 
     lines: list[str] = []
@@ -90,9 +90,7 @@ def read_lines(paths: tuple[str, ...]) -> list[str]:
                     lines.append(TASKS[task].target(labels))
         else:
             for line in path.read_text().splitlines():
-                line = line.split("\t")[0].strip()  # tatoeba pairs: the English side
-                if line:
-                    lines.append(line)
+                lines.extend(part.strip() for part in line.split("\t"))  # .tsv pairs: both sides
     return list(dict.fromkeys(line for line in lines if line))  # dedupe, keep order
 
 
