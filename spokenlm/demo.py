@@ -11,6 +11,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from spokenlm.model import CompressorConfig, EncoderConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPO_ROOT / "models" / "default"
@@ -33,8 +37,14 @@ def _cache_dir() -> Path:
     return root / "spokenlm"
 
 
-def build_untrained_bundle(out_dir: str | Path) -> Path:
-    """Build and save a small random-weight bundle (tiny wav2vec 2.0, CTC compressor, tiny Llama)."""
+def build_untrained_bundle(
+    out_dir: str | Path,
+    *,
+    encoder: EncoderConfig | None = None,
+    compressor: Callable[[int], CompressorConfig] | None = None,
+) -> Path:
+    """Build and save a small random-weight bundle: `encoder` (default: tiny wav2vec 2.0), the
+    compressor `compressor(encoder.model_dim)` returns (default: CTC frame averaging), tiny Llama."""
     from spokenlm.compress.ctc import CTCCompressorConfig
     from spokenlm.encoders.wav2vec2 import wav2vec2_tiny
     from spokenlm.model import LLMConfig, SpeechLMConfig, build_speechlm, save_bundle
@@ -45,11 +55,12 @@ def build_untrained_bundle(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     tokenizer_dir = out_dir / "_tokenizer"
     tokenizer = train_bpe_tokenizer(_TOKENIZER_TEXT * 4, vocab_size=400, out_dir=tokenizer_dir)
-    encoder = wav2vec2_tiny()
+    encoder = encoder or wav2vec2_tiny()
+    compressor = compressor or (lambda dim: CTCCompressorConfig(input_dim=dim, mode="frame_averaging"))
     torch.manual_seed(0)
     config = SpeechLMConfig(
         encoder=encoder,
-        compressor=CTCCompressorConfig(input_dim=encoder.model_dim, mode="frame_averaging"),
+        compressor=compressor(encoder.model_dim),
         llm=LLMConfig(
             architecture={
                 "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,

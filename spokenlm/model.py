@@ -35,16 +35,18 @@ from spokenlm.compress import build_compressor, load_compressor, save_compressor
 from spokenlm.compress.base import CompressedOutput
 from spokenlm.compress.ctc import CTCCompressor, CTCCompressorConfig
 from spokenlm.compress.stack import StackCompressorConfig
+from spokenlm.compress.syllable import SyllableCompressorConfig
 from spokenlm.encoders import build_encoder, load_encoder, save_encoder
 from spokenlm.encoders.base import EncoderOutput
+from spokenlm.encoders.sylber import SylberEncoderConfig
 from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig
 from spokenlm.lm import GenerationConfig, SpeechLLM, add_lora, build_llm, load_llm, load_lora, save_llm, save_lora
 from spokenlm.tasks import TASK_NAMES, Entities, Entity, TaskRequest, TaskResult, build_prompt, parse_output
 
 BUNDLE_FORMAT_VERSION = 1
 
-EncoderConfig = Wav2Vec2EncoderConfig
-CompressorConfig = CTCCompressorConfig | StackCompressorConfig
+EncoderConfig = Wav2Vec2EncoderConfig | SylberEncoderConfig
+CompressorConfig = CTCCompressorConfig | StackCompressorConfig | SyllableCompressorConfig
 
 
 @dataclass(frozen=True, kw_only=True)

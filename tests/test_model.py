@@ -119,3 +119,35 @@ def test_run_validates_requests_before_any_work(tiny_bundle, example_clips):
         model.run([wav], [TaskRequest(task="qa")])
     with pytest.raises(ValueError, match=re.escape("got 1 recordings but 2 requests")):
         model.run([wav], [TaskRequest(task="asr")] * 2)
+
+
+def _encoders():
+    from spokenlm.encoders.sylber import sylber_tiny
+    from spokenlm.encoders.wav2vec2 import wav2vec2_tiny
+
+    return {"wav2vec2": wav2vec2_tiny(), "sylber": sylber_tiny()}
+
+
+def _compressors():
+    from spokenlm.compress import CTCCompressorConfig, StackCompressorConfig, SyllableCompressorConfig
+
+    return {
+        "ctc-blank-removal": lambda d: CTCCompressorConfig(input_dim=d, mode="blank_removal"),
+        "stack": lambda d: StackCompressorConfig(input_dim=d, k=4),
+        "syllable": lambda d: SyllableCompressorConfig(input_dim=d),
+    }
+
+
+@pytest.mark.parametrize("encoder", ["wav2vec2", "sylber"])
+@pytest.mark.parametrize("compressor", ["ctc-blank-removal", "stack", "syllable"])
+def test_every_encoder_and_compressor_plugs_into_speechlm(tmp_path, example_clips, encoder, compressor):
+    from spokenlm.demo import build_untrained_bundle
+
+    bundle = build_untrained_bundle(tmp_path / "b", encoder=_encoders()[encoder], compressor=_compressors()[compressor])
+    model = load_bundle(bundle)
+    wav = load_audio(example_clips[0])
+    (output,) = model.run([wav], [TaskRequest(task="asr")], GREEDY)
+    assert isinstance(output.result.text, str) and output.tokens_per_second > 0
+    assert (output.transcript is not None) == compressor.startswith("ctc")
+    again = load_bundle(save_bundle(model, tmp_path / "again"))
+    assert again.run([wav], [TaskRequest(task="asr")], GREEDY)[0].result == output.result

@@ -20,6 +20,7 @@ from torch import nn
 from spokenlm.compress.base import CompressedOutput, Compressor
 from spokenlm.compress.ctc import CharSpan, CTCCompressor, CTCCompressorConfig
 from spokenlm.compress.stack import StackCompressor, StackCompressorConfig
+from spokenlm.compress.syllable import SyllableCompressor, SyllableCompressorConfig
 from spokenlm.compress.vocab import BLANK, DEFAULT_ALPHABET, CharVocab
 
 __all__ = [
@@ -34,17 +35,20 @@ __all__ = [
     "CompressorConfig",
     "StackCompressor",
     "StackCompressorConfig",
+    "SyllableCompressor",
+    "SyllableCompressorConfig",
     "build_compressor",
     "load_compressor",
     "save_compressor",
 ]
 
-CompressorConfig = CTCCompressorConfig | StackCompressorConfig
+CompressorConfig = CTCCompressorConfig | StackCompressorConfig | SyllableCompressorConfig
 
 # kind in compressor.json -> (config class, module class)
 _KINDS: dict[str, tuple[type, type[nn.Module]]] = {
     "ctc": (CTCCompressorConfig, CTCCompressor),
     "stack": (StackCompressorConfig, StackCompressor),
+    "syllable": (SyllableCompressorConfig, SyllableCompressor),
 }
 
 CONFIG_FILE = "compressor.json"
