@@ -38,6 +38,7 @@ from spokenlm.compress.stack import StackCompressorConfig
 from spokenlm.compress.syllable import SyllableCompressorConfig
 from spokenlm.encoders import build_encoder, load_encoder, save_encoder
 from spokenlm.encoders.base import EncoderOutput
+from spokenlm.encoders.dinosr import DinoSREncoderConfig
 from spokenlm.encoders.sylber import SylberEncoderConfig
 from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig
 from spokenlm.lm import GenerationConfig, SpeechLLM, add_lora, build_llm, load_llm, load_lora, save_llm, save_lora
@@ -45,7 +46,7 @@ from spokenlm.tasks import TASK_NAMES, Entities, Entity, TaskRequest, TaskResult
 
 BUNDLE_FORMAT_VERSION = 1
 
-EncoderConfig = Wav2Vec2EncoderConfig | SylberEncoderConfig
+EncoderConfig = Wav2Vec2EncoderConfig | DinoSREncoderConfig | SylberEncoderConfig
 CompressorConfig = CTCCompressorConfig | StackCompressorConfig | SyllableCompressorConfig
 
 

@@ -122,10 +122,11 @@ def test_run_validates_requests_before_any_work(tiny_bundle, example_clips):
 
 
 def _encoders():
+    from spokenlm.encoders.dinosr import dinosr_tiny
     from spokenlm.encoders.sylber import sylber_tiny
     from spokenlm.encoders.wav2vec2 import wav2vec2_tiny
 
-    return {"wav2vec2": wav2vec2_tiny(), "sylber": sylber_tiny()}
+    return {"wav2vec2": wav2vec2_tiny(), "dinosr": dinosr_tiny(), "sylber": sylber_tiny()}
 
 
 def _compressors():
@@ -138,7 +139,7 @@ def _compressors():
     }
 
 
-@pytest.mark.parametrize("encoder", ["wav2vec2", "sylber"])
+@pytest.mark.parametrize("encoder", ["wav2vec2", "dinosr", "sylber"])
 @pytest.mark.parametrize("compressor", ["ctc-blank-removal", "stack", "syllable"])
 def test_every_encoder_and_compressor_plugs_into_speechlm(tmp_path, example_clips, encoder, compressor):
     from spokenlm.demo import build_untrained_bundle

@@ -15,6 +15,13 @@ from typing import Any, Callable
 from torch import nn
 
 from spokenlm.encoders.base import EncoderOutput, SpeechEncoder
+from spokenlm.encoders.dinosr import (
+    DinoSREncoder,
+    DinoSREncoderConfig,
+    build_dinosr_encoder,
+    load_dinosr_encoder,
+    save_dinosr_encoder,
+)
 from spokenlm.encoders.sylber import (
     SylberEncoder,
     SylberEncoderConfig,
@@ -45,6 +52,9 @@ class EncoderKind:
 ENCODER_KINDS: dict[str, EncoderKind] = {
     "wav2vec2": EncoderKind(
         Wav2Vec2EncoderConfig, Wav2Vec2Encoder, build_wav2vec2_encoder, save_wav2vec2_encoder, load_wav2vec2_encoder
+    ),
+    "dinosr": EncoderKind(
+        DinoSREncoderConfig, DinoSREncoder, build_dinosr_encoder, save_dinosr_encoder, load_dinosr_encoder
     ),
     "sylber": EncoderKind(
         SylberEncoderConfig, SylberEncoder, build_sylber_encoder, save_sylber_encoder, load_sylber_encoder

@@ -1,0 +1,1101 @@
+"""DinoSR as a spokenlm speech encoder, and its self-supervised pre-training objective.
+
+DinoSR (Liu et al., 2023, "DinoSR: Self-Distillation and Online Clustering for Self-supervised Speech
+Representation Learning", §2): a student Transformer sees masked spans of its input frames; a teacher,
+the exponential moving average (EMA) of the student, sees the unmasked input. The output of each of
+the teacher's top K layers (the feed-forward block's output before its residual, as in data2vec) is
+instance-normalised over time and assigned to the nearest codeword of that layer's own codebook of V
+codewords; the student predicts the codeword index of every masked frame with one linear head per
+codebook (cross-entropy, masked frames only, averaged over codebooks). Codebooks are learned by online
+clustering, not gradient: each codeword is an EMA of the sum and the count of the targets assigned to
+it (§2.2, decay 0.9), codeword = sum / count. The teacher's decay anneals linearly from 0.999 to 0.9999.
+
+The network follows the authors' fairseq model (Alexander-H-Liu/dinosr, models/dinosr.py), so their
+checkpoint loads by renaming keys: a feature extractor, a LayerNorm and a linear projection to the
+model dim, a stack of grouped convolutions adding relative positions, and a post-LN Transformer. As in
+the authors' code only the Transformer (pos-conv excluded) has an EMA teacher; the feature extractor,
+projection and positional convolutions are shared, so the teacher reads the student's unmasked frames.
+
+Two feature extractors (``frontend``):
+- "waveform": the wav2vec 2.0 conv stack on raw 16 kHz audio (layer norm in every block, as DinoSR),
+  7 convs of total stride 320 → 50 Hz. Faithful; the pretrained checkpoint's frontend.
+- "fbank": 80-bin log-mel filterbanks (25 ms window, 10 ms hop, per-utterance mean/variance
+  normalisation) and a 2-layer conv2d subsampler (×2 → 50 Hz, or ×4 → 25 Hz). On this CPU raw-waveform
+  SSL costs 2.5–4× per audio hour what an fbank model does (FEASIBILITY.md), so ``dinosr_tiny()``,
+  the CPU-trained default, uses it at 50 Hz (a character CTC at 25 Hz has too little slack).
+
+This file holds:
+- ``DinoSREncoderConfig`` and the presets ``dinosr_base()`` (the paper's) / ``dinosr_tiny()`` (CPU);
+- ``DinoSREncoder``, the student as a ``SpeechEncoder``: (wav, lengths) -> ``EncoderOutput``;
+- ``DinoSRPretrainer`` (student + EMA teacher + codebooks + heads + mask embedding) with
+  ``forward`` -> ``DinoSRLossOutput``, ``update_codebooks`` and ``ema_step``; the pieces it is made of as
+  plain functions (``compute_span_mask``, ``instance_norm``, ``nearest_codeword``,
+  ``ema_codebook_update``, ``ema_decay_at``);
+- ``build_*`` / ``save_dinosr_encoder`` / ``load_dinosr_encoder``, and ``load_fairseq_dinosr`` /
+  ``convert_fairseq_dinosr_state_dict`` for the authors' fairseq checkpoints.
+
+Not here: the training loop (a recipe), fine-tuning heads (``spokenlm/compress``).
+Deviations from the authors' code, all for padded batches or for a CPU: positional convolutions re-zero
+padded frames between blocks and target instance-norm uses each item's own frames, so batched equals
+single-item output (the authors' pad-dependent ends differ); masks are not equalised across the batch
+(``require_same_masks``), the targets being flattened anyway; the optional teacher freeze after 200k
+steps (``freeze_teacher_step``) is not implemented.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spokenlm.encoders.base import EncoderOutput
+
+SAMPLE_RATE = 16_000  # Hz
+BUNDLE_FORMAT_VERSION = 1
+
+# fbank frontend: Kaldi-style 25 ms / 10 ms frames, 80 mel bins
+N_MELS = 80
+WIN_LENGTH = 400  # samples, 25 ms
+HOP_LENGTH = 160  # samples, 10 ms → 100 frames per second
+N_FFT = 512
+FBANK_FRAME_RATE_HZ = SAMPLE_RATE / HOP_LENGTH  # 100.0
+_FBANK_FREQ_OUT = ((N_MELS - 3) // 2 + 1 - 3) // 2 + 1  # mel bins left after two k3/s2 convs: 19
+
+LayerChoice = Literal["last", "weighted"] | int
+
+# wav2vec 2.0 BASE conv stack: (channels, kernel, stride), total stride 320
+_W2V_CONVS: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True, kw_only=True)
+class DinoSREncoderConfig:
+    """What a DinoSR model is: the student architecture (read by ``DinoSREncoder``) and the
+    pre-training objective (read only by ``DinoSRPretrainer``). Defaults are ``dinosr_base()``."""
+
+    # -- frontend --
+    frontend: Literal["waveform", "fbank"] = "waveform"
+    """"waveform": wav2vec 2.0 conv stack on raw audio; "fbank": log-mel + conv2d subsampling."""
+
+    conv_feature_layers: tuple[tuple[int, int, int], ...] = _W2V_CONVS
+    """waveform only: (channels, kernel, stride) per conv, input side first; each conv is followed by
+    a LayerNorm over channels and GELU (fairseq's extractor_mode="layer_norm", as DinoSR)."""
+
+    conv_bias: bool = False
+    """waveform only: bias in the feature-extractor convs."""
+
+    normalize_waveform: bool = True
+    """waveform only: zero-mean, unit-variance each item over its valid samples first (DinoSR's
+    ``task.normalize``). The fbank frontend's per-utterance normalisation already removes gain."""
+
+    fbank_channels: int = 128
+    """fbank only: channels of both conv2d layers; the extractor emits channels × 19 features."""
+
+    fbank_subsampling: int = 2
+    """fbank only: 2 (50 Hz frames) or 4 (25 Hz)."""
+
+    # -- Transformer --
+    model_dim: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    ffn_dim: int = 3072
+
+    pos_conv_kernel: int = 19
+    """Kernel of each positional conv block (fairseq: max(3, conv_pos // pos_conv_depth) = 95 // 5)."""
+
+    pos_conv_depth: int = 5
+    """Positional conv blocks (conv, LayerNorm without affine, GELU), summed onto the input."""
+
+    pos_conv_groups: int = 16
+
+    dropout: float = 0.1
+    """After attention, after the FFN and on the Transformer input."""
+
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    layer_drop: float = 0.05
+    """LayerDrop probability of each Transformer layer, training only (student only)."""
+
+    layer: LayerChoice = "last"
+    """Which hidden state becomes ``EncoderOutput.features``: "last"; an int index into
+    ``hidden_states`` (0 = Transformer input, i = output of layer i); or "weighted", a learned
+    softmax-weighted sum of all of them."""
+
+    # -- objective (DinoSRPretrainer only) --
+    num_codebooks: int = 8
+    """K: one codebook and one prediction head per top teacher layer."""
+
+    codebook_size: int = 256
+    """V: codewords per codebook."""
+
+    codebook_decay: float = 0.9
+    """EMA decay of codeword sums and counts (online clustering; no gradient)."""
+
+    ema_decay: float = 0.999
+    """Teacher EMA decay at step 0 ..."""
+
+    ema_end_decay: float = 0.9999
+    """... annealed linearly to this ..."""
+
+    ema_anneal_steps: int = 30_000
+    """... over this many updates (the authors' ema_anneal_end_step), then held."""
+
+    mask_prob: float = 0.8
+    """Expected fraction of frames that start a masked span (spans overlap, so ~55 % are masked)."""
+
+    mask_length: int = 10
+    """Frames per masked span (200 ms at 50 Hz)."""
+
+    @property
+    def feature_dim(self) -> int:
+        """Features per frame out of the extractor (before its LayerNorm and projection)."""
+        if self.frontend == "waveform":
+            return self.conv_feature_layers[-1][0]
+        return self.fbank_channels * _FBANK_FREQ_OUT
+
+    @property
+    def frame_rate_hz(self) -> float:
+        if self.frontend == "waveform":
+            return SAMPLE_RATE / math.prod(s for _, _, s in self.conv_feature_layers)
+        return FBANK_FRAME_RATE_HZ / self.fbank_subsampling
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples one output frame sees; shorter audio yields no frame (400 waveform, 1360 fbank)."""
+        if self.frontend == "waveform":
+            field_ = 1
+            for _, kernel, stride in reversed(self.conv_feature_layers):
+                field_ = (field_ - 1) * stride + kernel
+            return field_
+        frames = 1
+        for kernel, stride in reversed(self._fbank_convs):
+            frames = (frames - 1) * stride + kernel
+        return WIN_LENGTH + (frames - 1) * HOP_LENGTH
+
+    @property
+    def _fbank_convs(self) -> list[tuple[int, int]]:
+        """(kernel, stride) along time of the two conv2d layers."""
+        return [(3, 2), (3, self.fbank_subsampling // 2)]
+
+    def validate(self) -> None:
+        if self.frontend not in ("waveform", "fbank"):
+            raise ValueError(f"frontend must be 'waveform' or 'fbank', got {self.frontend!r}")
+        convs = self.conv_feature_layers
+        if not convs or not all(
+            isinstance(c, tuple) and len(c) == 3 and all(isinstance(v, int) and v >= 1 for v in c) for c in convs
+        ):
+            raise ValueError(f"conv_feature_layers must be positive (channels, kernel, stride) tuples, got {convs!r}")
+        if self.fbank_subsampling not in (2, 4):
+            raise ValueError(f"fbank_subsampling must be 2 or 4, got {self.fbank_subsampling!r}")
+        for name in ("fbank_channels", "model_dim", "num_layers", "num_heads", "ffn_dim", "pos_conv_kernel",
+                     "pos_conv_depth", "pos_conv_groups", "num_codebooks", "codebook_size", "mask_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.model_dim % self.num_heads:
+            raise ValueError(f"model_dim {self.model_dim} is not divisible by {self.num_heads} attention heads")
+        if self.model_dim % self.pos_conv_groups:
+            raise ValueError(f"model_dim {self.model_dim} is not divisible by {self.pos_conv_groups} pos-conv groups")
+        for name in ("dropout", "attention_dropout", "activation_dropout", "layer_drop"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        layer, n = self.layer, self.num_layers
+        is_index = isinstance(layer, int) and not isinstance(layer, bool)
+        if not (layer in ("last", "weighted") or (is_index and 0 <= layer <= n)):
+            raise ValueError(f"layer must be 'last', 'weighted' or an int in [0, {n}], got {layer!r}")
+        if self.num_codebooks > self.num_layers:
+            raise ValueError(
+                f"num_codebooks ({self.num_codebooks}) takes one top teacher layer each; "
+                f"there are only {self.num_layers} layers"
+            )
+        if self.codebook_size < 2:
+            raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
+        for name in ("codebook_decay", "ema_decay", "ema_end_decay"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if not isinstance(self.ema_anneal_steps, int) or self.ema_anneal_steps < 0:
+            raise ValueError(f"ema_anneal_steps must be a non-negative int, got {self.ema_anneal_steps!r}")
+        if not 0.0 < self.mask_prob <= 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1], got {self.mask_prob!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DinoSREncoderConfig:
+        """Inverse of ``to_dict`` (JSON turns the conv tuples into lists); unknown keys raise."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown DinoSR config keys: {unknown}")
+        data = dict(data)
+        if "conv_feature_layers" in data:
+            data["conv_feature_layers"] = tuple(tuple(c) for c in data["conv_feature_layers"])
+        config = cls(**data)
+        config.validate()
+        return config
+
+
+def dinosr_base() -> DinoSREncoderConfig:
+    """The paper's model (§3.1, the authors' config/base.yaml; ~95M params): raw-waveform conv stack
+    with layer norm, 12 post-LN layers of dim 768, 5 positional conv blocks of kernel 19, K=8 codebooks
+    of V=256 over the top 8 layers, mask 0.8 × 10 frames, teacher EMA 0.999 → 0.9999 over 30k updates."""
+    return DinoSREncoderConfig()
+
+
+def dinosr_tiny() -> DinoSREncoderConfig:
+    """~3.0M params that pre-train on a 2-core CPU in tens of minutes: the fbank frontend at 50 Hz
+    (raw-waveform SSL costs 2.5–4× more per audio hour here; 50 Hz leaves a character CTC slack),
+    6 layers of dim 192, 3 positional conv blocks of kernel 15, K=4 codebooks of 256 over the top
+    4 layers. The teacher decay is shortened to 0.99 → 0.999 over 2k updates: a 0.999 teacher would
+    barely move in a run of a few thousand updates. Masking and codebook decay are the paper's."""
+    return replace(
+        dinosr_base(),
+        frontend="fbank",
+        fbank_channels=64,
+        fbank_subsampling=2,
+        normalize_waveform=False,
+        model_dim=192,
+        num_layers=6,
+        num_heads=4,
+        ffn_dim=768,
+        pos_conv_kernel=15,
+        pos_conv_depth=3,
+        pos_conv_groups=16,
+        layer_drop=0.0,
+        num_codebooks=4,
+        codebook_size=256,
+        ema_decay=0.99,
+        ema_end_decay=0.999,
+        ema_anneal_steps=2_000,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of the objective, as plain functions
+
+
+def _valid_frames(lengths: Tensor, num_frames: int) -> Tensor:
+    """(B, T) True where a frame is within its item's length."""
+    return torch.arange(num_frames, device=lengths.device) < lengths[:, None]
+
+
+def instance_norm(x: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
+    """Normalise each item's each channel to zero mean, unit variance over its valid frames only
+    (``F.instance_norm`` on the unpadded item: biased variance, same eps); padded frames become 0.
+    x: (B, T, D); lengths: (B,) valid frames."""
+    valid = _valid_frames(lengths, x.shape[1]).to(x.dtype)[:, :, None]  # (B, T, 1)
+    n = lengths.clamp(min=1).to(x.dtype)[:, None, None]  # (B, 1, 1)
+    mean = (x * valid).sum(dim=1, keepdim=True) / n
+    var = (((x - mean) * valid) ** 2).sum(dim=1, keepdim=True) / n
+    return (x - mean) / torch.sqrt(var + eps) * valid
+
+
+def nearest_codeword(x: Tensor, codewords: Tensor) -> Tensor:
+    """Index of the codeword nearest in L2 to each row. x: (N, D); codewords: (V, D) -> (N,) int64."""
+    # ||x||² is the same for every codeword of a row, so argmin of ||c||² - 2 x·c suffices
+    distances = (codewords**2).sum(dim=1)[None, :] - 2.0 * x @ codewords.t()  # (N, V)
+    return distances.argmin(dim=1)
+
+
+def ema_codebook_update(
+    sums: Tensor, counts: Tensor, batch_sums: Tensor, batch_counts: Tensor, decay: float
+) -> tuple[Tensor, Tensor]:
+    """One online-clustering step (DinoSR §2.2): for each codeword that was assigned at least once,
+    sum ← d·sum + (1−d)·batch_sum and count ← d·count + (1−d)·batch_count; unassigned codewords keep
+    theirs. Codeword = sum / count. Shapes: sums (..., V, D), counts (..., V), batch_* alike."""
+    alpha = torch.where(batch_counts > 0, decay, 1.0).to(sums.dtype)  # (..., V)
+    counts = alpha * counts + (1.0 - alpha) * batch_counts
+    sums = alpha[..., None] * sums + (1.0 - alpha[..., None]) * batch_sums
+    return sums, counts
+
+
+def ema_decay_at(step: int, *, start: float, end: float, anneal_steps: int) -> float:
+    """Teacher decay at ``step``: linear from ``start`` (step 0) to ``end`` (step ``anneal_steps``),
+    then ``end``."""
+    if step >= anneal_steps:
+        return end
+    return start + (end - start) * step / anneal_steps
+
+
+def compute_span_mask(
+    lengths: Tensor, *, mask_prob: float, span_length: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """wav2vec 2.0 / DinoSR span masking: an item of n frames gets round(mask_prob · n / span_length)
+    spans (probabilistic rounding, at least one) of ``span_length`` frames at distinct uniformly drawn
+    starts; spans may overlap. lengths: (B,) valid frames -> (B, max length) bool, never past a length.
+    ``generator`` is a CPU generator."""
+    num_frames = int(lengths.max())
+    mask = torch.zeros(len(lengths), num_frames, dtype=torch.bool)
+    for i, n in enumerate(lengths.tolist()):
+        span = min(span_length, n)
+        num_starts = n - span + 1
+        num_spans = int(mask_prob * n / span_length + float(torch.rand((), generator=generator)))
+        num_spans = min(max(num_spans, 1), num_starts)
+        starts = torch.randperm(num_starts, generator=generator)[:num_spans]
+        mask[i, (starts[:, None] + torch.arange(span)).flatten()] = True
+    return mask.to(lengths.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Frontends: (wav (B, S), lengths (B,)) -> (B, T, feature_dim)
+
+
+class _ConvBlock(nn.Module):
+    """Conv1d -> LayerNorm over channels -> GELU (fairseq's layer_norm extractor block)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=bias)
+        nn.init.kaiming_normal_(self.conv.weight)
+        self.norm = nn.LayerNorm(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, S) -> (B, C_out, S')
+        x = self.conv(x)
+        x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(x)
+
+
+class _WaveformFeatureExtractor(nn.Module):
+    """wav2vec 2.0's conv stack. A valid output frame sees only its item's own samples, and every
+    norm is per frame, so padding never changes valid frames."""
+
+    def __init__(self, layers: tuple[tuple[int, int, int], ...], bias: bool) -> None:
+        super().__init__()
+        blocks, in_channels = [], 1
+        for channels, kernel, stride in layers:
+            blocks.append(_ConvBlock(in_channels, channels, kernel, stride, bias))
+            in_channels = channels
+        self.conv_layers = nn.ModuleList(blocks)
+
+    def forward(self, wav: Tensor, lengths: Tensor) -> Tensor:
+        x = wav[:, None, :]  # (B, 1, S)
+        for block in self.conv_layers:
+            x = block(x)
+        return x.transpose(1, 2)  # (B, T, C)
+
+
+def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int) -> Tensor:
+    """(n_freqs, n_mels) triangular filters on the HTK mel scale from 0 Hz to Nyquist, unnormalised
+    (as torchaudio's ``melscale_fbanks(..., norm=None, mel_scale="htk")``)."""
+
+    def hz_to_mel(f: Tensor) -> Tensor:
+        return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+    freqs = torch.linspace(0, sample_rate / 2, n_freqs, dtype=torch.float64)  # FFT bin centres
+    top = hz_to_mel(torch.tensor(sample_rate / 2, dtype=torch.float64))
+    mel_points = torch.linspace(0.0, float(top), n_mels + 2, dtype=torch.float64)
+    hz_points = 700.0 * (10.0 ** (mel_points / 2595.0) - 1.0)  # (n_mels + 2,)
+    left, centre, right = hz_points[:-2], hz_points[1:-1], hz_points[2:]
+    rising = (freqs[:, None] - left) / (centre - left)
+    falling = (right - freqs[:, None]) / (right - centre)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
+
+
+class _FbankFeatureExtractor(nn.Module):
+    """80-bin log-mel (25 ms Hann window, 10 ms hop, no centre padding, so a frame sees only its own
+    samples), normalised per utterance over its valid frames, then two 3×3 conv2d + ReLU (stride 2 in
+    time and frequency, then ``subsampling // 2`` in time and 2 in frequency)."""
+
+    def __init__(self, channels: int, subsampling: int) -> None:
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(WIN_LENGTH, periodic=True), persistent=False)
+        self.register_buffer("mel", mel_filterbank(N_FFT // 2 + 1, N_MELS, SAMPLE_RATE), persistent=False)
+        self.conv1 = nn.Conv2d(1, channels, 3, stride=2)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=(subsampling // 2, 2))
+
+    def log_mel(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, S), (B,) samples -> normalised log-mel (B, T100, 80) and its valid frames (B,)."""
+        with torch.autocast(device_type=wav.device.type, enabled=False):  # spectra in fp32
+            frames = wav.float().unfold(1, WIN_LENGTH, HOP_LENGTH) * self.window  # (B, T100, 400)
+            power = torch.fft.rfft(frames, n=N_FFT).abs() ** 2  # (B, T100, 257)
+            log_mel = torch.log(power @ self.mel + 1e-6)  # (B, T100, 80)
+            num_frames = torch.div(lengths - WIN_LENGTH, HOP_LENGTH, rounding_mode="floor") + 1
+            return instance_norm(log_mel, num_frames), num_frames
+
+    def forward(self, wav: Tensor, lengths: Tensor) -> Tensor:
+        log_mel, _ = self.log_mel(wav, lengths)
+        x = F.relu(self.conv1(log_mel[:, None]))  # (B, C, T/2, 39)
+        x = F.relu(self.conv2(x))  # (B, C, T', 19)
+        return x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C * 19)
+
+
+# ----------------------------------------------------------------------------------------------
+# Context network (what the teacher copies)
+
+
+class _SelfAttention(nn.Module):
+    """Multi-head self-attention with fairseq's separate q/k/v/out projections."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
+        """x: (B, T, D); key_mask: (B, 1, 1, T) True = attend."""
+        B, T, D = x.shape
+        q, k, v = (
+            proj(x).view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
+
+
+class _EncoderLayer(nn.Module):
+    """Post-LN Transformer layer (wav2vec 2.0 BASE / DinoSR)."""
+
+    def __init__(self, config: DinoSREncoderConfig) -> None:
+        super().__init__()
+        d = config.model_dim
+        self.self_attn = _SelfAttention(d, config.num_heads, config.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, d)
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(config.dropout)
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (layer output (B, T, D), FFN output before its residual (B, T, D): DinoSR's target)."""
+        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, key_mask)))
+        ffn = self.fc2(self.activation_dropout(F.gelu(self.fc1(x))))
+        return self.final_layer_norm(x + self.dropout(ffn)), ffn
+
+
+class _PosConvBlock(nn.Module):
+    def __init__(self, dim: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, D, T) -> (B, D, T)
+        x = self.conv(x)
+        if self.kernel % 2 == 0:  # symmetric padding of an even kernel yields one frame too many
+            x = x[:, :, :-1]
+        x = F.layer_norm(x.transpose(1, 2), (x.shape[1],)).transpose(1, 2)  # no affine
+        return F.gelu(x)
+
+
+class _ContextEncoder(nn.Module):
+    """Positional convs + LayerNorm + Transformer layers; fairseq's ``TransformerEncoder`` (post-LN)."""
+
+    def __init__(self, config: DinoSREncoderConfig) -> None:
+        super().__init__()
+        d = config.model_dim
+        self.pos_conv = nn.ModuleList(
+            _PosConvBlock(d, config.pos_conv_kernel, config.pos_conv_groups) for _ in range(config.pos_conv_depth)
+        )
+        self.layer_norm = nn.LayerNorm(d)
+        self.layers = nn.ModuleList(_EncoderLayer(config) for _ in range(config.num_layers))
+        self.dropout = nn.Dropout(config.dropout)
+        self.layer_drop = config.layer_drop
+        for module in self.layers.modules():  # fairseq's init_bert_params
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor, lengths: Tensor, *, keep_ffn: bool = False) -> tuple[list[Tensor], list[Tensor]]:
+        """x: (B, T, D) frames; lengths: (B,) valid frames. -> (hidden states: L + 1 tensors (B, T, D),
+        the Transformer input then each layer's output; FFN outputs of each layer if ``keep_ffn``)."""
+        valid = _valid_frames(lengths, x.shape[1])  # (B, T)
+        keep = valid[:, None, :].to(x.dtype)  # (B, 1, T)
+        x = x * keep.transpose(1, 2)
+        pos = x.transpose(1, 2)  # (B, D, T)
+        for block in self.pos_conv:
+            pos = block(pos) * keep  # re-zero padding so it cannot leak into valid frames next block
+        x = self.dropout(self.layer_norm(x + pos.transpose(1, 2)))
+        key_mask = valid[:, None, None, :]  # (B, 1, 1, T)
+        hidden, ffn_outputs = [x], []
+        for layer in self.layers:
+            if self.training and self.layer_drop > 0.0 and float(torch.rand(())) < self.layer_drop:
+                hidden.append(x)  # LayerDrop: the layer is skipped (only the student trains)
+                continue
+            x, ffn = layer(x, key_mask)
+            hidden.append(x)
+            if keep_ffn:
+                ffn_outputs.append(ffn)
+        return hidden, ffn_outputs
+
+
+# ----------------------------------------------------------------------------------------------
+# The encoder (the student)
+
+
+class DinoSREncoder(nn.Module):
+    """The DinoSR student behind the ``SpeechEncoder`` seam: (wav (B, S), lengths (B,)) -> EncoderOutput.
+
+    ``hidden_states`` is always filled, (num_layers + 1, B, T, D): index 0 is the Transformer input
+    (projected features + positional convs, layer-normed), index i the output of layer i. Frames at or
+    past an item's length are zero. Batched output equals single-item output on valid frames for both
+    frontends (every norm is per frame or per item over its own frames; attention masks padding).
+
+    Parameter names follow the authors' fairseq model (``feature_extractor``, ``layer_norm``,
+    ``post_extract_proj``, ``encoder.pos_conv``, ``encoder.layers.N.self_attn.k_proj`` ...).
+    """
+
+    def __init__(self, *, config: DinoSREncoderConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.feature_extractor: nn.Module
+        if config.frontend == "waveform":
+            self.feature_extractor = _WaveformFeatureExtractor(config.conv_feature_layers, config.conv_bias)
+        else:
+            self.feature_extractor = _FbankFeatureExtractor(config.fbank_channels, config.fbank_subsampling)
+        self.layer_norm = nn.LayerNorm(config.feature_dim)
+        self.post_extract_proj = nn.Linear(config.feature_dim, config.model_dim)
+        self.encoder = _ContextEncoder(config)
+        self.output_dim = config.model_dim
+        self.num_layers = config.num_layers
+        self.frame_rate_hz = config.frame_rate_hz
+        self.layer_logits: nn.Parameter | None
+        if config.layer == "weighted":
+            # (L + 1,) softmax -> mixing weights; zeros start as the plain mean of all states
+            self.layer_logits = nn.Parameter(torch.zeros(config.num_layers + 1))
+        else:
+            self.register_parameter("layer_logits", None)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Valid frames per item for ``lengths`` valid samples: each conv maps n to (n - k) // s + 1."""
+        lengths = lengths.long()
+        if self.config.frontend == "waveform":
+            convs = [(k, s) for _, k, s in self.config.conv_feature_layers]
+        else:
+            convs = [(WIN_LENGTH, HOP_LENGTH), *self.config._fbank_convs]  # STFT frames, then conv2d
+        for kernel, stride in convs:
+            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        return lengths
+
+    def extract_features(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The frontend: -> (frames projected to model_dim (B, T, D), zero past each length;
+        valid frames (B,) int64). The pre-trainer masks these before the Transformer."""
+        self._check_inputs(wav, lengths)
+        lengths = lengths.to(device=wav.device, dtype=torch.long)
+        valid = _valid_frames(lengths, wav.shape[1])  # (B, S)
+        wav = wav * valid  # whatever the caller padded with, the frontend sees zeros
+        if self.config.frontend == "waveform" and self.config.normalize_waveform:
+            n = lengths[:, None].to(wav.dtype)
+            mean = wav.sum(dim=1, keepdim=True) / n
+            var = ((wav - mean) ** 2 * valid).sum(dim=1, keepdim=True) / n
+            wav = (wav - mean) / torch.sqrt(var + 1e-5) * valid
+        features = self.feature_extractor(wav, lengths)  # (B, T, C)
+        frame_lengths = self.output_lengths(lengths)
+        x = self.post_extract_proj(self.layer_norm(features))  # (B, T, D)
+        x = x * _valid_frames(frame_lengths, x.shape[1])[:, :, None].to(x.dtype)
+        return x, frame_lengths
+
+    def forward(self, wav: Tensor, lengths: Tensor) -> EncoderOutput:
+        x, frame_lengths = self.extract_features(wav, lengths)
+        hidden, _ = self.encoder(x, frame_lengths)
+        frames = _valid_frames(frame_lengths, x.shape[1])  # (B, T)
+        hidden_states = torch.stack(hidden) * frames[None, :, :, None].to(x.dtype)  # (L + 1, B, T, D)
+        if self.layer_logits is not None:
+            weights = torch.softmax(self.layer_logits, dim=0).to(hidden_states.dtype)  # (L + 1,)
+            features = torch.einsum("l,lbtd->btd", weights, hidden_states)
+        elif self.config.layer == "last":
+            features = hidden_states[-1]
+        else:
+            features = hidden_states[self.config.layer]
+        return EncoderOutput(
+            features=features,  # (B, T, D)
+            lengths=frame_lengths,
+            frame_rate_hz=self.frame_rate_hz,
+            hidden_states=hidden_states,
+        )
+
+    def _check_inputs(self, wav: Tensor, lengths: Tensor) -> None:
+        if not isinstance(wav, Tensor) or wav.ndim != 2 or wav.numel() == 0:
+            shape = tuple(wav.shape) if isinstance(wav, Tensor) else type(wav).__name__
+            raise ValueError(f"wav must be (B, S) float audio, got shape {shape}")
+        if not wav.is_floating_point():
+            raise ValueError(f"wav must be float audio, got dtype {wav.dtype}")
+        if not isinstance(lengths, Tensor) or tuple(lengths.shape) != (wav.shape[0],):
+            shape = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
+            raise ValueError(f"lengths must have shape ({wav.shape[0]},) to match wav, got {shape}")
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise ValueError(f"lengths must be integer sample counts, got dtype {lengths.dtype}")
+        shortest = self.config.receptive_field
+        for i, n in enumerate(lengths.tolist()):
+            if n > wav.shape[1]:
+                raise ValueError(f"lengths[{i}]={n} exceeds wav.shape[1]={wav.shape[1]}")
+            if n < shortest:
+                raise ValueError(f"lengths[{i}]={n} is shorter than one frame ({shortest} samples)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-training
+
+
+@dataclass(frozen=True)
+class DinoSRLossOutput:
+    loss: Tensor  # () cross-entropy over masked frames, averaged over frames and codebooks; backprop this
+    per_codebook_loss: Tensor  # (K,) detached
+    perplexity: Tensor  # (K,) exp(entropy) of codeword usage over this batch's masked frames; 1 = collapse
+    accuracy: Tensor  # (K,) fraction of masked frames whose head's argmax is the target codeword
+    num_masked: int  # N, masked frames in the batch
+    batch_sums: Tensor  # (K, V, D) sum of the targets assigned to each codeword; for update_codebooks
+    batch_counts: Tensor  # (K, V) targets assigned to each codeword
+
+
+class DinoSRPretrainer(nn.Module):
+    """Student + EMA teacher + K codebooks + K prediction heads + mask embedding.
+
+    One update, in this order::
+
+        out = pretrainer(wav, lengths)     # masks, runs student and teacher, scores; changes nothing
+        out.loss.backward(); optimizer.step(); optimizer.zero_grad()
+        pretrainer.update_codebooks(out)   # online clustering: EMA of codeword sums and counts
+        pretrainer.ema_step(step)          # teacher ← d·teacher + (1−d)·student
+
+    Optimise ``[p for p in pretrainer.parameters() if p.requires_grad]``: the teacher's parameters are
+    frozen and the codebooks are buffers (``codebook_sums`` (K, V, D), ``codebook_counts`` (K, V)),
+    so no gradient or weight decay ever reaches them. The teacher always runs in eval mode, and starts
+    as a copy of the student as it is when the pre-trainer is built (load student weights first).
+    ``state_dict()`` holds everything needed to resume (safetensors-compatible: no shared tensors).
+    """
+
+    def __init__(self, *, student: DinoSREncoder) -> None:
+        super().__init__()
+        config = student.config
+        self.config = config
+        self.student = student
+        # the teacher copies the context network only; frontend and projection are shared
+        self.teacher = copy.deepcopy(student.encoder).requires_grad_(False).eval()
+        self.mask_emb = nn.Parameter(torch.empty(config.model_dim).uniform_())
+        self.heads = nn.ModuleList(
+            nn.Linear(config.model_dim, config.codebook_size) for _ in range(config.num_codebooks)
+        )
+        # as the authors: per (codebook, dim) unit-normal over the V codewords; count 1 each, so sum = codeword
+        init = F.instance_norm(torch.randn(config.num_codebooks, config.model_dim, config.codebook_size))
+        self.register_buffer("codebook_sums", init.transpose(1, 2).contiguous())  # (K, V, D)
+        self.register_buffer("codebook_counts", torch.ones(config.num_codebooks, config.codebook_size))  # (K, V)
+
+    @property
+    def codewords(self) -> Tensor:
+        """(K, V, D) sums / counts."""
+        return self.codebook_sums / self.codebook_counts[..., None]
+
+    def train(self, mode: bool = True) -> DinoSRPretrainer:
+        super().train(mode)
+        self.teacher.eval()  # no dropout in targets
+        return self
+
+    def forward(
+        self, wav: Tensor, lengths: Tensor, *, mask: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> DinoSRLossOutput:
+        """wav: (B, S), lengths: (B,) samples. ``mask``: (B, T) bool over output frames, True = masked
+        (default: ``compute_span_mask`` with the config's mask_prob and mask_length, using ``generator``)."""
+        cfg = self.config
+        x, frame_lengths = self.student.extract_features(wav, lengths)  # (B, T, D)
+        valid = _valid_frames(frame_lengths, x.shape[1])  # (B, T)
+        if mask is None:
+            mask = compute_span_mask(
+                frame_lengths.cpu(), mask_prob=cfg.mask_prob, span_length=cfg.mask_length, generator=generator
+            ).to(x.device)
+        elif mask.dtype != torch.bool or tuple(mask.shape) != tuple(valid.shape):
+            raise ValueError(f"mask must be bool of shape {tuple(valid.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+        if (mask & ~valid).any():
+            raise ValueError("mask selects padded frames (at or past an item's length)")
+        num_masked = int(mask.sum())
+        if num_masked == 0:
+            raise ValueError("mask selects no frame")
+
+        # student: masked frames replaced by the learned embedding
+        masked_x = torch.where(mask[:, :, None], self.mask_emb.to(x.dtype), x)
+        hidden, _ = self.student.encoder(masked_x, frame_lengths)
+        predicted = hidden[-1][mask]  # (N, D) masked frames only: unmasked ones never reach the loss
+
+        with torch.no_grad():
+            self.teacher.eval()
+            _, ffn_outputs = self.teacher(x.detach(), frame_lengths, keep_ffn=True)
+            codewords = self.codewords  # (K, V, D)
+            targets = [
+                instance_norm(layer_out.float(), frame_lengths)[mask]  # (N, D)
+                for layer_out in ffn_outputs[-cfg.num_codebooks :]
+            ]
+            codes = [nearest_codeword(t, codewords[k]) for k, t in enumerate(targets)]  # K × (N,)
+
+        losses, accuracy, counts, sums = [], [], [], []
+        for k, (target, code) in enumerate(zip(targets, codes)):
+            logits = self.heads[k](predicted).float()  # (N, V)
+            losses.append(F.cross_entropy(logits, code))
+            with torch.no_grad():
+                accuracy.append((logits.argmax(dim=1) == code).float().mean())
+                counts.append(torch.bincount(code, minlength=cfg.codebook_size).float())
+                sums.append(torch.zeros_like(codewords[k]).index_add_(0, code, target))
+        per_codebook = torch.stack(losses)  # (K,)
+        batch_counts = torch.stack(counts)  # (K, V)
+        usage = batch_counts / num_masked
+        perplexity = torch.exp(-(usage * torch.log(usage.clamp(min=1e-12))).sum(dim=1))  # (K,)
+        return DinoSRLossOutput(
+            loss=per_codebook.mean(),
+            per_codebook_loss=per_codebook.detach(),
+            perplexity=perplexity,
+            accuracy=torch.stack(accuracy),
+            num_masked=num_masked,
+            batch_sums=torch.stack(sums),
+            batch_counts=batch_counts,
+        )
+
+    @torch.no_grad()
+    def update_codebooks(self, out: DinoSRLossOutput) -> None:
+        """EMA of codeword sums and counts with ``codebook_decay``; under torch.distributed the batch
+        statistics are summed over workers first, so every worker keeps the same codebooks."""
+        batch_sums, batch_counts = out.batch_sums.clone(), out.batch_counts.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(batch_sums)
+            torch.distributed.all_reduce(batch_counts)
+        sums, counts = ema_codebook_update(
+            self.codebook_sums, self.codebook_counts, batch_sums, batch_counts, self.config.codebook_decay
+        )
+        self.codebook_sums.copy_(sums)
+        self.codebook_counts.copy_(counts)
+
+    @torch.no_grad()
+    def ema_step(self, step: int) -> float:
+        """Teacher ← d·teacher + (1−d)·student for the Transformer layers and its LayerNorm, with d from
+        ``ema_decay_at(step)``; the positional convs are copied (the authors skip them in the EMA, so
+        teacher and student share them). Call after the optimizer step; returns d."""
+        cfg = self.config
+        decay = ema_decay_at(step, start=cfg.ema_decay, end=cfg.ema_end_decay, anneal_steps=cfg.ema_anneal_steps)
+        student = dict(self.student.encoder.named_parameters())
+        for name, teacher_param in self.teacher.named_parameters():
+            student_param = student[name].detach().to(teacher_param.dtype)
+            if name.startswith("pos_conv."):
+                teacher_param.copy_(student_param)
+            elif decay < 1.0:
+                teacher_param.mul_(decay).add_(student_param, alpha=1.0 - decay)
+        return decay
+
+
+# ----------------------------------------------------------------------------------------------
+# Build, save, load
+
+
+def build_dinosr_encoder(config: DinoSREncoderConfig) -> DinoSREncoder:
+    """A randomly initialised student (in training mode, as any new nn.Module)."""
+    config.validate()
+    return DinoSREncoder(config=config)
+
+
+def build_dinosr_pretrainer(config: DinoSREncoderConfig) -> DinoSRPretrainer:
+    """A randomly initialised student wrapped with its teacher, codebooks and heads."""
+    return DinoSRPretrainer(student=build_dinosr_encoder(config))
+
+
+def save_dinosr_encoder(encoder: DinoSREncoder, path: str | Path) -> None:
+    """Write the student as a bundle directory:
+
+    DIR/encoder.json        {"kind": "dinosr", "format_version": 1, "config": {...}}; written last
+    DIR/model.safetensors   the student's state dict (our names), layer_logits included
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    manifest = {"kind": "dinosr", "format_version": BUNDLE_FORMAT_VERSION, "config": encoder.config.to_dict()}
+    (path / "encoder.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def load_dinosr_encoder(
+    path: str | Path, *, layer: LayerChoice | None = None, config: DinoSREncoderConfig | None = None
+) -> DinoSREncoder:
+    """Load the student, in eval mode, from
+
+    - a bundle written by ``save_dinosr_encoder`` (a directory with ``encoder.json``);
+    - the authors' fairseq checkpoint (``.pt``: pre-trained, or fine-tuned with the
+      ``w2v_encoder.w2v_model.`` prefix), its config read from the checkpoint;
+    - a ``.safetensors`` file holding such a checkpoint's state dict (fairseq names), whose config
+      is ``config`` (default ``dinosr_base()``).
+
+    ``layer`` overrides the saved layer choice. Pre-training parts (teacher, heads, codebooks, mask
+    embedding) are dropped; ``load_fairseq_dinosr`` keeps them.
+    """
+    path = Path(path)
+    if path.is_dir():
+        encoder = _load_bundle(path)
+        if layer is not None:
+            encoder = _with_layer(encoder, layer)
+    elif path.is_file():
+        state, config = _read_fairseq(path, config, encoder_only=True)
+        if layer is not None:
+            config = replace(config, layer=layer)
+        encoder = build_dinosr_encoder(config)
+        converted = convert_fairseq_dinosr_state_dict(state, config, encoder_only=True)
+        _load_checked(encoder, {k.removeprefix("student."): v for k, v in converted.items()}, source=str(path))
+    else:
+        raise FileNotFoundError(f"no DinoSR checkpoint at {path}")
+    return encoder.eval()
+
+
+def _load_bundle(path: Path) -> DinoSREncoder:
+    manifest_path = path / "encoder.json"
+    if not manifest_path.is_file():
+        raise ValueError(f"{path} is not a saved DinoSR encoder: encoder.json is missing")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("kind") != "dinosr":
+        raise ValueError(f"{manifest_path} describes a {manifest.get('kind')!r} encoder, not 'dinosr'")
+    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
+        raise ValueError(
+            f"{manifest_path} has format_version {manifest.get('format_version')!r}; "
+            f"this spokenlm reads {BUNDLE_FORMAT_VERSION}"
+        )
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{path} has no model.safetensors")
+    from safetensors.torch import load_file
+
+    encoder = build_dinosr_encoder(DinoSREncoderConfig.from_dict(manifest["config"]))
+    _load_checked(encoder, load_file(str(weights)), source=str(weights))
+    return encoder
+
+
+def _with_layer(encoder: DinoSREncoder, layer: LayerChoice) -> DinoSREncoder:
+    """The same weights under another layer choice (a fresh, uniform mix when switching to "weighted")."""
+    out = build_dinosr_encoder(replace(encoder.config, layer=layer))
+    state = {k: v for k, v in encoder.state_dict().items() if k != "layer_logits"}
+    out.load_state_dict(state, strict=False)  # same architecture; only layer_logits can differ
+    if out.layer_logits is not None and encoder.layer_logits is not None:
+        with torch.no_grad():
+            out.layer_logits.copy_(encoder.layer_logits)
+    return out
+
+
+def _load_checked(module: nn.Module, state: dict[str, Tensor], *, source: str, optional: tuple[str, ...] = ()) -> None:
+    """Strict load with named errors: every module key present (but ``optional`` prefixes), none extra,
+    every shape right."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(optional) and k != "layer_logits"]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} does not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(value.shape)}, the config expects {tuple(own[key].shape)}"
+            )
+    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# The authors' fairseq checkpoints
+
+_FINETUNED_PREFIX = "w2v_encoder.w2v_model."  # fairseq's wav2vec2_asr wraps the pre-trained model
+# fairseq name -> ours, for the student (relative to DinoSRPretrainer) and the teacher (``_ema`` dict)
+_STUDENT_KEY_MAP = (
+    (r"^feature_extractor\.conv_layers\.(\d+)\.0\.", r"student.feature_extractor.conv_layers.\1.conv."),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.2\.1\.", r"student.feature_extractor.conv_layers.\1.norm."),
+    (r"^layer_norm\.", r"student.layer_norm."),
+    (r"^post_extract_proj\.", r"student.post_extract_proj."),
+    (r"^encoder\.pos_conv\.(\d+)\.0\.", r"student.encoder.pos_conv.\1.conv."),
+    (r"^encoder\.", r"student.encoder."),
+)
+_TEACHER_KEY_MAP = (
+    (r"^pos_conv\.(\d+)\.0\.", r"teacher.pos_conv.\1.conv."),
+    (r"^", r"teacher."),
+)
+# saved only after the authors' optional teacher freeze (frozen pre-encoder copies); not used here
+_IGNORED_KEYS = ("_pre_encoder_cnn", "_pre_encoder_ln", "_pre_encoder_proj")
+
+
+def convert_fairseq_dinosr_state_dict(
+    state: dict[str, Any], config: DinoSREncoderConfig, *, encoder_only: bool = False
+) -> dict[str, Tensor]:
+    """The authors' ``DinosrModel.state_dict()`` -> ``DinoSRPretrainer``'s state-dict names:
+
+    feature_extractor.conv_layers.N.0.*  -> student.feature_extractor.conv_layers.N.conv.*
+    feature_extractor.conv_layers.N.2.1.*-> student.feature_extractor.conv_layers.N.norm.*
+    layer_norm.*, post_extract_proj.*    -> student.layer_norm.*, student.post_extract_proj.*
+    encoder.pos_conv.N.0.*               -> student.encoder.pos_conv.N.conv.*
+    encoder.*                            -> student.encoder.* (layers.N.self_attn.k_proj, fc1, ...)
+    _ema (dict, or flat "_ema.<name>")   -> teacher.<name> (pos_conv.N.0 -> pos_conv.N.conv)
+    mask_emb, heads.K.*                  -> mask_emb, heads.K.*
+    _codebook{K} (V, D), _codebook_cnts{K} (V,) -> codebook_sums[K], codebook_counts[K]
+
+    Without ``_ema`` the teacher is left out (callers start it from the student, as fairseq does).
+    ``encoder_only`` keeps the student's keys and drops the pre-training parts. Unknown keys raise.
+    """
+    state = dict(state)
+    if any(k.startswith(_FINETUNED_PREFIX) for k in state):
+        if not encoder_only:
+            raise ValueError("a fine-tuned DinoSR checkpoint has no teacher, heads or codebooks to pre-train with")
+        state = {k[len(_FINETUNED_PREFIX) :]: v for k, v in state.items() if k.startswith(_FINETUNED_PREFIX)}
+    if "final_proj.weight" in state and not any(k.startswith("heads.") for k in state):
+        raise ValueError("this is a continuous-target (data2vec-style) checkpoint with final_proj, not discrete DinoSR")
+
+    ema = state.pop("_ema", None)
+    teacher_state: dict[str, Any] = dict(ema) if isinstance(ema, dict) else {}
+    for key in [k for k in state if k.startswith("_ema.")]:
+        teacher_state[key[len("_ema.") :]] = state.pop(key)
+
+    out: dict[str, Tensor] = {}
+    sums: dict[int, Tensor] = {}
+    counts: dict[int, Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        if key.startswith(_IGNORED_KEYS):
+            continue
+        match = re.fullmatch(r"_codebook(_cnts)?(\d+)", key)
+        if match:
+            (counts if match.group(1) else sums)[int(match.group(2))] = value
+        elif key == "mask_emb" or key.startswith("heads."):
+            out[key] = value
+        elif key.startswith(("feature_extractor.", "layer_norm.", "post_extract_proj.", "encoder.")):
+            out[_rename(key, _STUDENT_KEY_MAP)] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"unexpected keys in the DinoSR checkpoint: {unknown[:5]}")
+    for key, value in teacher_state.items():
+        out[_rename(key, _TEACHER_KEY_MAP)] = value
+
+    if encoder_only:
+        return {k: v for k, v in out.items() if k.startswith("student.")}
+    K = config.num_codebooks
+    if sorted(sums) != list(range(K)) or sorted(counts) != list(range(K)):
+        raise ValueError(
+            f"expected codebooks _codebook0.._codebook{K - 1} and _codebook_cnts0.._codebook_cnts{K - 1} "
+            f"(num_codebooks={K}), got sums {sorted(sums)} and counts {sorted(counts)}"
+        )
+    out["codebook_sums"] = torch.stack([sums[k] for k in range(K)])  # (K, V, D)
+    out["codebook_counts"] = torch.stack([counts[k] for k in range(K)])  # (K, V)
+    return out
+
+
+def _rename(key: str, key_map: tuple[tuple[str, str], ...]) -> str:
+    for pattern, replacement in key_map:
+        new, n = re.subn(pattern, replacement, key, count=1)
+        if n:
+            return new
+    return key
+
+
+def load_fairseq_dinosr(path: str | Path, *, config: DinoSREncoderConfig | None = None) -> DinoSRPretrainer:
+    """The authors' pre-training checkpoint as a ``DinoSRPretrainer`` (student, teacher from ``_ema``
+    (the student's copy where absent), heads, codebooks, mask embedding), to continue pre-training or
+    to inspect targets. ``.pt`` files carry their config; a ``.safetensors`` file of the same state dict
+    (teacher flattened to ``_ema.<name>``) uses ``config`` (default ``dinosr_base()``). In training mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no DinoSR checkpoint at {path}")
+    state, config = _read_fairseq(path, config, encoder_only=False)
+    pretrainer = build_dinosr_pretrainer(config)
+    converted = convert_fairseq_dinosr_state_dict(state, config)
+    has_teacher = any(k.startswith("teacher.") for k in converted)
+    _load_checked(pretrainer, converted, source=str(path), optional=() if has_teacher else ("teacher.",))
+    if not has_teacher:
+        pretrainer.teacher.load_state_dict(pretrainer.student.encoder.state_dict())
+    return pretrainer
+
+
+def _read_fairseq(
+    path: Path, config: DinoSREncoderConfig | None, *, encoder_only: bool
+) -> tuple[dict[str, Any], DinoSREncoderConfig]:
+    """(fairseq state dict, our config) from a .pt checkpoint (config from its cfg unless given) or a
+    .safetensors state dict (config given, else ``dinosr_base()``)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path)), config or dinosr_base()
+
+    from spokenlm.encoders.wav2vec2 import _fairseq_configs, _torch_load_fairseq
+
+    ckpt = _torch_load_fairseq(path)  # torch.load(weights_only=True); configs as inert stand-ins
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ValueError(f"{path} is not a fairseq checkpoint: expected a dict with a 'model' state dict")
+    state: dict[str, Any] = ckpt["model"]
+    if config is None:
+        model_cfg, task_cfg = _fairseq_configs(ckpt, path)
+        if any(k.startswith(_FINETUNED_PREFIX) for k in state):
+            w2v_args = model_cfg.get("w2v_args")
+            if not isinstance(w2v_args, dict) or not isinstance(w2v_args.get("model"), dict):
+                raise ValueError(f"{path} is a fine-tuned checkpoint without w2v_args (the pre-training config)")
+            model_cfg = w2v_args["model"]
+            task_cfg = w2v_args.get("task") if isinstance(w2v_args.get("task"), dict) else {}
+        config = _config_from_fairseq(model_cfg, task_cfg, path, encoder_only=encoder_only)
+    return state, config
+
+
+def _config_from_fairseq(
+    m: dict[str, Any], task: dict[str, Any], path: Path, *, encoder_only: bool
+) -> DinoSREncoderConfig:
+    """The authors' DinosrAudioConfig (a fairseq Wav2Vec2Config plus DinoSR fields; missing keys take
+    fairseq's defaults) -> ours."""
+    from spokenlm.encoders.wav2vec2 import _parse_conv_feature_layers
+
+    def get(key: str, default: Any) -> Any:
+        value = m.get(key)
+        return default if value is None else value
+
+    name = get("_name", "dinosr")
+    if name != "dinosr":
+        raise ValueError(f"{path} holds a fairseq {name!r} model, not dinosr")
+    if not encoder_only and not get("discrete", False):
+        raise ValueError(f"{path} was trained with discrete=False (data2vec-style regression), not DinoSR")
+    checks = (
+        ("extractor_mode", "default", "layer_norm"),
+        ("layer_norm_first", False, False),
+        ("activation_fn", "gelu", "gelu"),
+        ("layer_type", "transformer", "transformer"),
+    )
+    for key, default, supported in checks:
+        if get(key, default) != supported:
+            raise ValueError(f"{path}: fairseq {key}={get(key, default)!r} is not supported (only {supported!r})")
+    depth = int(get("pos_conv_depth", 1))
+    if depth < 2:
+        raise ValueError(
+            f"{path}: pos_conv_depth={depth} (a single weight-normed conv) is not supported; DinoSR uses 5"
+        )
+    default_convs = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] + [(512,2,2)]"
+    convs = _parse_conv_feature_layers(get("conv_feature_layers", default_convs))
+    config = DinoSREncoderConfig(
+        frontend="waveform",
+        conv_feature_layers=tuple(tuple(c) for c in convs),
+        conv_bias=bool(get("conv_bias", False)),
+        normalize_waveform=bool(task.get("normalize", m.get("normalize", False))),
+        model_dim=int(get("encoder_embed_dim", 768)),
+        num_layers=int(get("encoder_layers", 12)),
+        num_heads=int(get("encoder_attention_heads", 12)),
+        ffn_dim=int(get("encoder_ffn_embed_dim", 3072)),
+        pos_conv_kernel=max(3, int(get("conv_pos", 128)) // depth),
+        pos_conv_depth=depth,
+        pos_conv_groups=int(get("conv_pos_groups", 16)),
+        dropout=float(get("dropout", 0.1)),
+        attention_dropout=float(get("attention_dropout", 0.1)),
+        activation_dropout=float(get("activation_dropout", 0.0)),
+        layer_drop=float(get("encoder_layerdrop", 0.0)),
+        num_codebooks=int(get("average_top_k_layers", 8)),
+        codebook_size=int(get("codebook_size", 256)),
+        codebook_decay=float(get("codebook_init_decay", 0.9)),
+        ema_decay=float(get("ema_decay", 0.999)),
+        ema_end_decay=float(get("ema_end_decay", 0.9999)),
+        ema_anneal_steps=int(get("ema_anneal_end_step", 30_000)),
+        mask_prob=float(get("mask_prob", 0.65)),
+        mask_length=int(get("mask_length", 10)),
+    )
+    config.validate()
+    return config
