@@ -12,6 +12,10 @@ from typing import Any, Callable
 # stage -> (module, config class name); each module defines train(config) -> dict
 RECIPES: dict[str, tuple[str, str]] = {
     "text-lm": ("spokenlm.recipes.text_lm", "TextLMConfig"),
+    "encoder-ssl": ("spokenlm.recipes.encoder_ssl", "EncoderSSLConfig"),
+    "sylber": ("spokenlm.recipes.sylber", "SylberTrainConfig"),
+    "ctc": ("spokenlm.recipes.ctc", "CTCTrainConfig"),
+    "speechlm": ("spokenlm.recipes.speechlm", "SpeechLMTrainConfig"),
 }
 
 
