@@ -1,6 +1,8 @@
 """The `spokenlm` command line: `run` tasks on audio files, and the `demo`.
 
     spokenlm run --model DIR --task TASK [--question Q] [--target-lang es] [--json] FILES...
+    spokenlm train STAGE --config FILE [--set KEY=VALUE] [--workers N]
+    spokenlm data synth --out DIR [--hours H] [--seed S] [--workers N]
     spokenlm demo [--model DIR]
 
 Bad input files get one line on stderr and exit code 2; the other files of the call still run.
@@ -38,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config field, e.g. --set optim.max_steps=100 (value parsed as YAML)")
     train.add_argument("--workers", type=int, default=0, help="> 0: run on Ray Train with this many workers")
 
+    data = commands.add_parser("data", help="build datasets: `spokenlm data synth --out DIR`", add_help=False)
+    data.add_argument("action", choices=("synth",))
+    data.add_argument("rest", nargs=argparse.REMAINDER)
+
     demo = commands.add_parser("demo", help="run every task on the example clips")
     demo.add_argument("--model", help="a bundle (default: the embedded default, else an untrained one)")
     _generation_args(demo)
@@ -55,7 +61,7 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "demo": _demo, "train": _train}[args.command](args)
+        return {"run": _run, "demo": _demo, "train": _train, "data": _data}[args.command](args)
     except (ValueError, FileNotFoundError) as e:  # bad parameters or bundle: one line, no traceback
         print(f"spokenlm: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -179,6 +185,12 @@ def _train(args: argparse.Namespace) -> int:
         summary = train(config)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from spokenlm.data import synth_main
+
+    return synth_main(args.rest)
 
 
 def _demo(args: argparse.Namespace) -> int:
