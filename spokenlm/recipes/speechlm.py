@@ -1,0 +1,616 @@
+"""Recipe `speechlm`: the adapter and LoRA (or the whole LLM) trained on multitask speech prompts.
+
+    spokenlm train speechlm --config configs/speechlm.yaml        # adapter + LoRA, frozen LLM
+    spokenlm train speechlm --config configs/speechlm_full.yaml   # adapter + every LLM weight
+
+Speech-LLaMA (Wu et al., 2023, §2.2–2.3): a frozen encoder and CTC compressor turn speech into a few
+tokens per second; an MLP adapter maps them into the LLM's embedding space, where they replace the
+prompt's `<audio>` marker; only the adapter and LoRA (Hu et al., 2021) on the LLM's projections learn.
+`mode: full` trains every LLM weight instead of LoRA, the comparison DESIGN.md §4 asks for.
+
+1. Load the frozen parts (`encoder_dir`, `compressor_dir`: the ctc recipe's outputs) and the LLM
+   (`llm_dir`: the text-lm recipe's); add LoRA (mode "lora") or unfreeze the LLM (mode "full").
+2. Speech tokens are computed ONCE per utterance, not per step: the encoder and compressor are frozen,
+   so their output never changes. `SpeechLM.encode_recordings` (the same chunking as inference) runs
+   over every utterance of the used splits and the (N, D) tokens are kept in memory as float16 and on
+   disk as safetensors shards under OUT/cache/<fingerprint of encoder, compressor, max_chunk_s>/ —
+   a rerun or resume reads them back. On this CPU that removes the encoder from the training step
+   entirely (it would otherwise cost more than the small LLM), and the float16 rounding (~5e-4
+   relative) is far below what the adapter can resolve. With N workers each encodes 1/N of them.
+3. Each step draws `batch_size` (utterance, task) pairs: a task by `task_weights` among the tasks the
+   train split has, then an utterance that carries it; prompt `build_prompt(TaskRequest)`, target
+   `TASKS[task].target(labels)`, loss `SpeechLLM.loss` (target tokens only).
+4. Every `eval_every` steps: teacher-forced loss and greedy-decoding metrics on up to
+   `dev_items_per_task` items per task of `dev_split`; checkpoint (resumable).
+5. At the end: the same evaluation on all of `dev_split` and each of `test_splits` (OUT/eval_<split>.json,
+   SLUE metric definitions, a few examples), then OUT/bundle/ (`spokenlm run --model OUT/bundle`),
+   metrics.json and loss.png.
+
+Metrics (DESIGN.md §5): ASR WER (slue-toolkit: summed edits / reference words), NER micro-F1 on the
+combined tags (and raw), sentiment macro-F1, dialog-act accuracy (exact set match) and macro-F1,
+en→es BLEU (sacrebleu, every reference translation), QA exact match / token F1 (SQuAD), summary ROUGE-L.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import string
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from spokenlm.tasks import TASK_NAMES, TASKS, TaskRequest, build_prompt, parse_output
+from spokenlm.train.config import to_dict
+from spokenlm.train.data import Utterance, read_manifest
+from spokenlm.train.loop import (
+    Checkpointer,
+    MetricsLog,
+    OptimConfig,
+    WallClock,
+    barrier,
+    clip_and_step,
+    is_main,
+    lr_at,
+    mean_across_workers,
+    rank,
+    world_size,
+    wrap_ddp,
+)
+
+MODES = ("lora", "full")
+LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CACHE_SHARD_UTTERANCES = 2000  # utterances per cache file: a killed run loses at most one shard of work
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechLMTrainConfig:
+    out_dir: str
+    manifest: str  # the corpus manifest.jsonl (spokenlm data synth)
+    encoder_dir: str  # frozen: a save_encoder dir (the ctc recipe's OUT/encoder)
+    compressor_dir: str  # frozen: a save_compressor dir (the ctc recipe's OUT/compressor)
+    llm_dir: str  # a Hugging Face causal-LM dir with its tokenizer (the text-lm recipe's OUT/llm)
+
+    mode: Literal["lora", "full"] = "lora"  # "lora": the LLM stays frozen; "full": every LLM weight trains
+    lora_rank: int = 16
+    lora_alpha: int = 32  # LoRA scale is alpha / rank
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = LLAMA_LINEAR_LAYERS  # every Linear of a Llama/Qwen block (QLoRA, §4)
+    llm_lr_scale: float = 1.0  # mode "full": LLM weights learn at optim.lr * this (the adapter starts from scratch)
+
+    adapter_kind: Literal["mlp", "linear"] = "mlp"
+    adapter_hidden_dim: int = 512
+    max_chunk_s: float = 30.0  # longer recordings are cut at pauses, as at inference (SpeechLM.encode_recordings)
+
+    train_split: str = "fine-tune"
+    dev_split: str = "dev"  # evaluated every eval_every steps (a sample) and at the end (all of it)
+    test_splits: tuple[str, ...] = ("test",)  # evaluated at the end; a split absent from the manifest is skipped
+    task_weights: dict = field(default_factory=dict)  # task -> sampling weight; unlisted tasks weigh 1, 0 drops one
+    max_duration_s: float = 60.0  # longer training utterances are left out (context length of a small LLM)
+
+    batch_size: int = 16  # (utterance, task) pairs per step per worker
+    log_every: int = 20  # steps between logged (mean) training losses
+    eval_every: int = 250
+    dev_items_per_task: int = 32  # per task, for the periodic dev evaluation
+    final_items_per_task: int = 0  # per task, for the final evaluation; 0 = every item
+    eval_batch_size: int = 32
+    max_new_tokens: int = 128  # greedy decoding limit in evaluation
+    num_examples: int = 3  # per task, written into eval_<split>.json
+    encode_batch_size: int = 16  # recordings per encoder call while filling the token cache
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=200, max_steps=6000))
+
+    def validate(self) -> None:
+        for name in ("out_dir", "manifest", "encoder_dir", "compressor_dir", "llm_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"speechlm needs {name}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "lora" and (self.lora_rank < 1 or self.lora_alpha <= 0 or not self.lora_targets):
+            raise ValueError(
+                f"lora mode needs lora_rank >= 1, lora_alpha > 0 and lora_targets, got "
+                f"{self.lora_rank}, {self.lora_alpha}, {list(self.lora_targets)}"
+            )
+        if not 0 <= self.lora_dropout < 1 or not self.llm_lr_scale > 0:
+            raise ValueError(
+                f"need 0 <= lora_dropout < 1 and llm_lr_scale > 0, got {self.lora_dropout}, {self.llm_lr_scale}"
+            )
+        if self.adapter_kind not in ("mlp", "linear") or self.adapter_hidden_dim < 1:
+            raise ValueError(
+                f"adapter_kind must be mlp or linear with adapter_hidden_dim >= 1, "
+                f"got {self.adapter_kind!r}, {self.adapter_hidden_dim}"
+            )
+        unknown = sorted(set(self.task_weights) - set(TASK_NAMES))
+        if unknown:
+            raise ValueError(f"task_weights names unknown task(s) {unknown}; expected some of {', '.join(TASK_NAMES)}")
+        bad = {k: v for k, v in self.task_weights.items() if not (isinstance(v, (int, float)) and v >= 0)}
+        if bad:
+            raise ValueError(f"task_weights must be numbers >= 0, got {bad}")
+        if min(self.batch_size, self.log_every, self.eval_every, self.eval_batch_size, self.max_new_tokens,
+               self.encode_batch_size) < 1:  # fmt: skip
+            raise ValueError(
+                "batch_size, log_every, eval_every, eval_batch_size, max_new_tokens and encode_batch_size must be >= 1"
+            )
+        if self.dev_items_per_task < 0 or self.final_items_per_task < 0 or self.num_examples < 0:
+            raise ValueError("dev_items_per_task, final_items_per_task and num_examples must be >= 0")
+        if not self.max_duration_s > 0 or not 1.0 <= self.max_chunk_s <= 600.0:
+            raise ValueError(
+                f"need max_duration_s > 0 and max_chunk_s in [1, 600], got {self.max_duration_s}, {self.max_chunk_s}"
+            )
+        self.optim.validate()
+
+
+# --- (utterance, task) items ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """One prompt to train or score: an utterance, the request asked of it, and its labels."""
+
+    utt: Utterance
+    request: TaskRequest
+    labels: dict  # the utterance's labels; for qa, "question"/"answer" are this item's pair
+
+    @property
+    def target(self) -> str:
+        return TASKS[self.request.task].target(self.labels)
+
+
+def items_of(utt: Utterance, task: str) -> list[Item]:
+    """Every request `task` poses on `utt`: one, except qa, which gives one per question of a passage."""
+    labels = utt.labels
+    try:
+        if task == "qa":
+            pairs = labels.get("qa") or [{"question": labels["question"], "answer": labels["answer"]}]
+            return [
+                Item(utt, TaskRequest(task="qa", question=q), {**labels, "question": q, "answer": p["answer"]})
+                for p in pairs
+                for q in [p["question"]]
+            ]
+        if task == "translate":
+            item = Item(utt, TaskRequest(task="translate", target_lang=labels.get("target_lang", "es")), labels)
+        else:
+            item = Item(utt, TaskRequest(task=task), labels)
+        item.target  # noqa: B018 - a missing label fails here, naming the utterance, not mid-training
+    except KeyError as e:
+        raise ValueError(f"utterance {utt.id}: task {task!r} needs the label {e.args[0]!r}") from e
+    return [item]
+
+
+def tasks_of(utts: list[Utterance]) -> list[str]:
+    found = {t for u in utts for t in u.tasks}
+    unknown = sorted(found - set(TASK_NAMES))
+    if unknown:
+        raise ValueError(f"manifest names unknown task(s) {unknown}; expected some of {', '.join(TASK_NAMES)}")
+    return [t for t in TASK_NAMES if t in found]
+
+
+def heldout_items(utts: list[Utterance], per_task: int) -> dict[str, list[Item]]:
+    """Per task, the first `per_task` items (0: all) in id order: the same items on every call."""
+    out = {}
+    for task in tasks_of(utts):
+        items = [i for u in sorted(utts, key=lambda u: u.id) if task in u.tasks for i in items_of(u, task)]
+        out[task] = items[:per_task] if per_task else items
+    return out
+
+
+# --- the speech-token cache ----------------------------------------------------------------------
+
+
+def cache_fingerprint(encoder_dir: Path, compressor_dir: Path, max_chunk_s: float) -> str:
+    """A hash of the frozen parts' files: tokens cached for other weights are never reused."""
+    digest = hashlib.sha1(f"max_chunk_s={max_chunk_s}".encode())
+    for root in (encoder_dir, compressor_dir):
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def speech_token_cache(model, utts: list[Utterance], cache_dir: Path, *, batch_size: int) -> dict[str, Tensor]:
+    """id -> (N, D) float16 compressed speech tokens of every utterance, encoded at most once.
+
+    Shards already in `cache_dir` are read; the missing utterances are split across workers, encoded
+    in duration order (little padding) and written as new shards (tmp file + rename: never half-written).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from spokenlm.audio import load_audio
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tokens: dict[str, Tensor] = {}
+    loaded: set[Path] = set()
+
+    def read_shards() -> None:
+        for shard in sorted(cache_dir.glob("tokens-*.safetensors")):
+            if shard not in loaded:
+                tokens.update(load_file(str(shard)))
+                loaded.add(shard)
+
+    def write_shard(part: dict[str, Tensor]) -> None:
+        name = hashlib.sha1("\n".join(sorted(part)).encode()).hexdigest()[:16]
+        tmp = cache_dir / f".tmp-{name}-{os.getpid()}.safetensors"
+        save_file(part, str(tmp))
+        os.replace(tmp, cache_dir / f"tokens-{name}.safetensors")
+
+    read_shards()
+    barrier()  # nobody writes until every worker has read: all agree on what is missing
+    missing = [u for u in utts if u.id not in tokens][rank() :: world_size()]
+    missing.sort(key=lambda u: u.duration_s)
+    part: dict[str, Tensor] = {}
+    for first in range(0, len(missing), batch_size):
+        group = missing[first : first + batch_size]
+        speech = model.encode_recordings([load_audio(u.audio) for u in group], max_chunks_per_batch=batch_size)
+        for j, u in enumerate(group):
+            part[u.id] = speech.embeddings[j, : int(speech.lengths[j])].to(torch.float16).contiguous()
+        if len(part) >= CACHE_SHARD_UTTERANCES:
+            write_shard(part)
+            tokens.update(part)
+            part = {}
+        if is_main() and (first // batch_size) % 50 == 49:
+            print(f"speechlm: encoded {first + len(group)}/{len(missing)} utterances", flush=True)
+    if part:
+        write_shard(part)
+        tokens.update(part)
+    barrier()
+    read_shards()  # the other workers' shards
+    return {u.id: tokens[u.id] for u in utts}
+
+
+def speech_batch(tokens: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Cached (N_i, D) tokens -> right-padded (B, N, D) float32 and lengths (B,)."""
+    lengths = torch.tensor([t.shape[0] for t in tokens], dtype=torch.long)
+    return nn.utils.rnn.pad_sequence([t.float() for t in tokens], batch_first=True), lengths
+
+
+class AdaptedLLM(nn.Module):
+    """Adapter + LLM as one module, so DDP sees every trainable parameter in one forward."""
+
+    def __init__(self, adapter: nn.Module, llm) -> None:
+        super().__init__()
+        self.adapter, self.llm = adapter, llm
+
+    def forward(self, prompts: list[str], speech: Tensor, lengths: Tensor, targets: list[str]) -> Tensor:
+        return self.llm.loss(prompts, self.adapter(speech), lengths, targets)  # speech (B, N, D_enc)
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def _squad_normalize(text: str) -> str:
+    """SQuAD v1.1's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def qa_scores(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    """SQuAD exact match and token F1 (percent), one gold answer per question."""
+    exact = f1 = 0.0
+    for ref, hyp in zip(refs, hyps):
+        r, h = _squad_normalize(ref).split(), _squad_normalize(hyp).split()
+        exact += float(r == h)
+        common = sum((Counter(r) & Counter(h)).values())
+        if common:
+            precision, recall = common / len(h), common / len(r)
+            f1 += 2 * precision * recall / (precision + recall)
+    n = max(1, len(refs))
+    return {"exact": 100 * exact / n, "f1": 100 * f1 / n}
+
+
+def score_task(task: str, items: list[Item], results: list) -> dict[str, float]:
+    """SLUE metric definitions (spokenlm.slue.metrics) of one task's parsed results, all percent."""
+    from spokenlm.slue import metrics as m
+
+    labels = [i.labels for i in items]
+    if task == "asr":
+        wer = m.word_error_rate(
+            [m.normalize_asr_text(x["text"]) for x in labels], [m.normalize_asr_text(r.text) for r in results]
+        )
+        return {"wer": wer.wer, "reference_words": wer.reference_words}
+    if task == "ner":
+        refs = [[(tag, x["text"][s : s + n]) for tag, s, n in x.get("entities") or []] for x in labels]
+        report = m.ner_report(refs, [[(e.tag, e.text) for e in r.entities] for r in results])
+        return {"f1_combined": report["combined-standard"].micro.f1, "f1_raw": report["raw-standard"].micro.f1,
+                "label_f1_combined": report["combined-label"].micro.f1}  # fmt: skip
+    if task == "sentiment":
+        scores = m.sentiment_scores([x["sentiment"] for x in labels], [r.label for r in results])
+        return {"macro_f1": scores.macro.f1, "accuracy": scores.accuracy}
+    if task == "dialog-act":
+        scores = m.dialog_act_scores([x["dialog_acts"] for x in labels], [list(r.acts) for r in results])
+        return {"accuracy": scores.accuracy, "macro_f1": scores.macro.f1}
+    if task == "translate":
+        import sacrebleu
+
+        refs = [x.get("translations") or [x["translation"]] for x in labels]
+        width = max(len(r) for r in refs)  # sacrebleu: a missing reference of an item is None
+        streams = [[r[k] if k < len(r) else None for r in refs] for k in range(width)]
+        return {"bleu": sacrebleu.corpus_bleu([r.text for r in results], streams).score}
+    if task == "qa":
+        return qa_scores([x["answer"] for x in labels], [r.text for r in results])
+    if task == "summarize":
+        rouge = m.rouge_scores([x["summary"] for x in labels], [r.text for r in results])
+        return {"rougeL": rouge.rougeL, "rouge1": rouge.rouge1, "rouge2": rouge.rouge2}
+    raise ValueError(f"no metric for task {task!r}")
+
+
+# the one number per task that eval files and summaries lead with, and whether higher is better
+HEADLINE = {
+    "asr": ("wer", False), "ner": ("f1_combined", True), "sentiment": ("macro_f1", True),
+    "dialog-act": ("accuracy", True), "translate": ("bleu", True), "qa": ("f1", True), "summarize": ("rougeL", True),
+}  # fmt: skip
+
+
+def headline(per_task: dict[str, dict]) -> dict[str, float]:
+    """Flat metrics ("asr_wer", "ner_f1_combined", ...) and "score": the mean over tasks of the
+    headline numbers, 100 - WER for ASR (floored at 0): one number to pick lora vs full by."""
+    flat = {
+        f"{t.replace('-', '_')}_{k}": v
+        for t, scores in per_task.items()
+        for k, v in scores.items()
+        if k not in ("items", "reference_words")
+    }
+    points = [
+        value if higher_is_better else max(0.0, 100 - value)
+        for task, (key, higher_is_better) in HEADLINE.items()
+        if task in per_task
+        for value in [per_task[task][key]]
+    ]
+    if points:
+        flat["score"] = sum(points) / len(points)
+    return flat
+
+
+@torch.no_grad()
+def evaluate(adapter: nn.Module, llm, tokens: dict[str, Tensor], by_task: dict[str, list[Item]], *,
+             batch_size: int, max_new_tokens: int, num_examples: int) -> dict:  # fmt: skip
+    """Greedy generation over each task's items, parsed and scored; the loss is teacher-forced."""
+    from spokenlm.lm import GenerationConfig
+
+    generation = GenerationConfig(strategy="greedy", max_new_tokens=max_new_tokens)
+    adapter.eval()
+    llm.model.eval()
+    per_task, examples, losses = {}, {}, []
+    for task, items in by_task.items():
+        if not items:
+            continue
+        order = sorted(range(len(items)), key=lambda k: tokens[items[k].utt.id].shape[0])  # little padding
+        texts: list[str] = [""] * len(items)
+        for first in range(0, len(order), batch_size):
+            batch = [items[k] for k in order[first : first + batch_size]]
+            speech, lengths = speech_batch([tokens[i.utt.id] for i in batch])
+            projected = adapter(speech)
+            prompts = [build_prompt(i.request) for i in batch]
+            losses.append((float(llm.loss(prompts, projected, lengths, [i.target for i in batch])), len(batch)))
+            for k, out in zip(order[first : first + batch_size], llm.generate(prompts, projected, lengths, generation)):
+                texts[k] = out.text
+        results = [parse_output(i.request, t) for i, t in zip(items, texts)]
+        per_task[task] = {"items": len(items), **score_task(task, items, results)}
+        examples[task] = [
+            {"id": i.utt.id, "prompt": build_prompt(i.request), "reference": i.target, "output": t}
+            for i, t in zip(items[:num_examples], texts)
+        ]  # fmt: skip
+    adapter.train()
+    llm.model.train()
+    loss = sum(v * n for v, n in losses) / max(1, sum(n for _, n in losses))
+    return {"loss": loss, "tasks": per_task, "metrics": headline(per_task), "examples": examples}
+
+
+# --- the recipe ----------------------------------------------------------------------------------
+
+
+def _check_inputs(config: SpeechLMTrainConfig) -> None:
+    for name, marker, hint in (
+        ("encoder_dir", "encoder.json", "the ctc recipe's OUT/encoder"),
+        ("compressor_dir", "compressor.json", "the ctc recipe's OUT/compressor"),
+        ("llm_dir", "config.json", "the text-lm recipe's OUT/llm"),
+    ):
+        path = Path(getattr(config, name))
+        if not (path / marker).is_file():
+            raise FileNotFoundError(f"{name} {path} has no {marker}; expected {hint}")
+
+
+def _upstream(path: Path) -> dict:
+    """What made an input directory: its recipe's metrics.json beside it, where there is one."""
+    metrics = path.parent / "metrics.json"
+    return {"dir": str(path), "metrics": json.loads(metrics.read_text()) if metrics.is_file() else None}
+
+
+def _split_stats(utts: list[Utterance], tokens: dict[str, Tensor]) -> dict:
+    seconds = sum(u.duration_s for u in utts)
+    return {
+        "utterances": len(utts),
+        "hours": round(seconds / 3600, 3),
+        "tasks": dict(Counter(t for u in utts for t in u.tasks)),
+        "speech_tokens_per_second": round(sum(tokens[u.id].shape[0] for u in utts) / max(seconds, 1e-9), 2),
+    }
+
+
+def train(config: SpeechLMTrainConfig) -> dict:
+    from spokenlm.adapter import AdapterConfig, build_adapter
+    from spokenlm.compress import load_compressor
+    from spokenlm.encoders import load_encoder
+    from spokenlm.lm import add_lora, load_llm
+    from spokenlm.model import BundleInfo, SpeechLM, save_bundle
+
+    config.validate()
+    _check_inputs(config)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = (config.train_split, config.dev_split, *config.test_splits)
+    utts = read_manifest(config.manifest, splits=splits)
+    train_utts = [u for u in utts if u.split == config.train_split and u.duration_s <= config.max_duration_s]
+    if not train_utts:
+        raise ValueError(
+            f"{config.manifest} has no {config.train_split!r} utterances of at most {config.max_duration_s} s"
+        )
+    tasks = [t for t in tasks_of(train_utts) if config.task_weights.get(t, 1.0) > 0]
+    if not tasks:
+        raise ValueError(f"every task of the train split has weight 0: {config.task_weights}")
+    by_task = {t: [u for u in train_utts if t in u.tasks] for t in tasks}
+    weights = [float(config.task_weights.get(t, 1.0)) for t in tasks]
+
+    # 1. parts: frozen encoder + compressor, the LLM with LoRA (or unfrozen), a fresh adapter
+    torch.manual_seed(config.seed)
+    encoder, compressor = load_encoder(config.encoder_dir).eval(), load_compressor(config.compressor_dir).eval()
+    for p in [*encoder.parameters(), *compressor.parameters()]:
+        p.requires_grad_(False)
+    llm = load_llm(config.llm_dir)
+    if config.mode == "lora":
+        llm = add_lora(llm, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                       target_modules=config.lora_targets)  # fmt: skip
+    adapter = build_adapter(AdapterConfig(input_dim=compressor.output_dim, output_dim=llm.model_dim,
+                                          hidden_dim=config.adapter_hidden_dim, kind=config.adapter_kind))  # fmt: skip
+    speechlm = SpeechLM(
+        encoder=encoder, compressor=compressor, adapter=adapter, llm=llm, max_chunk_s=config.max_chunk_s
+    )
+
+    # 2. speech tokens, once per utterance (see the module docstring)
+    started = time.monotonic()
+    fingerprint = cache_fingerprint(Path(config.encoder_dir), Path(config.compressor_dir), config.max_chunk_s)
+    used = train_utts + [u for u in utts if u.split != config.train_split]
+    tokens = speech_token_cache(speechlm, used, out / "cache" / fingerprint, batch_size=config.encode_batch_size)
+    cache_minutes = (time.monotonic() - started) / 60
+    dev_utts = [u for u in utts if u.split == config.dev_split]
+    dev_sample = heldout_items(dev_utts, config.dev_items_per_task)
+
+    # 3. optimiser: the adapter and LoRA learn at optim.lr, full-mode LLM weights at llm_lr_scale of it
+    # (param groups: house build_optimizer gives one lr; here the two groups need their own scales)
+    if config.mode == "lora":
+        lora = [p for p in llm.model.parameters() if p.requires_grad]  # add_lora froze everything else
+        groups = [{"params": [*adapter.parameters(), *lora], "lr_scale": 1.0}]
+    else:
+        llm.model.requires_grad_(True)
+        groups = [
+            {"params": list(adapter.parameters()), "lr_scale": 1.0},
+            {"params": list(llm.model.parameters()), "lr_scale": config.llm_lr_scale},
+        ]
+    trainable = [p for g in groups for p in g["params"]]
+    optim = config.optim
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    model = wrap_ddp(AdaptedLLM(adapter, llm))
+    checkpoints, metrics = Checkpointer(out), MetricsLog(out)
+    state = checkpoints.restore({"adapter": adapter, "llm": llm.model}, optimizer) or {"step": 0, "wall_s": 0.0}
+    for group, wanted in zip(optimizer.param_groups, groups):
+        group["lr_scale"] = wanted["lr_scale"]  # the config's scale wins over the checkpoint's
+    step, clock = state["step"], WallClock(state["wall_s"])
+    rng = random.Random(config.seed * 1000 + rank() + step)  # a resumed run draws fresh batches
+
+    def save() -> None:
+        if is_main():
+            checkpoints.save(step, {"adapter": adapter, "llm": llm.model}, optimizer, {"wall_s": clock.seconds})
+
+    def dev_eval() -> None:
+        """Teacher-forced loss and greedy metrics on the dev sample (main worker; the others wait)."""
+        if is_main() and dev_sample:
+            result = evaluate(adapter, llm, tokens, dev_sample, batch_size=config.eval_batch_size,
+                              max_new_tokens=config.max_new_tokens, num_examples=0)  # fmt: skip
+            metrics.log(step, val_loss=result["loss"], **{f"dev_{k}": v for k, v in result["metrics"].items()})
+            print(f"speechlm: step {step} val_loss {result['loss']:.3f} {json.dumps(result['metrics'])}", flush=True)
+        barrier()
+
+    if step == 0:  # the untrained adapter's dev figures: the baseline the curve is read against
+        dev_eval()
+    adapter.train()
+    llm.model.train()
+    running: list[float] = []
+    # every worker must agree to stop, or one would wait forever in DDP's all-reduce for the other
+    while step < optim.max_steps and not mean_across_workers(float(clock.over(optim))) > 0:
+        batch = []
+        for _ in range(config.batch_size):
+            task = rng.choices(tasks, weights)[0]
+            batch.append(rng.choice(items_of(rng.choice(by_task[task]), task)))
+        speech, lengths = speech_batch([tokens[i.utt.id] for i in batch])
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, optim) * group["lr_scale"]
+        loss = model([build_prompt(i.request) for i in batch], speech, lengths, [i.target for i in batch])
+        loss.backward()
+        clip_and_step(optimizer, trainable, optim)
+        step += 1
+        running.append(loss.item())
+        if step % config.log_every == 0:
+            mean = mean_across_workers(sum(running) / len(running))
+            running = []
+            if is_main():
+                metrics.log(step, loss=mean, lr=lr_at(step, optim))
+        if step % config.eval_every == 0:
+            dev_eval()
+            save()
+    save()
+
+    # 5. final evaluation, bundle, summary (main worker)
+    summary: dict = {
+        "stage": "speechlm", "mode": config.mode, "steps": step, "wall_minutes": round(clock.seconds / 60, 2),
+        "cache_minutes": round(cache_minutes, 2), "workers": world_size(), "tasks": tasks,
+    }  # fmt: skip
+    if is_main():
+        provenance = _finish(config, out, utts, train_utts, tokens, adapter, llm, metrics, trainable, summary)
+        metrics.write_summary(summary)
+        metrics.plot(title=f"speechlm ({config.mode})")
+        speechlm.info = BundleInfo(trained=True, tasks=tuple(tasks), provenance=provenance)
+        save_bundle(speechlm, out / "bundle")
+    barrier()
+    return summary
+
+
+def _finish(config, out, utts, train_utts, tokens, adapter, llm, metrics, trainable, summary: dict) -> dict:
+    """Evaluate dev and test splits in full (eval_<split>.json), complete `summary` in place, write
+    OUT/config.yaml; returns the bundle's provenance."""
+    step = summary["steps"]
+    evals = {}
+    for split in dict.fromkeys((config.dev_split, *config.test_splits)):
+        split_utts = [u for u in utts if u.split == split]
+        if not split_utts:
+            continue
+        result = evaluate(adapter, llm, tokens, heldout_items(split_utts, config.final_items_per_task),
+                          batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+                          num_examples=config.num_examples)  # fmt: skip
+        result = {"split": split, "step": step, "utterances": len(split_utts), **result}
+        (out / f"eval_{split}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        evals[split] = result
+    if config.dev_split in evals:
+        metrics.log(step, val_loss=evals[config.dev_split]["loss"])
+
+    rows = metrics.rows()
+    losses = [r["loss"] for r in rows if "loss" in r]
+    val_losses = [r["val_loss"] for r in rows if "val_loss" in r]
+    splits = dict.fromkeys(u.split for u in utts)
+    data = {split: _split_stats([u for u in utts if u.split == split], tokens) for split in splits}
+    data[config.train_split] = _split_stats(train_utts, tokens)  # as trained on: within max_duration_s
+    resolved = json.loads(json.dumps(to_dict(config)))  # tuples -> lists, for YAML
+    import yaml
+
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    summary.update({
+        "train_utterances": len(train_utts),
+        "train_hours": data[config.train_split]["hours"],
+        "loss_start": losses[0] if losses else None,
+        "loss": losses[-1] if losses else None,
+        "val_loss_start": val_losses[0] if val_losses else None,
+        "val_loss": val_losses[-1] if val_losses else None,
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "llm_parameters": sum(p.numel() for n, p in llm.model.named_parameters() if ".lora_" not in n),
+        **{f"{split}_{k}": v for split, e in evals.items() for k, v in e["metrics"].items()},
+        "eval": {split: {"loss": e["loss"], **e["metrics"]} for split, e in evals.items()},
+        "data": data,
+    })
+    return {
+        "recipe": "speechlm",
+        "command": f"spokenlm train speechlm --config {out / 'config.yaml'}",
+        "config": resolved,
+        "metrics": {k: v for k, v in summary.items() if k != "data"},
+        "data": data,
+        "inputs": {"encoder": _upstream(Path(config.encoder_dir)), "compressor": _upstream(Path(config.compressor_dir)),
+                   "llm": _upstream(Path(config.llm_dir))},  # fmt: skip
+        "speech_token_rate_hz": data[config.train_split]["speech_tokens_per_second"],
+    }

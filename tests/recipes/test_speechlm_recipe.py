@@ -1,0 +1,252 @@
+"""The speechlm recipe on the tiny espeak corpus, with tiny frozen parts built here: a wav2vec 2.0
+encoder and CTC compressor (random, saved as the ctc recipe saves them) and a 2-layer Llama with its
+BPE tokenizer (saved as the text-lm recipe saves it)."""
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spokenlm.recipes.text_lm import block_loss, pack
+from spokenlm.recipes.speechlm import (
+    Item,
+    SpeechLMTrainConfig,
+    headline,
+    items_of,
+    qa_scores,
+    score_task,
+    train,
+)
+from spokenlm.tasks import TaskRequest, parse_output
+from spokenlm.train.data import Utterance
+from spokenlm.train.loop import OptimConfig
+
+TINY_ARCH = {
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": True,
+}  # fmt: skip
+PRETRAIN_STEPS = 150
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core box: extra intra-op threads only add overhead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def frozen_parts(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
+    from spokenlm.compress import CTCCompressorConfig, build_compressor, save_compressor
+    from spokenlm.encoders import build_encoder, save_encoder
+    from spokenlm.encoders.wav2vec2 import wav2vec2_tiny
+    from spokenlm.lm import build_llm, save_llm
+    from spokenlm.tokenizer import train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("frozen")
+    torch.manual_seed(0)
+    encoder = build_encoder(wav2vec2_tiny())
+    save_encoder(encoder, root / "ctc" / "encoder")
+    save_compressor(build_compressor(CTCCompressorConfig(input_dim=64)), root / "ctc" / "compressor")
+    texts = [json.loads(line)["task_labels"]["text"] for line in tiny_corpus.read_text().splitlines()]
+    texts += ["transcribe the speech", "what is the sentiment of the speech", "negative neutral positive"]
+    tokenizer = train_bpe_tokenizer(texts * 3, vocab_size=320)
+    llm = build_llm({**TINY_ARCH, "vocab_size": len(tokenizer)}, tokenizer)
+    # A frozen random LLM cannot learn through LoRA (its tiny embeddings bound every logit): pretrain
+    # it on the targets for a moment, as the text-lm recipe does at scale.
+    targets = texts + ["Negative", "Neutral", "Positive"] * 4
+    blocks = pack(tokenizer(targets, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id, seq_len=32)
+    optimizer = torch.optim.AdamW(llm.model.parameters(), lr=1e-2)
+    llm.model.train()
+    for step in range(PRETRAIN_STEPS):
+        block_loss(llm.model, blocks[torch.randint(len(blocks), (8,))]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    save_llm(llm, root / "text-lm" / "llm")
+    return {"encoder": root / "ctc" / "encoder", "compressor": root / "ctc" / "compressor",
+            "llm": root / "text-lm" / "llm"}  # fmt: skip
+
+
+def _config(out: Path, manifest: Path, parts: dict[str, Path], **changes) -> SpeechLMTrainConfig:
+    config = SpeechLMTrainConfig(
+        out_dir=str(out),
+        manifest=str(manifest),
+        encoder_dir=str(parts["encoder"]),
+        compressor_dir=str(parts["compressor"]),
+        llm_dir=str(parts["llm"]),
+        lora_rank=4,
+        lora_alpha=8,
+        adapter_hidden_dim=64,
+        batch_size=8,
+        log_every=5,
+        eval_every=20,
+        eval_batch_size=8,
+        max_new_tokens=16,
+        optim=OptimConfig(lr=3e-3, warmup_steps=5, max_steps=40),
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def _llm_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_lora_run_learns_keeps_the_llm_frozen_resumes_and_ships_a_bundle(
+    tmp_path, tiny_corpus, frozen_parts, capsys, monkeypatch
+):
+    out = tmp_path / "speechlm"
+    first = train(_config(out, tiny_corpus, frozen_parts))
+    assert first["steps"] == 40 and first["mode"] == "lora" and first["tasks"] == ["asr", "sentiment"]
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) == 8 and losses[-1] < losses[0] - 1.0  # learned something in 40 steps
+
+    # LoRA mode: the base LLM is bit-identical to its input; the LoRA and adapter weights moved
+    base, trained = _llm_weights(frozen_parts["llm"]), _llm_weights(out / "bundle" / "llm")
+    assert base.keys() == trained.keys()
+    assert all(torch.equal(base[k], trained[k]) for k in base)
+    lora = load_file(str(out / "bundle" / "lora" / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in lora.items())  # B starts at zero
+
+    # the speech tokens were cached once; a resumed run reads them back and never touches the encoder
+    shards = sorted((out / "cache").rglob("tokens-*.safetensors"))
+    assert shards and sum(len(load_file(str(s))) for s in shards) == 22
+    from spokenlm.model import SpeechLM
+
+    monkeypatch.setattr(SpeechLM, "encode_recordings", lambda *a, **k: pytest.fail("re-encoded a cached utterance"))
+    resumed = train(_config(out, tiny_corpus, frozen_parts, optim=OptimConfig(lr=3e-3, warmup_steps=5, max_steps=50)))
+    monkeypatch.undo()
+    assert resumed["steps"] == 50
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(1 for r in rows if r["step"] == 0) == 1  # the baseline is measured once, not on resume
+    assert [r["step"] for r in rows if "loss" in r] == list(range(5, 55, 5))
+
+    # outputs: metrics, curve, eval file with the SLUE metric keys, a trained bundle the CLI runs
+    for name in ("metrics.json", "loss.png", "eval_dev.json", "config.yaml", "bundle/spokenlm.json"):
+        assert (out / name).is_file(), name
+    evaluation = json.loads((out / "eval_dev.json").read_text())
+    assert evaluation["split"] == "dev" and evaluation["step"] == 50
+    assert {"asr_wer", "sentiment_macro_f1", "sentiment_accuracy", "score"} <= set(evaluation["metrics"])
+    assert evaluation["tasks"]["asr"]["items"] == 2 and len(evaluation["examples"]["sentiment"]) == 2
+    assert resumed["dev_asr_wer"] == evaluation["metrics"]["asr_wer"]
+
+    from spokenlm.cli import main
+    from spokenlm.model import load_bundle
+
+    model = load_bundle(out / "bundle")
+    assert model.info.trained and model.info.tasks == ("asr", "sentiment")
+    provenance = model.info.provenance
+    assert provenance["recipe"] == "speechlm" and provenance["data"]["fine-tune"]["utterances"] == 20
+    assert provenance["metrics"]["dev_asr_wer"] == evaluation["metrics"]["asr_wer"]
+    assert model.llm.has_lora
+    clip = tiny_corpus.parent / "audio" / "u20.wav"
+    capsys.readouterr()
+    argv = ["run", "--model", str(out / "bundle"), "--task", "sentiment", "--json", "--max-new-tokens", "4"]
+    assert main([*argv, str(clip)]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["task"] == "sentiment" and record["path"] == str(clip)
+
+
+def test_full_fine_tuning_changes_the_llm_weights(tmp_path, tiny_corpus, frozen_parts):
+    out = tmp_path / "full"
+    summary = train(_config(out, tiny_corpus, frozen_parts, mode="full", llm_lr_scale=0.5, eval_every=100,
+                            optim=OptimConfig(lr=3e-3, warmup_steps=2, max_steps=10)))  # fmt: skip
+    assert summary["steps"] == 10 and summary["trainable_parameters"] > summary["llm_parameters"]
+    base, trained = _llm_weights(frozen_parts["llm"]), _llm_weights(out / "bundle" / "llm")
+    changed = [k for k in base if not torch.equal(base[k], trained[k])]
+    assert len(changed) == len(base)  # every LLM tensor trained
+    assert not (out / "bundle" / "lora").exists()
+
+
+def test_task_weights_choose_the_tasks_and_bad_configs_are_named(tmp_path, tiny_corpus, frozen_parts):
+    out = tmp_path / "asr-only"
+    summary = train(_config(out, tiny_corpus, frozen_parts, task_weights={"sentiment": 0}, eval_every=100,
+                            optim=OptimConfig(lr=3e-3, warmup_steps=1, max_steps=2)))  # fmt: skip
+    assert summary["tasks"] == ["asr"]
+
+    with pytest.raises(ValueError, match=re.escape("task_weights names unknown task(s) ['asrr']")):
+        _config(out, tiny_corpus, frozen_parts, task_weights={"asrr": 1.0}).validate()
+    with pytest.raises(ValueError, match=re.escape("mode must be one of ('lora', 'full'), got 'qlora'")):
+        _config(out, tiny_corpus, frozen_parts, mode="qlora").validate()
+    with pytest.raises(ValueError, match="lora mode needs lora_rank >= 1"):
+        _config(out, tiny_corpus, frozen_parts, lora_rank=0).validate()
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"encoder_dir {missing} has no encoder.json")):
+        train(_config(out, tiny_corpus, {**frozen_parts, "encoder": missing}))
+
+
+@pytest.mark.parametrize("name", ["speechlm.yaml", "speechlm_full.yaml"])
+def test_shipped_configs_parse(name):
+    from spokenlm.train.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / name, SpeechLMTrainConfig)
+    assert config.mode == ("full" if "full" in name else "lora") and config.optim.max_minutes == 90
+    assert config.manifest == "../corpus/manifest.jsonl" and config.llm_dir == "runs/text-lm/llm"
+
+
+def test_items_follow_the_labels():
+    labels = {"text": "anna lives in paris", "qa": [{"question": "who?", "answer": "anna"},
+              {"question": "where?", "answer": "paris"}], "translation": "anna vive en parís"}  # fmt: skip
+    utt = Utterance(id="x", split="fine-tune", audio=Path("x.wav"), duration_s=1.0, labels=labels, tasks=("asr", "qa"))
+    qa = items_of(utt, "qa")
+    assert [(i.request.question, i.target) for i in qa] == [("who?", "anna"), ("where?", "paris")]
+    (translate,) = items_of(utt, "translate")
+    assert translate.request.target_lang == "es" and translate.target == "anna vive en parís"
+    with pytest.raises(ValueError, match=re.escape("utterance x: task 'sentiment' needs the label 'sentiment'")):
+        items_of(utt, "sentiment")
+
+
+def test_scores_follow_the_metric_definitions():
+    assert qa_scores(["the red house"], ["Red house."]) == {"exact": 100.0, "f1": 100.0}
+    assert qa_scores(["red house"], ["red car"])["f1"] == pytest.approx(50.0)
+
+    def items(task: str, labels: list[dict], **request) -> list[Item]:
+        return [Item(None, TaskRequest(task=task, **request), x) for x in labels]  # type: ignore[arg-type]
+
+    ner = items("ner", [{"text": "anna lives in paris", "entities": [["PERSON", 0, 4], ["GPE", 14, 5]]}])
+    hyp = [parse_output(ner[0].request, "[PERSON anna] lives in [LOC paris]")]
+    scores = score_task("ner", ner, hyp)
+    assert scores["f1_combined"] == pytest.approx(100.0)  # GPE and LOC are both PLACE
+    assert scores["f1_raw"] == pytest.approx(50.0)
+
+    acts = items("dialog-act", [{"dialog_acts": ["question_general", "thanks"]}, {"dialog_acts": ["thanks"]}])
+    hyps = [parse_output(a.request, t) for a, t in zip(acts, ["thanks, question_general", "acknowledge"])]
+    assert score_task("dialog-act", acts, hyps)["accuracy"] == pytest.approx(50.0)
+
+    tr = items("translate", [{"translation": "el gato negro duerme en la casa grande",
+                              "translations": ["el gato negro duerme en la casa grande", "un gato negro"]}],
+               target_lang="es")  # fmt: skip
+    hyp = [parse_output(tr[0].request, "el gato negro duerme en la casa grande")]
+    assert score_task("translate", tr, hyp)["bleu"] == pytest.approx(100.0)
+
+    flat = headline({"asr": {"items": 2, "wer": 120.0, "reference_words": 9},
+                     "sentiment": {"items": 2, "macro_f1": 60.0}})  # fmt: skip
+    assert flat == {"asr_wer": 120.0, "sentiment_macro_f1": 60.0, "score": 30.0}  # 100 - WER floors at 0
+
+
+@pytest.mark.slow
+def test_speechlm_runs_under_ray_train_with_two_workers(tmp_path, tiny_corpus, frozen_parts):
+    import yaml
+
+    from spokenlm.cli import main
+
+    out = tmp_path / "ray"
+    config = tmp_path / "speechlm.yaml"
+    config.write_text(yaml.safe_dump({
+        "out_dir": str(out), "manifest": str(tiny_corpus), "encoder_dir": str(frozen_parts["encoder"]),
+        "compressor_dir": str(frozen_parts["compressor"]), "llm_dir": str(frozen_parts["llm"]),
+        "lora_rank": 4, "lora_alpha": 8, "adapter_hidden_dim": 64, "batch_size": 4, "log_every": 5,
+        "eval_every": 10, "eval_batch_size": 4, "max_new_tokens": 8,
+        "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 10},
+    }))  # fmt: skip
+    assert main(["train", "speechlm", "--config", str(config), "--workers", "2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["workers"] == 2 and metrics["steps"] == 10
+    assert (out / "bundle" / "spokenlm.json").is_file() and (out / "eval_dev.json").is_file()
+    shards = list((out / "cache").rglob("tokens-*.safetensors"))
+    assert len(shards) == 2 and sum(len(load_file(str(s))) for s in shards) == 22  # each worker encoded half
