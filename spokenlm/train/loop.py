@@ -193,7 +193,10 @@ class WallClock:
         return time.monotonic() - self.start
 
     def over(self, config: OptimConfig) -> bool:
-        return config.max_minutes > 0 and self.seconds >= config.max_minutes * 60
+        """Whether the budget is spent. Under DDP every worker gets the same answer (any worker over
+        the budget stops them all), so none leaves the loop while the others wait in an all-reduce."""
+        local = config.max_minutes > 0 and self.seconds >= config.max_minutes * 60
+        return mean_across_workers(float(local)) > 0
 
 
 # --- distributed (Ray Train workers initialise the process group) --------------------------------
