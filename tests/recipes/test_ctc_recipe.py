@@ -1,0 +1,308 @@
+"""The `ctc` recipe on the tiny espeak corpus (tests/recipes/conftest.py) with a ~100K-parameter DinoSR.
+
+One 150-step run is shared by the module: it must learn (loss and train-set greedy CER far below the
+untrained model's), resume exactly, and leave an encoder and a compressor that load, assemble into a
+bundle and run `spokenlm run --task asr`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from spokenlm.recipes.ctc import (
+    CTCTrainConfig,
+    build_start_encoder,
+    frame_masking,
+    frame_projection,
+    train,
+    usable_utterances,
+    with_overrides,
+)
+from spokenlm.train.loop import OptimConfig
+
+# ~108K parameters: 2 layers of dim 64 on a 16-channel fbank frontend, 50 Hz, no dropout
+TINY = {
+    "model_dim": 64, "num_layers": 2, "num_heads": 4, "ffn_dim": 128, "fbank_channels": 16,
+    "pos_conv_depth": 2, "pos_conv_kernel": 9, "pos_conv_groups": 4, "dropout": 0.0,
+    "attention_dropout": 0.0, "num_codebooks": 2,
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Models here are tiny: on a shared 2-core box extra intra-op threads only slow them down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(out: Path, manifest: Path, **changes) -> CTCTrainConfig:
+    """Measured on the tiny corpus: 150 steps take ~15 s and reach train-set CER ~0.5 from ~2.0."""
+    base = CTCTrainConfig(
+        out_dir=str(out),
+        manifest=str(manifest),
+        encoder_preset="dinosr_tiny",
+        encoder_overrides=TINY,
+        dev_split="fine-tune",  # 20 clips are too few to generalise: measure the fit to them
+        max_batch_s=15.0,
+        mask_time_prob=0.0,  # masking slows learning on 20 clips; tested on its own below
+        mask_channel_prob=0.0,
+        eval_every=50,
+        eval_max_utts=20,
+        optim=OptimConfig(lr=3e-3, warmup_steps=10, max_steps=150),
+    )
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, tmp_path_factory) -> tuple[CTCTrainConfig, dict]:
+    config = _config(tmp_path_factory.mktemp("ctc") / "out", tiny_corpus)
+    return config, train(config)
+
+
+def test_ctc_learns_from_transcripts(trained):
+    config, summary = trained
+    out = Path(config.out_dir)
+    assert summary["steps"] == 150 and summary["train_utterances"] == 20 and summary["workers"] == 1
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0]
+    # learned something: characters, not just blanks (an all-blank model scores CER 1.0)
+    assert summary["dev_cer_start"] > 1.0
+    assert summary["dev_cer"] < 0.8
+    assert summary["dev_loss"] < 0.3 * summary["dev_loss_start"]
+    # frame averaging: one token per emitted character, far fewer than 50 frames per second
+    assert 1.0 < summary["dev_tokens_per_second"] < 20.0
+    assert summary["dev_tokens_per_second"] == summary["dev_tokens_per_second_frame_averaging"]
+    assert summary["dev_tokens_per_second"] <= summary["dev_tokens_per_second_blank_removal"] < 50.0
+    assert summary["examples"] and {"ref", "hyp"} == set(summary["examples"][0])
+    for name in ("encoder/encoder.json", "compressor/compressor.json", "metrics.json", "loss.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "metrics.json").read_text())["dev_cer"] == summary["dev_cer"]
+
+
+def test_resume_continues_where_the_run_stopped(trained):
+    config, summary = trained
+    out = Path(config.out_dir)
+    shutil.rmtree(out / "checkpoints" / "step-150")  # as if stopped right after the step-100 checkpoint
+    resumed = train(config)
+    assert resumed["steps"] == 150
+    # data order and masks are functions of the step, the optimiser state is restored: the same run
+    assert resumed["dev_loss"] == pytest.approx(summary["dev_loss"], rel=1e-4)
+    assert resumed["dev_cer_start"] == summary["dev_cer_start"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(1 for r in rows if r["step"] == 0) == 1  # the baseline is measured once, not on resume
+
+
+def test_outputs_load_and_run_asr_in_a_bundle(trained, tiny_corpus, tmp_path, capsys):
+    from spokenlm.audio import batch_audio, load_audio
+    from spokenlm.cli import main
+    from spokenlm.compress import CTCCompressorConfig, load_compressor
+    from spokenlm.demo import build_untrained_bundle
+    from spokenlm.encoders import load_encoder
+    from spokenlm.encoders.dinosr import dinosr_tiny
+    from spokenlm.lm import GenerationConfig
+    from spokenlm.model import load_bundle
+    from spokenlm.tasks import TaskRequest
+
+    config, summary = trained
+    out = Path(config.out_dir)
+    encoder, compressor = load_encoder(out / "encoder"), load_compressor(out / "compressor")
+    assert compressor.config.mode == "frame_averaging" and compressor.output_dim == encoder.output_dim == 64
+
+    # a bundle: the untrained tiny one for the same encoder shape, with our two directories put in
+    bundle = build_untrained_bundle(
+        tmp_path / "bundle",
+        encoder=with_overrides(dinosr_tiny(), TINY),
+        compressor=lambda dim: CTCCompressorConfig(input_dim=dim, mode="frame_averaging"),
+    )
+    for part in ("encoder", "compressor"):
+        shutil.rmtree(bundle / part)
+        shutil.copytree(out / part, bundle / part)
+
+    clip = tiny_corpus.parent / "audio" / "u0.wav"
+    wav = load_audio(clip)
+    audio = batch_audio([wav])
+    with torch.no_grad():
+        encoded = encoder(audio.wav, audio.lengths)
+        expected = compressor.greedy_transcripts(compressor(encoded).ctc_log_probs, encoded.lengths)[0]
+    (output,) = load_bundle(bundle).run([wav], [TaskRequest(task="asr")], GenerationConfig(max_new_tokens=4))
+    assert output.transcript == expected != ""
+
+    assert main(["run", "--model", str(bundle), "--task", "asr", "--max-new-tokens", "4", "--json", str(clip)]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["task"] == "asr" and 1.0 < record["tokens_per_second"] < 20.0
+
+
+def test_frozen_encoder_steps_train_the_head_alone_with_masking_and_bf16(tiny_corpus, tmp_path):
+    config = _config(
+        tmp_path / "out", tiny_corpus, freeze_encoder_steps=3, mask_time_prob=0.3, mask_channel_prob=0.1,
+        bf16=True, eval_max_utts=2, optim=OptimConfig(lr=3e-3, warmup_steps=1, max_steps=3),
+    )  # fmt: skip
+    from spokenlm.compress import CTCCompressor, CTCCompressorConfig, load_compressor
+    from spokenlm.encoders import load_encoder
+
+    torch.manual_seed(config.seed)  # what train() builds first, from the same seed
+    start_encoder = build_start_encoder(config).state_dict()
+    start_head = CTCCompressor(CTCCompressorConfig(input_dim=64)).head.weight.detach().clone()
+    assert train(config)["steps"] == 3
+    encoder = load_encoder(tmp_path / "out" / "encoder").state_dict()
+    assert all(torch.equal(start_encoder[k], encoder[k]) for k in start_encoder)
+    assert not torch.equal(start_head, load_compressor(tmp_path / "out" / "compressor").head.weight)
+
+
+def test_a_time_budget_ends_the_run_and_stays_spent_on_resume(tiny_corpus, tmp_path):
+    config = _config(
+        tmp_path / "out", tiny_corpus, lr_over_minutes=True, eval_max_utts=2,
+        optim=OptimConfig(lr=3e-3, warmup_steps=2, max_steps=100_000, max_minutes=0.02),
+    )  # fmt: skip
+    first = train(config)
+    assert 1 <= first["steps"] < 1000 and first["wall_minutes"] >= 0.02
+    again = train(config)  # the checkpoint carries the wall time: nothing is left to spend
+    assert again["steps"] == first["steps"]
+
+
+def test_frame_masking_masks_the_transformer_input_only_inside_the_block():
+    from spokenlm.encoders.dinosr import dinosr_tiny
+
+    encoder = build_start_encoder(
+        CTCTrainConfig(out_dir="-", manifest="-", encoder_preset="dinosr_tiny", encoder_overrides=TINY)
+    ).eval()
+    assert encoder.config == with_overrides(dinosr_tiny(), TINY)
+    config = CTCTrainConfig(out_dir="-", manifest="-", encoder_preset="dinosr_tiny", mask_time_prob=0.5,
+                            mask_channel_prob=0.2)  # fmt: skip
+    wav = torch.randn(2, 16000) * 0.1
+    lengths = torch.tensor([16000, 12000])
+    seen = []  # the Transformer's input frames, (B, T, D), of each forward pass
+    probe = encoder.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    projection = frame_projection(encoder)
+    with torch.no_grad():
+        clean = encoder(wav, lengths).features
+        with frame_masking(encoder, lengths, config, torch.Generator().manual_seed(0)):
+            masked = encoder(wav, lengths).features
+        again = encoder(wav, lengths).features
+    probe.remove()
+    assert not projection._forward_hooks  # the masking hook is gone after the block
+    assert torch.equal(clean, again) and not torch.allclose(clean, masked)
+    frames = encoder.output_lengths(lengths)
+    zero_frames = (seen[0].abs().sum(-1) > 0) & (seen[1].abs().sum(-1) == 0)  # (B, T) masked in time
+    for i, n in enumerate(frames.tolist()):
+        share = zero_frames[i, :n].float().mean().item()
+        assert 0.15 < share < 0.8, share  # spans of 10 frames starting at ~50 % of frames, overlapping
+
+
+@pytest.mark.parametrize("preset", ["wav2vec2_tiny", "sylber_tiny"])
+def test_frame_masking_reaches_every_encoder_kind(preset):
+    config = CTCTrainConfig(out_dir="-", manifest="-", encoder_preset=preset, mask_time_prob=0.5)
+    encoder = build_start_encoder(config).eval()
+    wav, lengths = torch.randn(1, 16000) * 0.1, torch.tensor([16000])
+    with torch.no_grad():
+        clean = encoder(wav, lengths).features
+        with frame_masking(encoder, lengths, config, torch.Generator().manual_seed(0)):
+            masked = encoder(wav, lengths).features
+    assert masked.shape == clean.shape and not torch.allclose(clean, masked)
+
+
+def test_usable_utterances_drops_texts_ctc_cannot_align():
+    from spokenlm.compress import CharVocab
+    from spokenlm.train.data import Utterance
+
+    encoder = build_start_encoder(
+        CTCTrainConfig(out_dir="-", manifest="-", encoder_preset="dinosr_tiny", encoder_overrides=TINY)
+    )
+    utts = [
+        Utterance(id="ok", split="dev", audio=Path("-"), duration_s=1.0, labels={"text": "hello there"}),
+        Utterance(id="empty", split="dev", audio=Path("-"), duration_s=1.0, labels={"text": "123 !"}),
+        Utterance(id="fast", split="dev", audio=Path("-"), duration_s=0.5, labels={"text": "a" * 30}),
+    ]  # 0.5 s is 24 frames; 30 a's need 59 (29 blanks between the repeats)
+    keep, dropped = usable_utterances(utts, encoder, CharVocab())
+    assert [u.id for u in keep] == ["ok"] and dropped == 2
+    with pytest.raises(ValueError, match=r"^utterance x has the asr task but no task_labels\['text'\]$"):
+        usable_utterances([replace(utts[0], id="x", labels={})], encoder, CharVocab())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"encoder_preset": None}, "ctc needs exactly one of encoder_dir and encoder_preset, got neither"),
+        ({"encoder_dir": "runs/x"}, "ctc needs exactly one of encoder_dir and encoder_preset, got both"),
+        ({"encoder_preset": "dinosr_huge"}, "unknown encoder_preset 'dinosr_huge'; expected one of dinosr_tiny, "
+         "dinosr_base, wav2vec2_tiny, wav2vec2_base, sylber_tiny, sylber_base"),
+        ({"encoder_overrides": {"width": 3}}, "unknown encoder_overrides for DinoSREncoderConfig: width"),
+        ({"encoder_overrides": {"model_dim": 65}}, "model_dim 65 is not divisible by 4 attention heads"),
+        ({"mode": "stack"}, "mode must be 'blank_removal' or 'frame_averaging', got 'stack'"),
+        ({"train_splits": ()}, "train_splits must name at least one split"),
+        ({"max_batch_s": 0.0}, "max_duration_s and max_batch_s must be > 0, got 20.0, 0.0"),
+        ({"freeze_encoder_steps": -1}, "freeze_encoder_steps must be >= 0, got -1"),
+        ({"encoder_lr_ratio": 0.0}, "encoder_lr_ratio must be > 0, got 0.0"),
+        ({"mask_time_prob": 1.0}, "mask_time_prob must be in [0, 1), got 1.0"),
+        ({"mask_channel_length": 0}, "mask_channel_length must be >= 1, got 0"),
+        ({"eval_every": 0}, "eval_every must be >= 1, got 0"),
+        ({"lr_over_minutes": True}, "lr_over_minutes needs optim.max_minutes > 0"),
+        ({"optim": OptimConfig(lr=0.0)}, "optim.lr must be a positive number, got 0.0"),
+    ],
+)
+def test_bad_configs_fail_with_named_values(changes, message):
+    config = replace(CTCTrainConfig(out_dir="-", manifest="-", encoder_preset="dinosr_tiny"), **changes)
+    with pytest.raises(ValueError) as err:
+        config.validate()
+    assert str(err.value) == message
+
+
+def test_config_file_errors(tmp_path, trained):
+    from spokenlm.train.config import load_config
+
+    path = tmp_path / "ctc.yaml"
+    path.write_text("out_dir: x\nmanifest: m.jsonl\nencoder_preset: dinosr_tiny\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match=r"unknown field\(s\) for CTCTrainConfig: learning_rate$"):
+        load_config(path, CTCTrainConfig)
+    missing = CTCTrainConfig(out_dir=str(tmp_path / "o"), manifest=str(tmp_path / "none.jsonl"),
+                             encoder_preset="dinosr_tiny", encoder_overrides=TINY)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="manifest not found"):
+        train(missing)
+    # overrides on a saved encoder may change dropout, not shapes
+    saved = str(Path(trained[0].out_dir) / "encoder")
+    ok = CTCTrainConfig(out_dir="-", manifest="-", encoder_dir=saved, encoder_overrides={"dropout": 0.1})
+    assert build_start_encoder(ok).config.dropout == 0.1
+    bad = replace(ok, encoder_overrides={"ffn_dim": 256})
+    with pytest.raises(ValueError, match=r"^encoder_overrides \(ffn_dim\) change the weights of .*encoder: "):
+        build_start_encoder(bad)
+
+
+def test_the_shipped_configs_parse():
+    from spokenlm.train.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    real = load_config(root / "ctc.yaml", CTCTrainConfig)
+    scratch = load_config(root / "ctc_scratch.yaml", CTCTrainConfig)
+    assert real.encoder_dir == "runs/encoder-ssl/encoder" and real.mode == "frame_averaging"
+    assert real.optim.max_minutes == 60 and real.out_dir == "runs/ctc"
+    assert scratch.encoder_preset == "dinosr_tiny" and scratch.encoder_dir is None
+
+
+@pytest.mark.slow
+def test_ctc_runs_under_ray_train_with_two_workers(tiny_corpus, tmp_path):
+    import yaml
+
+    from spokenlm.cli import main
+
+    config = tmp_path / "ctc.yaml"
+    config.write_text(yaml.safe_dump({
+        "out_dir": str(tmp_path / "out"), "manifest": str(tiny_corpus), "encoder_preset": "dinosr_tiny",
+        "encoder_overrides": TINY, "dev_split": "fine-tune", "max_batch_s": 10.0, "eval_every": 10,
+        "eval_max_utts": 6, "freeze_encoder_steps": 5, "mask_time_prob": 0.1,
+        "optim": {"lr": 3e-3, "warmup_steps": 5, "max_steps": 20},
+    }))  # fmt: skip
+    assert main(["train", "ctc", "--config", str(config), "--workers", "2"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["workers"] == 2 and metrics["steps"] == 20
+    assert metrics["dev_loss"] < metrics["dev_loss_start"]
+    assert (tmp_path / "out" / "encoder" / "model.safetensors").is_file()
+    assert (tmp_path / "out" / "compressor" / "model.safetensors").is_file()
