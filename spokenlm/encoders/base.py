@@ -27,3 +27,36 @@ class SpeechEncoder(Protocol):
     def __call__(self, wav: Tensor, lengths: Tensor) -> EncoderOutput:
         """wav: (B, S) float 16 kHz, zero-padded on the right; lengths: (B,) valid samples."""
         ...
+
+
+def check_encoder_inputs(wav: Tensor, lengths: Tensor, *, min_samples: int) -> None:
+    """Validate a (wav, lengths) batch at the encoder boundary; `min_samples` is one frame's
+    receptive field (shorter audio yields no frame)."""
+    import torch
+
+    if not isinstance(wav, Tensor) or wav.ndim != 2 or wav.numel() == 0:
+        shape = tuple(wav.shape) if isinstance(wav, Tensor) else type(wav).__name__
+        raise ValueError(f"wav must be (B, S) float audio, got shape {shape}")
+    if not wav.is_floating_point():
+        raise ValueError(f"wav must be float audio, got dtype {wav.dtype}")
+    if not isinstance(lengths, Tensor) or tuple(lengths.shape) != (wav.shape[0],):
+        shape = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
+        raise ValueError(f"lengths must have shape ({wav.shape[0]},) to match wav, got {shape}")
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be integer sample counts, got dtype {lengths.dtype}")
+    for i, n in enumerate(lengths.tolist()):
+        if n > wav.shape[1]:
+            raise ValueError(f"lengths[{i}]={n} exceeds wav.shape[1]={wav.shape[1]}")
+        if n < min_samples:
+            raise ValueError(f"lengths[{i}]={n} is shorter than one frame ({min_samples} samples)")
+
+
+def select_layer(hidden_states: Tensor, layer: str | int, layer_logits: Tensor | None) -> Tensor:
+    """(L + 1, B, T, D) hidden states -> (B, T, D) features: the learned softmax mix when
+    `layer_logits` is given ("weighted"), else the last layer or hidden state number `layer`."""
+    import torch
+
+    if layer_logits is not None:
+        weights = torch.softmax(layer_logits, dim=0).to(hidden_states.dtype)  # (L + 1,)
+        return torch.einsum("l,lbtd->btd", weights, hidden_states)
+    return hidden_states[-1] if layer == "last" else hidden_states[layer]

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spokenlm.encoders.base import EncoderOutput
+from spokenlm.encoders.base import EncoderOutput, check_encoder_inputs
 
 SAMPLE_RATE = 16_000  # Hz
 NORM_THRESHOLD = 2.6  # published inference default: frames with a smaller feature norm are non-speech
@@ -590,20 +590,7 @@ class SylberEncoder(nn.Module):
         )
 
     def _check_inputs(self, wav: Tensor, lengths: Tensor) -> None:
-        if not isinstance(wav, Tensor) or wav.ndim != 2 or wav.numel() == 0 or not wav.is_floating_point():
-            desc = f"{tuple(wav.shape)} {wav.dtype}" if isinstance(wav, Tensor) else type(wav).__name__
-            raise ValueError(f"wav must be (B, S) float audio, got {desc}")
-        if not isinstance(lengths, Tensor) or tuple(lengths.shape) != (wav.shape[0],):
-            shape = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
-            raise ValueError(f"lengths must have shape ({wav.shape[0]},) to match wav, got {shape}")
-        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-            raise ValueError(f"lengths must be integer sample counts, got dtype {lengths.dtype}")
-        shortest = self.config.receptive_field
-        for i, n in enumerate(lengths.tolist()):
-            if n > wav.shape[1]:
-                raise ValueError(f"lengths[{i}]={n} exceeds wav.shape[1]={wav.shape[1]}")
-            if n < shortest:
-                raise ValueError(f"lengths[{i}]={n} is shorter than one frame ({shortest} samples)")
+        check_encoder_inputs(wav, lengths, min_samples=self.config.receptive_field)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from spokenlm.audio import SAMPLE_RATE  # every wav2vec 2.0 checkpoint was trained on 16 kHz audio
-from spokenlm.encoders.base import EncoderOutput
+from spokenlm.encoders.base import EncoderOutput, check_encoder_inputs, select_layer
 
 BUNDLE_FORMAT_VERSION = 1
 
@@ -313,13 +313,7 @@ class Wav2Vec2Encoder(nn.Module):
         frames = torch.arange(hidden_states.shape[2], device=wav.device) < out_lengths[:, None]  # (B, T)
         hidden_states = hidden_states * frames[None, :, :, None].to(hidden_states.dtype)
 
-        if self.layer_logits is not None:
-            weights = torch.softmax(self.layer_logits, dim=0).to(hidden_states.dtype)  # (L + 1,)
-            features = torch.einsum("l,lbtd->btd", weights, hidden_states)
-        elif self.config.layer == "last":
-            features = hidden_states[-1]
-        else:
-            features = hidden_states[self.config.layer]
+        features = select_layer(hidden_states, self.config.layer, self.layer_logits)
         return EncoderOutput(
             features=features,  # (B, T, D)
             lengths=out_lengths,
@@ -328,22 +322,7 @@ class Wav2Vec2Encoder(nn.Module):
         )
 
     def _check_inputs(self, wav: Tensor, lengths: Tensor) -> None:
-        if not isinstance(wav, Tensor) or wav.ndim != 2 or wav.numel() == 0:
-            shape = tuple(wav.shape) if isinstance(wav, Tensor) else type(wav).__name__
-            raise ValueError(f"wav must be (B, S) float audio, got shape {shape}")
-        if not wav.is_floating_point():
-            raise ValueError(f"wav must be float audio, got dtype {wav.dtype}")
-        if not isinstance(lengths, Tensor) or tuple(lengths.shape) != (wav.shape[0],):
-            shape = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
-            raise ValueError(f"lengths must have shape ({wav.shape[0]},) to match wav, got {shape}")
-        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-            raise ValueError(f"lengths must be integer sample counts, got dtype {lengths.dtype}")
-        shortest = self.config.receptive_field
-        for i, n in enumerate(lengths.tolist()):
-            if n > wav.shape[1]:
-                raise ValueError(f"lengths[{i}]={n} exceeds wav.shape[1]={wav.shape[1]}")
-            if n < shortest:
-                raise ValueError(f"lengths[{i}]={n} is shorter than one frame ({shortest} samples)")
+        check_encoder_inputs(wav, lengths, min_samples=self.config.receptive_field)
 
 
 def _normalize_waveform(wav: Tensor, lengths: Tensor, valid: Tensor) -> Tensor:
