@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from spokenlm.tasks import TARGET_LANGUAGES, TASK_NAMES
 

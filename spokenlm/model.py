@@ -42,7 +42,7 @@ from spokenlm.encoders.dinosr import DinoSREncoderConfig
 from spokenlm.encoders.sylber import SylberEncoderConfig
 from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig
 from spokenlm.lm import GenerationConfig, SpeechLLM, add_lora, build_llm, load_llm, load_lora, save_llm, save_lora
-from spokenlm.tasks import TASK_NAMES, Entities, Entity, TaskRequest, TaskResult, build_prompt, parse_output
+from spokenlm.tasks import TASK_NAMES, Entities, TaskRequest, TaskResult, build_prompt, parse_output
 
 BUNDLE_FORMAT_VERSION = 1
 

@@ -44,7 +44,7 @@ from spokenlm.train.loop import (
     WallClock,
     clip_and_step,
     is_main,
-    lr_at,
+    lr_now,
     mean_across_workers,
     rank,
     world_size,
@@ -441,10 +441,7 @@ def train(config: CTCTrainConfig) -> dict:
 
     def learning_rates(step: int, elapsed_s: float) -> tuple[float, float]:
         """(head, encoder) learning rates at `step`, `elapsed_s` into the run."""
-        schedule_step = step
-        if config.lr_over_minutes and step >= o.warmup_steps:  # cosine progress = share of the time budget
-            schedule_step = o.warmup_steps + int(elapsed_s / (o.max_minutes * 60) * (o.max_steps - o.warmup_steps))
-        lr = lr_at(schedule_step, o)
+        lr = lr_now(step, elapsed_s, o, over_minutes=config.lr_over_minutes)
         if step < config.freeze_encoder_steps:
             return lr, 0.0
         rewarm = min(1.0, (step - config.freeze_encoder_steps + 1) / max(1, o.warmup_steps))

@@ -33,8 +33,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from spokenlm.audio import SAMPLE_RATE, AudioBatch
-from spokenlm.train.data import AudioCache, Utterance, duration_batches, read_manifest, total_hours
+from spokenlm.audio import AudioBatch
+from spokenlm.train.data import (
+    AudioCache,
+    BatchSchedule,
+    Utterance,
+    duration_batches,
+    speech_utterances,
+    total_hours,
+)
 from spokenlm.train.loop import (
     Checkpointer,
     MetricsLog,
@@ -43,10 +50,12 @@ from spokenlm.train.loop import (
     build_optimizer,
     clip_and_step,
     is_main,
-    lr_at,
+    lr_now,
     mean_across_workers,
     rank,
     set_lr,
+    spread_across_workers,
+    sum_across_workers,
     world_size,
     wrap_ddp,
 )
@@ -100,41 +109,6 @@ class EncoderSSLConfig:
         self.optim.validate()
 
 
-# --- data: one schedule of batches for all workers -----------------------------------------------
-
-
-class BatchSchedule:
-    """Which utterances each worker trains on at each global step, the same in every worker and on
-    every resume: epoch e shuffles duration buckets with seed + e, step j of an epoch takes buckets
-    [j·W, (j+1)·W) and worker r the r-th of them (a leftover of fewer than W buckets is skipped)."""
-
-    def __init__(self, utts: list[Utterance], *, max_batch_s: float, seed: int, workers: int) -> None:
-        self.utts, self.max_batch_s, self.seed, self.workers = utts, max_batch_s, seed, workers
-        self.steps_per_epoch = len(duration_batches(utts, max_batch_s=max_batch_s, seed=seed)) // workers
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"{len(utts)} training utterances make less than one batch for each of {workers} workers")
-        self._epoch: tuple[int, list[list[int]]] = (-1, [])  # the current epoch's buckets
-
-    def at(self, step: int) -> list[list[Utterance]]:
-        """The W batches of `step`; worker r trains on [r]."""
-        epoch, j = divmod(step, self.steps_per_epoch)
-        if self._epoch[0] != epoch:
-            self._epoch = (epoch, duration_batches(self.utts, max_batch_s=self.max_batch_s, seed=self.seed + epoch))
-        buckets = self._epoch[1][j * self.workers : (j + 1) * self.workers]
-        return [[self.utts[i] for i in bucket] for bucket in buckets]
-
-
-def speech_utterances(
-    manifest: str, splits: tuple[str, ...], *, max_duration_s: float, min_samples: int
-) -> list[Utterance]:
-    """Utterances of `splits` from `max_duration_s` down to one encoder frame (`min_samples`)."""
-    utts = read_manifest(manifest, splits=splits, max_duration_s=max_duration_s)
-    utts = [u for u in utts if u.duration_s * SAMPLE_RATE >= min_samples + 1]
-    if not utts:
-        raise ValueError(f"{manifest} has no usable utterance in splits {', '.join(splits)}")
-    return utts
-
-
 def heldout_batches(
     utts: list[Utterance], cache: AudioCache, *, max_batch_s: float, count: int, seed: int
 ) -> list[AudioBatch]:
@@ -142,31 +116,6 @@ def heldout_batches(
     chosen = duration_batches(utts, max_batch_s=max_batch_s, seed=seed)[:count]
     mine = chosen[rank() :: world_size()]
     return [cache.batch([utts[i] for i in bucket]) for bucket in mine]
-
-
-def lr_now(step: int, elapsed_s: float, optim: OptimConfig, *, over_minutes: bool) -> float:
-    """`lr_at(step)`; with `over_minutes`, the cosine's progress after warmup is instead the share of
-    `optim.max_minutes` spent, so the decay ends with the budget whatever the step rate of shared cores."""
-    if over_minutes and step >= optim.warmup_steps:
-        share = min(1.0, elapsed_s / (optim.max_minutes * 60))
-        step = optim.warmup_steps + int(share * (optim.max_steps - optim.warmup_steps))
-    return lr_at(step, optim)
-
-
-def sum_across_workers(t: Tensor) -> Tensor:
-    if world_size() > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def spread_across_workers(t: Tensor) -> float:
-    """Largest |difference| of `t` between any two workers; 0.0 in one process."""
-    if world_size() == 1:
-        return 0.0
-    hi, lo = t.detach().double().clone(), t.detach().double().clone()
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    return float((hi - lo).abs().max())
 
 
 # --- the parts of the recipe ---------------------------------------------------------------------

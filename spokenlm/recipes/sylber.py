@@ -46,15 +46,8 @@ from torch import Tensor, nn
 
 from spokenlm.audio import SAMPLE_RATE, AudioBatch
 from spokenlm.encoders.sylber import MERGE_THRESHOLD, SylberLoss, SylberObjectiveConfig, check_thresholds
-from spokenlm.recipes.encoder_ssl import (
-    BatchSchedule,
-    heldout_batches,
-    lr_now,
-    speech_utterances,
-    spread_across_workers,
-    sum_across_workers,
-)
-from spokenlm.train.data import AudioCache, total_hours
+from spokenlm.recipes.encoder_ssl import heldout_batches
+from spokenlm.train.data import AudioCache, BatchSchedule, speech_utterances, total_hours
 from spokenlm.train.loop import (
     Checkpointer,
     MetricsLog,
@@ -63,9 +56,12 @@ from spokenlm.train.loop import (
     build_optimizer,
     clip_and_step,
     is_main,
+    lr_now,
     mean_across_workers,
     rank,
     set_lr,
+    spread_across_workers,
+    sum_across_workers,
     world_size,
     wrap_ddp,
 )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spokenlm.audio import AudioBatch, batch_audio, load_audio
+from spokenlm.audio import SAMPLE_RATE, AudioBatch, batch_audio, load_audio
 
 
 @dataclass(frozen=True)
@@ -100,3 +100,34 @@ def duration_batches(utts: list[Utterance], *, max_batch_s: float, seed: int, sh
 def total_hours(utts: list[Utterance]) -> float:
     return sum(u.duration_s for u in utts) / 3600
 
+
+class BatchSchedule:
+    """Which utterances each worker trains on at each global step, the same in every worker and on
+    every resume: epoch e shuffles duration buckets with seed + e, step j of an epoch takes buckets
+    [j·W, (j+1)·W) and worker r the r-th of them (a leftover of fewer than W buckets is skipped)."""
+
+    def __init__(self, utts: list[Utterance], *, max_batch_s: float, seed: int, workers: int) -> None:
+        self.utts, self.max_batch_s, self.seed, self.workers = utts, max_batch_s, seed, workers
+        self.steps_per_epoch = len(duration_batches(utts, max_batch_s=max_batch_s, seed=seed)) // workers
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{len(utts)} training utterances make less than one batch for each of {workers} workers")
+        self._epoch: tuple[int, list[list[int]]] = (-1, [])  # the current epoch's buckets
+
+    def at(self, step: int) -> list[list[Utterance]]:
+        """The W batches of `step`; worker r trains on [r]."""
+        epoch, j = divmod(step, self.steps_per_epoch)
+        if self._epoch[0] != epoch:
+            self._epoch = (epoch, duration_batches(self.utts, max_batch_s=self.max_batch_s, seed=self.seed + epoch))
+        buckets = self._epoch[1][j * self.workers : (j + 1) * self.workers]
+        return [[self.utts[i] for i in bucket] for bucket in buckets]
+
+
+def speech_utterances(
+    manifest: str, splits: tuple[str, ...], *, max_duration_s: float, min_samples: int
+) -> list[Utterance]:
+    """Utterances of `splits` from `max_duration_s` down to one encoder frame (`min_samples`)."""
+    utts = read_manifest(manifest, splits=splits, max_duration_s=max_duration_s)
+    utts = [u for u in utts if u.duration_s * SAMPLE_RATE >= min_samples + 1]
+    if not utts:
+        raise ValueError(f"{manifest} has no usable utterance in splits {', '.join(splits)}")
+    return utts

@@ -232,3 +232,28 @@ def mean_across_workers(value: float) -> float:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+def lr_now(step: int, elapsed_s: float, optim: OptimConfig, *, over_minutes: bool) -> float:
+    """`lr_at(step)`; with `over_minutes`, the cosine's progress after warmup is instead the share of
+    `optim.max_minutes` spent, so the decay ends with the budget whatever the step rate of shared cores."""
+    if over_minutes and step >= optim.warmup_steps:
+        share = min(1.0, elapsed_s / (optim.max_minutes * 60))
+        step = optim.warmup_steps + int(share * (optim.max_steps - optim.warmup_steps))
+    return lr_at(step, optim)
+
+
+def sum_across_workers(t: Tensor) -> Tensor:
+    if world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def spread_across_workers(t: Tensor) -> float:
+    """Largest |difference| of `t` between any two workers; 0.0 in one process."""
+    if world_size() == 1:
+        return 0.0
+    hi, lo = t.detach().double().clone(), t.detach().double().clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return float((hi - lo).abs().max())

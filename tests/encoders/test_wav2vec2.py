@@ -22,7 +22,6 @@ import torch
 from spokenlm.encoders.base import EncoderOutput
 from spokenlm.encoders.wav2vec2 import (
     Wav2Vec2Encoder,
-    Wav2Vec2EncoderConfig,
     build_wav2vec2_encoder,
     load_wav2vec2_encoder,
     save_wav2vec2_encoder,
