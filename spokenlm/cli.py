@@ -1,6 +1,7 @@
 """The `spokenlm` command line: `run` tasks on audio files, and the `demo`.
 
-    spokenlm run --model DIR --task TASK [--question Q] [--target-lang es] [--json] FILES...
+    spokenlm run --model DIR --task TASK [--question Q] [--target-lang es] [--json] [--ray] FILES...
+    spokenlm eval slue --suite SUITE --data DIR --model DIR --out OUT [--split dev] [--workers N]
     spokenlm train STAGE --config FILE [--set KEY=VALUE] [--workers N]
     spokenlm data synth --out DIR [--hours H] [--seed S] [--workers N]
     spokenlm demo [--model DIR]
@@ -29,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--question", help="the question, for --task qa")
     run.add_argument("--target-lang", choices=sorted(TARGET_LANGUAGES), help="for --task translate (default es)")
     run.add_argument("--json", action="store_true", help="print one JSON object per input file")
+    run.add_argument("--ray", action="store_true", help="run the stages as chained Ray actors (pipelines/stages.py)")
     _generation_args(run)
     run.add_argument("files", nargs="+", help="audio files: wav, flac, ogg, mp3")
 
@@ -38,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. --set optim.max_steps=100 (value parsed as YAML)")
     train.add_argument("--workers", type=int, default=0, help="> 0: run on Ray Train with this many workers")
+
+    evaluate = commands.add_parser("eval", help="batch evaluation: `spokenlm eval slue --help`", add_help=False)
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
 
     data = commands.add_parser("data", help="build datasets: `spokenlm data synth --out DIR`", add_help=False)
     data.add_argument("action", choices=("synth",))
@@ -60,7 +65,7 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "demo": _demo, "train": _train, "data": _data}[args.command](args)
+        return {"run": _run, "demo": _demo, "train": _train, "data": _data, "eval": _eval}[args.command](args)
     except (ValueError, FileNotFoundError) as e:  # bad parameters or bundle: one line, no traceback
         print(f"spokenlm: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -92,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     build_prompt(request)  # validate before loading anything
     generation = _generation(args)
+    if args.ray:
+        return _run_on_ray(args, request, generation)
     model = load_bundle(args.model)
 
     status = 0
@@ -107,6 +114,21 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(output_record(path, output), ensure_ascii=False), flush=True)
         else:
             print(f"{path}\t{args.task}\t{describe(output)}", flush=True)
+    return status
+
+
+def _run_on_ray(args: argparse.Namespace, request, generation) -> int:
+    from pipelines.stages import run_files_on_ray
+
+    status = 0
+    for item in run_files_on_ray(args.model, args.files, request, generation):
+        if item.error is not None:
+            print(f"spokenlm: {item.path}: {item.error}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
+        elif args.json:
+            print(json.dumps(output_record(item.path, item.output), ensure_ascii=False), flush=True)
+        else:
+            print(f"{item.path}\t{args.task}\t{describe(item.output)}", flush=True)
     return status
 
 
@@ -184,6 +206,12 @@ def _train(args: argparse.Namespace) -> int:
         summary = train(config)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pipelines.slue_eval import eval_main
+
+    return eval_main(args.rest)
 
 
 def _data(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -144,42 +145,8 @@ class SpeechLM(nn.Module):
     @torch.inference_mode()
     def encode_recordings(self, waves: list[Tensor], *, max_chunks_per_batch: int = 8) -> SpeechTokens:
         """Cut each recording at pauses, compress every chunk, join each recording's tokens."""
-        chunks = [(i, c) for i, wav in enumerate(waves) for c in split_on_silence(wav, max_chunk_s=self.max_chunk_s)]
-        parts: list[list[tuple[Tensor, list[tuple[float, float]], str | None, list]]] = [[] for _ in waves]
-        for first in range(0, len(chunks), max_chunks_per_batch):
-            group = chunks[first : first + max_chunks_per_batch]
-            batch = batch_audio([c.wav for _, c in group])
-            encoded: EncoderOutput = self.encoder(batch.wav, batch.lengths)
-            out = self.compressor(encoded)
-            texts, alignments = self._ctc_text(out, encoded.lengths)
-            for j, (item, chunk) in enumerate(group):
-                n = int(out.lengths[j])
-                spans = [(chunk.start_s + s, chunk.start_s + e) for s, e in out.span_seconds(j)]
-                chars = [(ch, chunk.start_s + s, chunk.start_s + e) for ch, s, e in alignments[j]] if alignments else []
-                parts[item].append((out.embeddings[j, :n], spans, texts[j] if texts else None, chars))
-
-        embeddings = [torch.cat([p[0] for p in item_parts]) for item_parts in parts]
-        lengths = torch.tensor([e.shape[0] for e in embeddings], dtype=torch.long)
-        padded = nn.utils.rnn.pad_sequence(embeddings, batch_first=True)
-        has_ctc = all(p[2] is not None for item_parts in parts for p in item_parts)
-        return SpeechTokens(
-            embeddings=padded,
-            lengths=lengths,
-            spans_s=[[s for p in item_parts for s in p[1]] for item_parts in parts],
-            durations_s=[wav.shape[-1] / SAMPLE_RATE for wav in waves],
-            transcripts=[" ".join(t for p in ps if (t := p[2])) for ps in parts] if has_ctc else None,
-            char_times=[_join_char_times(ps) for ps in parts] if has_ctc else None,
-        )
-
-    def _ctc_text(self, out: CompressedOutput, frames: Tensor) -> tuple[list[str] | None, list | None]:
-        """Greedy CTC text and per-character times (s, within the chunk), where there is a CTC head."""
-        if not isinstance(self.compressor, CTCCompressor) or out.ctc_log_probs is None:
-            return None, None
-        alignments = self.compressor.char_alignment(out.ctc_log_probs, frames)
-        texts = ["".join(c.char for c in a) for a in alignments]
-        rate = out.frame_rate_hz
-        seconds = [[(c.char, c.start_frame / rate, c.end_frame / rate) for c in a] for a in alignments]
-        return texts, seconds
+        batches = encode_chunks(self.encoder, waves, max_chunk_s=self.max_chunk_s, max_chunks_per_batch=max_chunks_per_batch)
+        return join_chunks(self.compressor, batches, [wav.shape[-1] / SAMPLE_RATE for wav in waves])
 
     @torch.inference_mode()
     def run(
@@ -193,31 +160,138 @@ class SpeechLM(nn.Module):
             raise ValueError(f"got {len(waves)} recordings but {len(requests)} requests")
         if not waves:
             return []
-        prompts = [build_prompt(r) for r in requests]  # validates every request first
+        for request in requests:  # validate every request before any work
+            build_prompt(request)
         generation = generation or GenerationConfig()
         t0 = time.perf_counter()
         speech = self.encode_recordings(waves)
         t1 = time.perf_counter()
         projected = self.adapter(speech.embeddings)
         t2 = time.perf_counter()
-        texts = [o.text for o in self.llm.generate(prompts, projected, speech.lengths, generation)]
+        results = decode_requests(self.llm, requests, projected, speech.lengths, generation, char_times=speech.char_times)
         t3 = time.perf_counter()
         timing = {"encode_compress": (t1 - t0) * 1e3, "adapter": (t2 - t1) * 1e3, "llm": (t3 - t2) * 1e3}
-        outputs = []
-        for i, (request, text) in enumerate(zip(requests, texts)):
-            result = parse_output(request, text)
-            if isinstance(result, Entities) and speech.char_times is not None:
-                result = _locate_entities(result, speech.char_times[i])
-            outputs.append(
-                RunOutput(
-                    request=request,
-                    result=result,
-                    transcript=speech.transcripts[i] if speech.transcripts is not None else None,
-                    tokens_per_second=speech.tokens_per_second[i],
-                    timing_ms=timing,
-                )
-            )
-        return outputs
+        return run_outputs(requests, results, speech, timing)
+
+
+# --- the stages of SpeechLM.run, also run one per Ray actor (pipelines/stages.py) -------------------
+
+
+@dataclass(frozen=True)
+class ChunkBatch:
+    """One encoder forward pass: up to max_chunks_per_batch chunks from one or more recordings."""
+
+    items: list[int]  # recording index of each chunk, in batch order
+    starts_s: list[float]  # offset of each chunk in its recording
+    encoded: EncoderOutput  # features (B, T, D), lengths (B,); hidden_states dropped unless kept
+
+
+@torch.inference_mode()
+def encode_chunks(
+    encoder: nn.Module,
+    waves: Sequence[Tensor],
+    *,
+    max_chunk_s: float,
+    max_chunks_per_batch: int = 8,
+    keep_hidden_states: bool = False,
+) -> list[ChunkBatch]:
+    """Cut each recording (S,) at pauses into chunks of at most max_chunk_s and encode them in batches."""
+    device = next(encoder.parameters()).device
+    chunks = [(i, c) for i, wav in enumerate(waves) for c in split_on_silence(wav, max_chunk_s=max_chunk_s)]
+    batches = []
+    for first in range(0, len(chunks), max_chunks_per_batch):
+        group = chunks[first : first + max_chunks_per_batch]
+        audio = batch_audio([c.wav.to(device) for _, c in group])
+        encoded: EncoderOutput = encoder(audio.wav, audio.lengths)
+        if not keep_hidden_states:  # (L, B, T, D) is large and no later stage reads it
+            encoded = dataclasses.replace(encoded, hidden_states=None)
+        batches.append(ChunkBatch(items=[i for i, _ in group], starts_s=[c.start_s for _, c in group], encoded=encoded))
+    return batches
+
+
+@torch.inference_mode()
+def join_chunks(compressor: nn.Module, batches: Sequence[ChunkBatch], durations_s: Sequence[float]) -> SpeechTokens:
+    """Compress every chunk batch and join each recording's tokens in time order (its CTC text too)."""
+    parts: list[list[tuple[Tensor, list, str | None, list]]] = [[] for _ in durations_s]
+    for batch in batches:
+        out = compressor(batch.encoded)
+        texts, alignments = _ctc_text(compressor, out, batch.encoded.lengths)
+        for j, (item, start_s) in enumerate(zip(batch.items, batch.starts_s)):
+            n = int(out.lengths[j])
+            spans = [(start_s + s, start_s + e) for s, e in out.span_seconds(j)]
+            chars = [(ch, start_s + s, start_s + e) for ch, s, e in alignments[j]] if alignments else []
+            parts[item].append((out.embeddings[j, :n], spans, texts[j] if texts else None, chars))
+
+    embeddings = [torch.cat([p[0] for p in item_parts]) for item_parts in parts]
+    has_ctc = all(p[2] is not None for item_parts in parts for p in item_parts)
+    return SpeechTokens(
+        embeddings=nn.utils.rnn.pad_sequence(embeddings, batch_first=True),  # (B, N, D_enc)
+        lengths=torch.tensor([e.shape[0] for e in embeddings], dtype=torch.long),
+        spans_s=[[s for p in item_parts for s in p[1]] for item_parts in parts],
+        durations_s=list(durations_s),
+        transcripts=[" ".join(t for p in ps if (t := p[2])) for ps in parts] if has_ctc else None,
+        char_times=[_join_char_times(ps) for ps in parts] if has_ctc else None,
+    )
+
+
+def _ctc_text(compressor: nn.Module, out: CompressedOutput, frames: Tensor) -> tuple[list[str] | None, list | None]:
+    """Greedy CTC text and per-character times (s, within the chunk), where there is a CTC head."""
+    if not isinstance(compressor, CTCCompressor) or out.ctc_log_probs is None:
+        return None, None
+    alignments = compressor.char_alignment(out.ctc_log_probs, frames)
+    rate = out.frame_rate_hz
+    texts = ["".join(c.char for c in a) for a in alignments]
+    return texts, [[(c.char, c.start_frame / rate, c.end_frame / rate) for c in a] for a in alignments]
+
+
+@torch.inference_mode()
+def decode_requests(
+    llm: SpeechLLM,
+    requests: Sequence[TaskRequest],
+    projected: Tensor,
+    lengths: Tensor,
+    generation: GenerationConfig,
+    *,
+    char_times: Sequence[list[tuple[str, float, float]]] | None = None,
+    recording: Sequence[int] | None = None,
+) -> list[TaskResult]:
+    """Decode one request per entry of `recording` (default: request i on recording i) and parse it.
+
+    projected: (B, N, D_llm) adapter output; lengths: (B,). Entities get audio times from the CTC
+    `char_times` of their recording.
+    """
+    recording = list(range(len(requests))) if recording is None else list(recording)
+    if len(recording) != len(requests):
+        raise ValueError(f"got {len(requests)} requests for {len(recording)} recording indices")
+    prompts = [build_prompt(r) for r in requests]  # validates every request first
+    if recording != list(range(projected.shape[0])):
+        index = torch.tensor(recording, device=projected.device)
+        projected, lengths = projected[index], lengths.to(projected.device)[index]
+    device = next(llm.parameters()).device
+    texts = [o.text for o in llm.generate(prompts, projected.to(device), lengths.to(device), generation)]
+    results = []
+    for request, text, item in zip(requests, texts, recording):
+        result = parse_output(request, text)
+        if isinstance(result, Entities) and char_times is not None:
+            result = locate_entities(result, char_times[item])
+        results.append(result)
+    return results
+
+
+def run_outputs(
+    requests: Sequence[TaskRequest], results: Sequence[TaskResult], speech: SpeechTokens, timing_ms: dict[str, float]
+) -> list[RunOutput]:
+    """One RunOutput per request (request i on recording i)."""
+    return [
+        RunOutput(
+            request=request,
+            result=result,
+            transcript=speech.transcripts[i] if speech.transcripts is not None else None,
+            tokens_per_second=speech.tokens_per_second[i],
+            timing_ms=dict(timing_ms),
+        )
+        for i, (request, result) in enumerate(zip(requests, results))
+    ]
 
 
 def _join_char_times(parts) -> list[tuple[str, float, float]]:
@@ -229,7 +303,7 @@ def _join_char_times(parts) -> list[tuple[str, float, float]]:
     return joined
 
 
-def _locate_entities(result: Entities, char_times: list[tuple[str, float, float]]) -> Entities:
+def locate_entities(result: Entities, char_times: list[tuple[str, float, float]]) -> Entities:
     """Give each entity audio times by aligning the LLM's text to the CTC characters.
 
     A character-level diff (difflib) maps positions of the LLM text onto CTC characters, whose frame
@@ -303,9 +377,9 @@ class BundleError(ValueError):
     """A bundle directory that cannot be loaded, with the reason."""
 
 
-def load_bundle(path: str | Path) -> SpeechLM:
-    path = Path(path)
-    meta_path = path / "spokenlm.json"
+def read_bundle_meta(path: str | Path) -> dict:
+    """A bundle's spokenlm.json, checked."""
+    meta_path = Path(path) / "spokenlm.json"
     if not meta_path.is_file():
         raise BundleError(f"{path} is not a spokenlm bundle: spokenlm.json is missing")
     try:
@@ -315,20 +389,52 @@ def load_bundle(path: str | Path) -> SpeechLM:
     version = meta.get("format_version")
     if version != BUNDLE_FORMAT_VERSION:
         raise BundleError(f"{meta_path}: unsupported bundle format_version {version!r}, expected {BUNDLE_FORMAT_VERSION}")
-    encoder = load_encoder(path / meta["encoder"]["dir"])
-    compressor = load_compressor(path / meta["compressor"]["dir"])
+    return meta
+
+
+# One loader per part, so a process (a Ray actor) that runs one stage loads only its part.
+
+
+def load_bundle_encoder(path: str | Path) -> tuple[nn.Module, float]:
+    """The encoder of a bundle, in eval mode, and the bundle's max_chunk_s."""
+    meta = read_bundle_meta(path)
+    return load_encoder(Path(path) / meta["encoder"]["dir"]).eval(), float(meta["max_chunk_s"])
+
+
+def load_bundle_compressor(path: str | Path) -> tuple[nn.Module, Adapter]:
+    """The compressor and adapter of a bundle, in eval mode."""
+    meta = read_bundle_meta(path)
+    compressor = load_compressor(Path(path) / meta["compressor"]["dir"])
     adapter = build_adapter(AdapterConfig(**meta["adapter"]))
-    adapter.load_state_dict(_load_safetensors(path / "adapter.safetensors"))
-    llm = load_llm(path / meta["llm"]["dir"])
+    adapter.load_state_dict(_load_safetensors(Path(path) / "adapter.safetensors"))
+    return compressor.eval(), adapter.eval()
+
+
+def load_bundle_llm(path: str | Path) -> SpeechLLM:
+    """The decoder LLM of a bundle (its LoRA applied, when it has one), in eval mode."""
+    meta = read_bundle_meta(path)
+    llm = load_llm(Path(path) / meta["llm"]["dir"])
     if meta["llm"].get("lora"):
-        llm = load_lora(llm, path / meta["llm"]["lora"])
+        llm = load_lora(llm, Path(path) / meta["llm"]["lora"])
+    return llm.eval()
+
+
+def load_bundle(path: str | Path) -> SpeechLM:
+    meta = read_bundle_meta(path)
+    encoder, max_chunk_s = load_bundle_encoder(path)
+    compressor, adapter = load_bundle_compressor(path)
     info = BundleInfo(
         trained=bool(meta.get("trained", False)),
         tasks=tuple(meta.get("tasks", TASK_NAMES)),
         provenance=meta.get("provenance", {}),
     )
     model = SpeechLM(
-        encoder=encoder, compressor=compressor, adapter=adapter, llm=llm, max_chunk_s=meta["max_chunk_s"], info=info
+        encoder=encoder,
+        compressor=compressor,
+        adapter=adapter,
+        llm=load_bundle_llm(path),
+        max_chunk_s=max_chunk_s,
+        info=info,
     )
     return model.eval()
 

@@ -1,0 +1,761 @@
+"""`spokenlm eval slue`: batch SLUE evaluation on Ray Data — resumable, fault tolerant, scored per stage.
+
+SLUE (Shon et al., 2022, §3-4) and SLUE Phase-2 (Shon et al., 2023, §3-4): the official downloads are
+read by spokenlm.slue.readers and scored by spokenlm.slue.metrics (slue-toolkit's definitions).
+
+    spokenlm eval slue --suite {voxpopuli,voxceleb,hvb,ted,sqa5,nel} --data DIR --model BUNDLE --out OUT
+                       [--split dev] [--workers N] [--batch-size B] [--num-gpus-per-worker G] ...
+
+The job, in order:
+1. read the split; its missing audio files are listed (stderr, metrics.json) and left out, not fatal;
+2. skip ids already in OUT/predictions.jsonl: a rerun after an interruption resumes where it stopped;
+3. Ray Data: `from_items` over the rest -> `map_batches(SlueWorker)` on an actor pool of N workers,
+   each loading the bundle once;
+4. the driver appends every row to OUT/predictions.jsonl as its batch completes (flushed per row,
+   written once per id whatever Ray delivers twice), with a tqdm bar;
+5. when every id is done: OUT/submission.tsv, OUT/metrics.json and the stage-wise report (report.py).
+
+Failures. Pool actors run with `max_restarts` / `max_task_retries`: a worker that dies mid-batch is
+restarted and its batch runs again; rows a retried batch repeats are dropped by id on write. Every
+utterance is computed on its own (its chunks one encoder batch, its tasks one LLM batch), so its
+prediction does not depend on which utterances shared its Ray batch — encoders with group norm and
+left-padded decoding are not batch-invariant — and a resumed or retried run writes exactly the rows an
+uninterrupted one would. A file that cannot be decoded becomes a row with `error` set: listed in
+metrics.json and scored as an empty prediction.
+
+What each suite runs: voxpopuli asr + ner; voxceleb asr + sentiment; hvb dialog-act; ted summarize;
+sqa5 qa on the document audio with the question's *text* (normalized_question_text; the bundle's
+`qa` task takes text questions), the answer timed in the audio by aligning it to the CTC transcript;
+nel ner, entities timed by the CTC alignment (SpeechLM.run's entity times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from pipelines.stages import _actor_device, _set_threads, ensure_ray, join_frames
+from spokenlm.model import decode_requests, encode_chunks, join_chunks
+
+PREDICTIONS = "predictions.jsonl"
+SUBMISSION = "submission.tsv"
+METRICS = "metrics.json"
+RUN_MANIFEST = "run.json"  # what OUT holds predictions of: a rerun must match it
+
+SUITE_TASKS: dict[str, tuple[str, ...]] = {
+    "voxpopuli": ("asr", "ner"),
+    "voxceleb": ("asr", "sentiment"),
+    "hvb": ("dialog-act",),
+    "ted": ("summarize",),
+    "sqa5": ("qa",),
+    "nel": ("ner",),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlueEvalConfig:
+    suite: str
+    """One of SUITE_TASKS: which SLUE corpus and tasks."""
+
+    data_dir: str
+    """Where the official download was unpacked (the directory holding slue-voxpopuli/, or that one)."""
+
+    model_dir: str
+    """A spokenlm bundle."""
+
+    out_dir: str
+    """predictions.jsonl, submission.tsv, metrics.json, report.md/json and plots go here."""
+
+    split: str = "dev"
+    """fine-tune, dev (labelled evaluation split) or test (blind: predictions only)."""
+
+    workers: int = 1
+    """Actors in the Ray Data pool; each holds the whole bundle."""
+
+    batch_size: int = 4
+    """Utterances per actor call (each is still computed on its own; see the module docstring)."""
+
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0
+
+    max_restarts: int = 3
+    """Restarts of a pool actor that died; its unfinished batch is retried (max_task_retries)."""
+
+    max_task_retries: int = 3
+
+    generation: Any = None
+    """spokenlm.lm.GenerationConfig; None: `default_generation()` (greedy, 128 new tokens)."""
+
+    limit: int | None = None
+    """Stop after writing this many new rows (a partial run; rerun to resume). None: run everything."""
+
+    compare_uncompressed: bool = False
+    """Also decode ASR from the *uncompressed* encoder frames, for the report's compression stage
+    (only where the compressor keeps the encoder's dim: CTC, syllable)."""
+
+    probe_utterances: int = 0
+    """> 0: layer probes on this many utterances for the report's encoder stage (needs a CTC head)."""
+
+    report: bool = True
+    """Write report.md / report.json / PNGs at the end."""
+
+    def validate(self) -> None:
+        from spokenlm.slue.readers import SPLITS
+
+        if self.suite not in SUITE_TASKS:
+            raise ValueError(f"unknown SLUE suite {self.suite!r}; expected one of {', '.join(SUITE_TASKS)}")
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}; expected one of {', '.join(SPLITS)}")
+        for name in ("workers", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_cpus_per_worker < 0 or self.num_gpus_per_worker < 0:
+            raise ValueError("num_cpus_per_worker and num_gpus_per_worker must be >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {self.limit}")
+        if self.probe_utterances < 0 or self.probe_utterances == 1:
+            raise ValueError(
+                f"probe_utterances must be 0 or >= 2 (one fitted, one held out), got {self.probe_utterances}"
+            )
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    complete: bool  # every utterance with audio has a row; metrics and report were written
+    total: int  # utterances with audio
+    done: int  # of those, rows in predictions.jsonl
+    written: int  # rows this call added
+    missing_audio: tuple[str, ...]  # ids whose audio file is absent
+    failed: tuple[str, ...]  # ids whose audio could not be decoded
+    out_dir: Path
+    metrics: dict | None = None
+
+
+def default_generation():
+    """Greedy decoding, up to 128 new tokens: the job's default GenerationConfig."""
+    from spokenlm.lm import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=128)
+
+
+# --- the pool worker -------------------------------------------------------------------------------
+
+
+class SlueWorker:
+    """One Ray Data pool actor: loads the bundle once, maps a batch of items to prediction rows."""
+
+    def __init__(self, *, model_dir: str, suite: str, generation, compare_uncompressed: bool = False):
+        from spokenlm.model import load_bundle
+
+        _set_threads()
+        self.model = load_bundle(model_dir).to(_actor_device())
+        self.suite, self.generation = suite, generation
+        self.uncompressed = compare_uncompressed and self.model.compressor.output_dim == self.model.encoder.output_dim
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        rows = [self.predict(json.loads(item)) for item in batch["item"]]
+        return {"id": np.array([r["id"] for r in rows]), "row": np.array([json.dumps(r) for r in rows])}
+
+    def predict(self, item: dict) -> dict:
+        """One utterance's row. Bad input — undecodable or too-short audio, an empty SQA question —
+        (AudioError, SlueDataError, any ValueError) gives a row with `error`; other exceptions
+        (out of memory, a dead GPU) fail the task, which Ray retries."""
+        row: dict = {"id": item["id"], "suite": self.suite, "error": None}
+        try:
+            return row | self._predict(item)
+        except ValueError as e:  # AudioError and SlueDataError are ValueErrors
+            return row | {"error": f"{type(e).__name__}: {e}"}
+
+    def _predict(self, item: dict) -> dict:
+        import torch
+
+        from spokenlm.audio import MIN_DURATION_S, SAMPLE_RATE, AudioError
+        from spokenlm.slue.readers import load_clip
+        from spokenlm.tasks import TaskRequest
+
+        row: dict = {}
+        t0 = time.perf_counter()
+        wav = load_clip(item["audio"], item.get("start_s"), item.get("end_s"))
+        if wav.shape[-1] < MIN_DURATION_S * SAMPLE_RATE:  # a cut past the end of its recording
+            raise AudioError(f"clip is {wav.shape[-1] / SAMPLE_RATE:.3f} s long, shorter than {MIN_DURATION_S} s")
+        t1 = time.perf_counter()
+        m = self.model
+        batches = encode_chunks(m.encoder, [wav], max_chunk_s=m.max_chunk_s)
+        t2 = time.perf_counter()
+        tokens = join_chunks(m.compressor, batches, [wav.shape[-1] / SAMPLE_RATE])
+        t3 = time.perf_counter()
+        with torch.inference_mode():
+            projected = m.adapter(tokens.embeddings)
+        t4 = time.perf_counter()
+        requests = [
+            TaskRequest(task=t, question=item.get("question") if t == "qa" else None) for t in SUITE_TASKS[self.suite]
+        ]
+        results = decode_requests(
+            m.llm, requests, projected, tokens.lengths, self.generation,
+            char_times=tokens.char_times, recording=[0] * len(requests),
+        )  # fmt: skip
+        t5 = time.perf_counter()
+        frames = sum(int(b.encoded.lengths.sum()) for b in batches)
+        row |= {
+            "duration_s": round(tokens.durations_s[0], 3),
+            "encoder_frames": frames,
+            "frame_rate_hz": batches[0].encoded.frame_rate_hz,
+            "num_tokens": int(tokens.lengths[0]),
+            "tokens_per_second": round(tokens.tokens_per_second[0], 3),
+            "ctc_text": tokens.transcripts[0] if tokens.transcripts is not None else None,
+            "timing_ms": {
+                "load_audio": _ms(t0, t1), "encoder": _ms(t1, t2), "compress": _ms(t2, t3),
+                "adapter": _ms(t3, t4), "llm": _ms(t4, t5),
+            },  # fmt: skip
+        }
+        for request, result in zip(requests, results):
+            row |= _result_fields(request.task, result, tokens.char_times[0] if tokens.char_times else None)
+        if self.uncompressed:
+            row["uncompressed_text"] = self._uncompressed_asr(batches)
+        return row
+
+    def _uncompressed_asr(self, batches) -> str:
+        import torch
+
+        from spokenlm.tasks import TaskRequest
+
+        frames, lengths = join_frames(batches, 1)
+        with torch.inference_mode():
+            projected = self.model.adapter(frames)
+        (result,) = decode_requests(self.model.llm, [TaskRequest(task="asr")], projected, lengths, self.generation)
+        return result.text
+
+
+def _result_fields(task: str, result, char_times) -> dict:
+    """The prediction-row fields of one task result (the `spokenlm run --json` names where they exist)."""
+    if task == "asr":
+        return {"text": result.text}
+    if task == "ner":
+        entities = [
+            {"tag": e.tag, "text": e.text, "start_char": e.start_char, "end_char": e.end_char,
+             "start_s": e.start_s, "end_s": e.end_s}
+            for e in result.entities
+        ]  # fmt: skip
+        return {"ner_text": result.text, "entities": entities}
+    if task == "sentiment":
+        return {"sentiment": result.label}
+    if task == "dialog-act":
+        return {"dialog_acts": list(result.acts)}
+    if task == "summarize":
+        return {"summary": result.text}
+    if task == "qa":
+        return {"answer": result.text, "answer_span": locate_text(result.text, char_times)}
+    raise ValueError(f"no prediction fields for task {task!r}")
+
+
+def locate_text(text: str, char_times: list[tuple[str, float, float]] | None) -> list[float] | None:
+    """[start_s, end_s] of the stretch of the CTC transcript that best matches `text`, or None.
+
+    The longest common block (difflib) anchors the match; it is widened to the characters of `text`
+    matched within one answer-length of it, so a few CTC misspellings do not split the span.
+    """
+    import difflib
+
+    if not text or not char_times:
+        return None
+    ctc = "".join(c for c, _, _ in char_times)
+    matcher = difflib.SequenceMatcher(None, text.lower(), ctc, autojunk=False)
+    anchor = matcher.find_longest_match(0, len(text), 0, len(ctc))
+    if anchor.size == 0:
+        return None
+    lo, hi = anchor.b, anchor.b + anchor.size - 1
+    window = (anchor.b - len(text), anchor.b + anchor.size + len(text))  # CTC characters the answer may cover
+    for block in matcher.get_matching_blocks():
+        if block.size and window[0] <= block.b and block.b + block.size <= window[1]:
+            lo, hi = min(lo, block.b), max(hi, block.b + block.size - 1)
+    return [round(char_times[lo][1], 3), round(char_times[hi][2], 3)]
+
+
+def _ms(a: float, b: float) -> float:
+    return round((b - a) * 1e3, 2)
+
+
+# --- items and rows --------------------------------------------------------------------------------
+
+
+def _item(suite: str, record) -> dict:
+    """The plain, JSON-able work item of one record: what a worker needs and nothing more."""
+    if suite == "sqa5":
+        return {"id": record.id, "audio": str(record.document_audio_path), "question": record.question_text}
+    start = getattr(record, "start_s", None)
+    end = getattr(record, "end_s", None)
+    return {"id": record.id, "audio": str(record.audio_path), "start_s": start, "end_s": end}
+
+
+def load_predictions(path: Path) -> dict[str, dict]:
+    """Rows of predictions.jsonl by id (first row of an id wins).
+
+    Rows are appended and flushed one at a time, so only the last line can be torn (the writer was
+    killed mid-row): it is cut off the file and appending resumes on a clean line. A bad line
+    anywhere else is not ours to drop: SlueDataError names it.
+    """
+    from spokenlm.slue.readers import SlueDataError
+
+    rows: dict[str, dict] = {}
+    if not path.is_file():
+        return rows
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    good_end = 0
+    for n, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            ok = line.endswith(b"\n") and isinstance(row, dict) and isinstance(row.get("id"), str)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            ok = False
+        if not ok and n < len(lines):
+            raise SlueDataError(f"'{path}' line {n} is not a prediction row; remove it (or the file) and rerun")
+        if not ok:
+            break
+        rows.setdefault(row["id"], row)
+        good_end += len(line)
+    if good_end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(good_end)
+    return rows
+
+
+def _check_manifest(out: Path, config: SlueEvalConfig, generation) -> None:
+    """OUT holds predictions of one suite, split, model and decoding setup; refuse to mix another run in."""
+    manifest = {
+        "suite": config.suite,
+        "split": config.split,
+        "model": str(Path(config.model_dir).resolve()),
+        "generation": asdict(generation),
+    }
+    path = out / RUN_MANIFEST
+    if path.is_file():
+        old = json.loads(path.read_text())
+        clash = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
+        if clash:
+            what = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in clash.items())
+            raise ValueError(f"{out} already holds predictions of another run: {what}; use another --out")
+    else:
+        path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+# --- the job ---------------------------------------------------------------------------------------
+
+
+def run_slue_eval(
+    config: SlueEvalConfig,
+    *,
+    worker: type = SlueWorker,
+    on_row: Callable[[dict], None] | None = None,
+) -> EvalSummary:
+    """Run (or resume) one SLUE evaluation; see the module docstring. `on_row` sees each row the
+    driver writes, after it is flushed."""
+    from spokenlm.slue.readers import read_slue
+
+    config.validate()
+    split = read_slue(config.suite, config.data_dir, config.split)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    generation = config.generation or default_generation()
+    _check_manifest(out, config, generation)
+    runnable = split.records_with_audio()
+    missing = tuple(m.id for m in split.missing_audio)
+    if missing:
+        shown = ", ".join(str(m.path) for m in split.missing_audio[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        print(f"spokenlm eval: {len(missing)} audio files are missing and are skipped: {shown}{more}", file=sys.stderr)
+
+    path = out / PREDICTIONS
+    done = load_predictions(path)
+    ids = {r.id for r in runnable}
+    todo = [r for r in runnable if r.id not in done]
+    written = 0
+    if todo:
+        items = [_item(config.suite, r) for r in todo]
+        written = _run_pool(config, generation, items, path, done, ids, worker, on_row)
+    finished = sum(1 for r in runnable if r.id in done)
+    failed = tuple(r.id for r in runnable if r.id in done and done[r.id].get("error"))
+    summary = EvalSummary(
+        complete=finished == len(runnable), total=len(runnable), done=finished, written=written,
+        missing_audio=missing, failed=failed, out_dir=out,
+    )  # fmt: skip
+    if not summary.complete:
+        return summary
+
+    rows = {r.id: done[r.id] for r in runnable}
+    write_submission(out / SUBMISSION, config.suite, runnable, rows)
+    metrics = score(config.suite, split, rows, model_dir=config.model_dir)
+    (out / METRICS).write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    if config.report:
+        from pipelines.report import write_report
+
+        probes = _probes(config, split) if config.probe_utterances else "not requested (--probe-utterances)"
+        views = [_view(config.suite, r, rows[r.id], blind=split.blind) for r in runnable]
+        write_report(out, suite=config.suite, split=config.split, model=config.model_dir,
+                     metrics=metrics, utterances=views, probes=probes)  # fmt: skip
+    return replace(summary, metrics=metrics)
+
+
+def _run_pool(config, generation, items, path, done, ids, worker, on_row) -> int:
+    """Ray Data over `items`; append each new row to `path` as its batch arrives. Rows written."""
+    import ray
+    from tqdm import tqdm
+
+    started = ensure_ray(math.ceil(max(os.cpu_count() or 1, config.workers * config.num_cpus_per_worker + 1)))
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # ours below counts utterances, not blocks
+        ctx.print_on_execution_start = False
+        items_ds = ray.data.from_items(
+            [{"id": it["id"], "item": json.dumps(it)} for it in items],
+            override_num_blocks=max(1, math.ceil(len(items) / config.batch_size)),
+        )
+        with warnings.catch_warnings():
+            # Ray 2.60 names no parameter for actor restarts, so they go in the deprecated
+            # **ray_remote_args. Ray Data's default is unbounded (-1); a bound makes a worker that dies
+            # on every attempt fail the job (a rerun resumes) instead of looping forever.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
+            ds = items_ds.map_batches(
+                worker,
+                batch_size=config.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=config.workers),
+                fn_constructor_kwargs={
+                    "model_dir": str(config.model_dir), "suite": config.suite,
+                    "generation": generation, "compare_uncompressed": config.compare_uncompressed,
+                },  # fmt: skip
+                num_cpus=config.num_cpus_per_worker,
+                num_gpus=config.num_gpus_per_worker,
+                max_restarts=config.max_restarts,
+                max_task_retries=config.max_task_retries,
+            )
+        written = 0
+        bar = tqdm(total=len(ids), initial=len(ids & done.keys()), unit="utt", desc=f"slue {config.suite}")
+        with path.open("a", encoding="utf-8") as f, bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for utt, text in zip(batch["id"], batch["row"]):
+                    utt = str(utt)
+                    if utt in done:  # a retried batch delivered again
+                        continue
+                    row = json.loads(str(text))
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.flush()
+                    done[utt] = row
+                    written += 1
+                    bar.update(1)
+                    if on_row is not None:
+                        on_row(row)
+                    if config.limit is not None and written >= config.limit:
+                        return written
+        return written
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# --- scoring ---------------------------------------------------------------------------------------
+
+
+def _entities(row: dict) -> list[tuple[str, str]]:
+    return [(e["tag"], e["text"]) for e in row.get("entities") or ()]
+
+
+def _segments(row: dict) -> list[tuple[float, float]]:
+    return [(e["start_s"], e["end_s"]) for e in row.get("entities") or () if e.get("start_s") is not None]
+
+
+def ted_reference(record) -> str:
+    """The summary a TED talk is scored against: its title and abstract (SLUE Phase-2 §3.3)."""
+    return f"{record.title} {record.abstract}".strip()
+
+
+def score(suite: str, split, rows: dict[str, dict], *, model_dir: str | None = None) -> dict:
+    """metrics.json: slue-toolkit metrics (spokenlm.slue.metrics) of `rows` against the split.
+
+    Scored: every record with audio; a row with `error` counts as an empty prediction. VoxPopuli WER
+    normalises both sides with `normalize_asr_text` (prepare_voxpopuli's reference clean-up);
+    VoxCeleb compares normalized_text as it is. Blind splits get no scores.
+    """
+    from spokenlm.slue import metrics as M
+
+    records = split.records_with_audio()
+    out: dict = {
+        "suite": suite, "split": split.split, "source": str(split.source), "model": model_dir,
+        "blind": split.blind, "num_records": len(split.records), "num_scored": 0 if split.blind else len(records),
+        "headline": {}, "details": {},
+        "missing_audio": [{"id": m.id, "path": str(m.path)} for m in split.missing_audio],
+        "skipped": list(split.skipped),
+        "failed": [{"id": r.id, "error": rows[r.id]["error"]} for r in records if rows[r.id].get("error")],
+    }  # fmt: skip
+    if split.blind or not records:
+        return out
+    pred = [rows[r.id] for r in records]
+    head, details = out["headline"], out["details"]
+    if suite == "voxpopuli":
+        wer = M.word_error_rate(
+            [M.normalize_asr_text(r.normalized_text) for r in records],
+            [M.normalize_asr_text(p.get("text") or "") for p in pred],
+        )
+        ner = M.ner_report([r.entities() for r in records], [_entities(p) for p in pred])
+        head |= {
+            "wer": wer.wer,
+            "ner_f1": ner["combined-standard"].micro.f1,  # SLUE's headline NER number
+            "ner_f1_raw": ner["raw-standard"].micro.f1,
+            "ner_label_f1": ner["combined-label"].micro.f1,
+        }
+        details |= {"wer": wer.to_dict(), "ner": {k: v.to_dict() for k, v in ner.items()}}
+    elif suite == "voxceleb":
+        wer = M.word_error_rate([r.normalized_text for r in records], [p.get("text") or "" for p in pred])
+        sentiment = M.sentiment_scores([r.sentiment for r in records], [p.get("sentiment") for p in pred])
+        head |= {"wer": wer.wer, "sentiment_f1": sentiment.macro.f1}
+        details |= {"wer": wer.to_dict(), "sentiment": sentiment.to_dict()}
+    elif suite == "hvb":
+        acts = M.dialog_act_scores([r.dialog_acts for r in records], [p.get("dialog_acts") for p in pred])
+        head |= {"dialog_act_f1": acts.macro.f1}
+        details |= {"dialog_acts": acts.to_dict()}
+    elif suite == "ted":
+        rouge = M.rouge_scores([ted_reference(r) for r in records], [p.get("summary") for p in pred])
+        head |= rouge.to_dict()
+        details |= {"rouge": rouge.to_dict()}
+    elif suite == "sqa5":
+        spans = [tuple(p["answer_span"]) if p.get("answer_span") else None for p in pred]
+        sqa = M.sqa_frame_f1([r.answer_spans for r in records], spans)
+        head |= {"frame_f1": sqa.frame_f1}
+        details |= {"sqa": sqa.to_dict()}
+    elif suite == "nel":
+        nel = M.nel_scores(list(records), {r.id: _segments(rows[r.id]) for r in records})
+        head |= {"frame_f1": nel.frame.f1, "word_f1": nel.word.f1}
+        details |= {"nel": nel.to_dict()}
+    return out
+
+
+def _json_safe(x):
+    """NaN (e.g. macro F1 over no tags) as null, so metrics.json is strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+# --- the submission file ---------------------------------------------------------------------------
+
+_PHASE2_COLUMNS = {
+    "hvb": ("pred_dialog_acts",),
+    "ted": ("pred_summary",),
+    "sqa5": ("pred_answer", "pred_start_second", "pred_end_second"),
+    "nel": ("pred_entity_spans",),
+}
+
+
+def write_submission(path: Path, suite: str, records, rows: dict[str, dict]) -> Path:
+    """The SLUE submission TSV (slue-toolkit how-to-submit): `id pred_text pred_ner pred_sentiment`,
+    `none` where a column does not apply, NER as a Python-literal list of [tag, phrase].
+
+    Phase-2 suites have no published submission format; their file has `id` plus the prediction
+    columns of `_PHASE2_COLUMNS` in the same style (Python literals, `none` when absent).
+    """
+    official = suite in ("voxpopuli", "voxceleb")
+    header = ("id", "pred_text", "pred_ner", "pred_sentiment") if official else ("id",) + _PHASE2_COLUMNS[suite]
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(header)
+        for r in records:
+            row = rows[r.id]
+            ok = not row.get("error")
+            if suite == "voxpopuli":
+                cells = [row.get("text") or "", repr([list(e) for e in _entities(row)]) if ok else "none", "none"]
+            elif suite == "voxceleb":
+                cells = [row.get("text") or "", "none", row.get("sentiment") or "none"]
+            elif suite == "hvb":
+                cells = [repr(row.get("dialog_acts") or [])]
+            elif suite == "ted":
+                cells = [row.get("summary") or "none"]
+            elif suite == "sqa5":
+                span = row.get("answer_span")
+                cells = [row.get("answer") or "none"] + ([str(t) for t in span] if span else ["none", "none"])
+            else:  # nel
+                cells = [repr([list(s) for s in _segments(row)])]
+            writer.writerow([r.id] + cells)
+    return path
+
+
+# --- the report's view of each utterance -----------------------------------------------------------
+
+
+def _view(suite: str, record, row: dict, *, blind: bool = False):
+    """What report.py needs of one utterance: transcript reference, stage outputs, task error
+    (0 with no reference: a blind split)."""
+    from pipelines.report import UtteranceView
+    from spokenlm.slue import metrics as M
+
+    def wer(ref: str, hyp: str | None) -> float:
+        return M.word_error_rate([ref], [hyp or ""]).wer if ref.split() else 0.0
+
+    def tags(entities) -> str:
+        return "; ".join(f"{t}: {p}" for t, p in entities) or "no entities"
+
+    transcript, asr, reference, hypothesis, error = None, None, "", "", 0.0
+    if blind:
+        asr = row.get("text")
+        reference, hypothesis = "(blind split)", asr or row.get("summary") or row.get("answer") or ""
+    elif suite == "voxpopuli":
+        transcript = M.normalize_asr_text(record.normalized_text or "")
+        asr = M.normalize_asr_text(row.get("text") or "")
+        error = wer(transcript, asr)
+        reference = f"{transcript} [{tags(record.entities() or [])}]"
+        hypothesis = f"{asr} [{tags(_entities(row))}]"
+    elif suite == "voxceleb":
+        transcript, asr = record.normalized_text or "", row.get("text") or ""
+        error = wer(transcript, asr)
+        reference, hypothesis = f"{transcript} [{record.sentiment}]", f"{asr} [{row.get('sentiment')}]"
+    elif suite == "hvb":
+        transcript = record.text
+        ref, hyp = set(record.dialog_acts or ()), set(row.get("dialog_acts") or ())
+        error = 100.0 * (1 - len(ref & hyp) / len(ref | hyp)) if ref | hyp else 0.0
+        reference, hypothesis = ", ".join(sorted(ref)) or "(none)", ", ".join(sorted(hyp)) or "(none)"
+    elif suite == "ted":
+        transcript = record.transcript
+        reference, hypothesis = ted_reference(record), row.get("summary") or ""
+        error = 100.0 - M.rouge_scores([reference], [hypothesis]).rougeL
+    elif suite == "sqa5":
+        transcript = record.document_text
+        span = row.get("answer_span")
+        f1 = M.sqa_frame_f1([record.answer_spans], [tuple(span) if span else None]).frame_f1
+        error = 100.0 - f1
+        reference = "; ".join(f"{a.answer} @ {a.start_s:.2f}-{a.end_s:.2f}s" for a in record.answer_spans or ())
+        hypothesis = f"{row.get('answer') or ''}" + (f" @ {span[0]:.2f}-{span[1]:.2f}s" if span else " (not located)")
+    elif suite == "nel":
+        transcript = " ".join(w.word for w in record.words if w.word)
+        error = 100.0 - M.nel_scores([record], {record.id: _segments(row)}).frame.f1
+        reference = "; ".join(f"{e.phrase} @ {e.start_s:.2f}-{e.end_s:.2f}s" for e in record.entities or ()) or "(none)"
+        timed = [e for e in row.get("entities") or () if e.get("start_s") is not None]
+        hypothesis = "; ".join(f"{e['text']} @ {e['start_s']:.2f}-{e['end_s']:.2f}s" for e in timed) or "(none)"
+    if row.get("error"):
+        hypothesis = f"(failed: {row['error']})"
+    return UtteranceView(
+        id=record.id,
+        duration_s=row.get("duration_s"),
+        transcript=transcript or None,
+        ctc_text=row.get("ctc_text"),
+        asr_text=asr,
+        uncompressed_text=row.get("uncompressed_text"),
+        tokens_per_second=row.get("tokens_per_second"),
+        frame_rate_hz=row.get("frame_rate_hz"),
+        timing_ms=row.get("timing_ms") or {},
+        reference=reference,
+        hypothesis=hypothesis,
+        error=error,
+        failed=row.get("error"),
+    )
+
+
+def _probes(config: SlueEvalConfig, split):
+    """Layer probes on the first utterances that have a transcript, or the reason there are none."""
+    from pipelines.report import probe_encoder
+    from spokenlm.audio import AudioError
+    from spokenlm.slue.readers import SlueDataError, load_clip
+
+    utterances = []
+    for record in split.records_with_audio():
+        view = _view(config.suite, record, {"id": record.id}, blind=split.blind)
+        if not view.transcript:
+            continue
+        try:
+            item = _item(config.suite, record)
+            wav = load_clip(item["audio"], item.get("start_s"), item.get("end_s"))
+        except (AudioError, SlueDataError):
+            continue
+        utterances.append((wav, view.transcript.lower()))
+        if len(utterances) == config.probe_utterances:
+            break
+    try:
+        return probe_encoder(config.model_dir, utterances)
+    except ValueError as e:
+        return f"skipped: {e}"
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    from spokenlm.slue.readers import DEFAULT_SPLIT, SPLITS
+
+    parser = argparse.ArgumentParser(prog="spokenlm eval", description="evaluate a bundle on a benchmark")
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True)
+    slue = benchmarks.add_parser("slue", help="SLUE / SLUE Phase-2 on Ray Data", description=__doc__.split("\n\n")[0])
+    slue.add_argument("--suite", required=True, choices=tuple(SUITE_TASKS))
+    slue.add_argument("--data", required=True, help="directory the official SLUE download was unpacked into")
+    slue.add_argument("--model", required=True, help="a spokenlm bundle directory")
+    slue.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
+    slue.add_argument("--split", choices=SPLITS, default=DEFAULT_SPLIT)
+    slue.add_argument("--workers", type=int, default=1, help="actors in the Ray Data pool")
+    slue.add_argument("--batch-size", type=int, default=4, help="utterances per actor call")
+    slue.add_argument("--num-cpus-per-worker", type=float, default=1.0)
+    slue.add_argument("--num-gpus-per-worker", type=float, default=0.0)
+    slue.add_argument("--max-restarts", type=int, default=3, help="restarts of a pool actor that died")
+    slue.add_argument("--strategy", choices=("greedy", "beam"), default="greedy")
+    slue.add_argument("--num-beams", type=int, default=4)
+    slue.add_argument("--max-new-tokens", type=int, default=128)
+    slue.add_argument("--limit", type=int, help="stop after this many new utterances (rerun to resume)")
+    slue.add_argument("--compare-uncompressed", action="store_true",
+                      help="also decode ASR from uncompressed encoder frames (report: compression stage)")
+    slue.add_argument("--probe-utterances", type=int, default=0,
+                      help="layer probes on this many utterances (report: encoder stage; needs a CTC head)")
+    slue.add_argument("--no-report", action="store_true", help="skip report.md / report.json / plots")
+    return parser
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """`spokenlm eval ...`: argv is what follows `eval` (e.g. ["slue", "--suite", "voxpopuli", ...]).
+    Exit status 0 when done (or stopped at --limit), 2 for bad arguments, data or bundle."""
+    from spokenlm.lm import GenerationConfig
+    from spokenlm.slue.readers import SlueDataError
+
+    args = _parser().parse_args(argv)
+    try:
+        generation = GenerationConfig(
+            strategy=args.strategy, max_new_tokens=args.max_new_tokens,
+            num_beams=args.num_beams if args.strategy == "beam" else 1,
+        )  # fmt: skip
+        generation.validate()
+        config = SlueEvalConfig(
+            suite=args.suite, data_dir=args.data, model_dir=args.model, out_dir=args.out, split=args.split,
+            workers=args.workers, batch_size=args.batch_size, num_cpus_per_worker=args.num_cpus_per_worker,
+            num_gpus_per_worker=args.num_gpus_per_worker, max_restarts=args.max_restarts,
+            max_task_retries=args.max_restarts, generation=generation, limit=args.limit,
+            compare_uncompressed=args.compare_uncompressed, probe_utterances=args.probe_utterances,
+            report=not args.no_report,
+        )  # fmt: skip
+        from spokenlm.model import read_bundle_meta
+
+        read_bundle_meta(config.model_dir)  # a wrong --model fails before Ray starts
+        summary = run_slue_eval(config)
+    except (SlueDataError, ValueError, FileNotFoundError) as e:  # BundleError is a ValueError
+        print(f"spokenlm eval: error: {e}", file=sys.stderr)
+        return 2
+    if not summary.complete:
+        print(f"spokenlm eval: stopped with {summary.done}/{summary.total} utterances done; "
+              f"rerun the same command to resume", file=sys.stderr)  # fmt: skip
+        return 0
+    head = ", ".join(f"{k} {v:.2f}" for k, v in (summary.metrics or {}).get("headline", {}).items() if v is not None)
+    print(f"{summary.out_dir}: {summary.total} utterances ({len(summary.failed)} failed, "
+          f"{len(summary.missing_audio)} missing audio){': ' + head if head else ''}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(eval_main())

@@ -1,0 +1,378 @@
+"""Stage actors: the SpeechLM forward pass as four Ray actors chained by ObjectRefs.
+
+    AudioStage (load, 16 kHz mono) -> EncoderStage (chunk at pauses, encode)
+        -> CompressStage (compressor + adapter) -> DecodeStage (LLM, task parsing)
+
+`SpeechLM.run` (spokenlm/model.py) is the in-process reference and these stages compute the same
+thing, split at its seams (DESIGN.md §1): the same chunking at pauses (`split_on_silence`), the same
+encoder batches of at most `max_chunks_per_batch` chunks, the same joining of each recording's chunk
+tokens with their times, the same prompts and decoding, the same entity timing. Each actor loads only
+its part of the bundle directory (DESIGN.md §3) and holds the CPU / GPU fraction its `StageResources`
+asks for, so the encoder and the LLM can sit on different GPUs while audio decoding stays on CPUs,
+and consecutive files flow through the chain concurrently (file 2 is encoded while file 1 decodes).
+
+The stage *functions* live in the library (spokenlm/model.py: `encode_chunks`, `join_chunks`,
+`decode_requests`, `load_bundle_encoder` / `_compressor` / `_llm`), where `SpeechLM.run` is built from
+them; they take modules, not actors. The batch SLUE job (slue_eval.py) calls them in one process per
+pool worker, which gives it per-stage timing and the intermediate CTC transcripts the report needs.
+
+Not here: request batching across clients (serve/), the SLUE job (slue_eval.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from spokenlm.audio import SAMPLE_RATE, AudioError, load_audio
+from spokenlm.encoders.base import EncoderOutput
+from spokenlm.tasks import TaskRequest, build_prompt
+
+from spokenlm.model import (
+    ChunkBatch,
+    SpeechTokens,
+    decode_requests,
+    encode_chunks,
+    join_chunks,
+    load_bundle_compressor,
+    load_bundle_encoder,
+    load_bundle_llm,
+    read_bundle_meta,
+    run_outputs,
+)
+
+if TYPE_CHECKING:
+    from spokenlm.lm import GenerationConfig
+    from spokenlm.model import RunOutput
+
+MAX_CHUNKS_PER_BATCH = 8  # SpeechLM.encode_recordings' default: same batches, same padding, same outputs
+
+
+# --- config ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageResources:
+    """What one stage actor reserves from the Ray cluster."""
+
+    num_cpus: float = 0.25
+    """Logical CPUs; fractions let small machines hold all four actors."""
+
+    num_gpus: float = 0.0
+    """GPU fraction; > 0 puts the stage's weights and tensors on its GPU."""
+
+    def validate(self, name: str) -> None:
+        if not self.num_cpus >= 0 or not self.num_gpus >= 0:
+            raise ValueError(f"{name}: num_cpus and num_gpus must be >= 0, got {self.num_cpus}, {self.num_gpus}")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ValueError(f"{name}: num_gpus above 1 must be a whole number, got {self.num_gpus}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StagesConfig:
+    """Resources per stage actor, and how many files may be in the chain at once."""
+
+    audio: StageResources = StageResources()
+    encoder: StageResources = StageResources()
+    compress: StageResources = StageResources()
+    llm: StageResources = StageResources()
+
+    max_in_flight: int = 4
+    """Files submitted ahead of the one being collected: bounds object-store use on long file lists."""
+
+    max_chunks_per_batch: int = MAX_CHUNKS_PER_BATCH
+    """Chunks per encoder forward pass; keep SpeechLM's value for identical outputs."""
+
+    def validate(self) -> None:
+        for name in ("audio", "encoder", "compress", "llm"):
+            getattr(self, name).validate(name)
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if self.max_chunks_per_batch < 1:
+            raise ValueError(f"max_chunks_per_batch must be >= 1, got {self.max_chunks_per_batch}")
+
+
+def cpu_stages() -> StagesConfig:
+    """All four stages on a quarter CPU each: one node, one core is enough."""
+    return StagesConfig()
+
+
+def gpu_stages() -> StagesConfig:
+    """Encoder and compressor share one GPU half; the LLM gets the other half."""
+    return StagesConfig(
+        audio=StageResources(num_cpus=1.0),
+        encoder=StageResources(num_cpus=1.0, num_gpus=0.25),
+        compress=StageResources(num_cpus=0.5, num_gpus=0.25),
+        llm=StageResources(num_cpus=1.0, num_gpus=0.5),
+    )
+
+
+# --- typed values passed between stages ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedAudio:
+    wav: Tensor  # (S,) float32 mono at 16 kHz
+    timing_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class EncodedSpeech:
+    batches: list[ChunkBatch]
+    durations_s: list[float]  # per recording
+    timing_ms: dict[str, float]  # this stage and the ones before it
+
+
+@dataclass(frozen=True)
+class CompressedSpeech:
+    tokens: SpeechTokens  # compressed speech before the adapter, with spans and CTC transcripts
+    projected: Tensor  # (B, N, D_llm) adapter output, right-padded like tokens.embeddings
+    timing_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class FileOutput:
+    """One input file of `run_files_on_ray`: its output, or why it could not be read."""
+
+    path: str
+    output: RunOutput | None
+    error: str | None = None  # the AudioError message; output is None then
+
+
+# --- stage functions: the pieces of SpeechLM.run -----------------------------------------------------
+
+
+@torch.inference_mode()
+def join_frames(batches: Sequence[ChunkBatch], num_recordings: int) -> tuple[Tensor, Tensor]:
+    """The *uncompressed* path: every valid encoder frame of each recording, chunks joined.
+
+    Returns (B, T, D) right-padded frames and (B,) lengths, the input an adapter would see with no
+    compressor (only meaningful when the compressor keeps the encoder's dim).
+    """
+    parts: list[list[Tensor]] = [[] for _ in range(num_recordings)]
+    for batch in batches:
+        for j, item in enumerate(batch.items):
+            parts[item].append(batch.encoded.features[j, : int(batch.encoded.lengths[j])])
+    frames = [torch.cat(p) for p in parts]
+    return nn.utils.rnn.pad_sequence(frames, batch_first=True), torch.tensor([f.shape[0] for f in frames])
+
+
+# --- the actors ------------------------------------------------------------------------------------
+
+
+class AudioStage:
+    """Decodes files to 16 kHz mono; an unreadable file raises AudioError through the chain."""
+
+    def load(self, path: str) -> LoadedAudio:
+        t0 = time.perf_counter()
+        wav = load_audio(path)
+        return LoadedAudio(wav=wav, timing_ms={"load_audio": _ms(t0)})
+
+
+class EncoderStage:
+    def __init__(self, model_dir: str, max_chunks_per_batch: int = MAX_CHUNKS_PER_BATCH):
+        _set_threads()
+        self.device = _actor_device()
+        encoder, self.max_chunk_s = load_bundle_encoder(model_dir)
+        self.encoder = encoder.to(self.device)
+        self.max_chunks_per_batch = max_chunks_per_batch
+
+    def encode(self, *audio: LoadedAudio) -> EncodedSpeech:
+        t0 = time.perf_counter()
+        waves = [a.wav for a in audio]
+        batches = encode_chunks(
+            self.encoder, waves, max_chunk_s=self.max_chunk_s, max_chunks_per_batch=self.max_chunks_per_batch
+        )
+        batches = [replace(b, encoded=_to_cpu(b.encoded)) for b in batches]
+        timing = _merge([a.timing_ms for a in audio]) | {"encoder": _ms(t0)}
+        return EncodedSpeech(batches=batches, durations_s=[w.shape[-1] / SAMPLE_RATE for w in waves], timing_ms=timing)
+
+
+class CompressStage:
+    def __init__(self, model_dir: str):
+        _set_threads()
+        self.device = _actor_device()
+        compressor, adapter = load_bundle_compressor(model_dir)
+        self.compressor, self.adapter = compressor.to(self.device), adapter.to(self.device)
+
+    @torch.inference_mode()
+    def compress(self, encoded: EncodedSpeech) -> CompressedSpeech:
+        t0 = time.perf_counter()
+        batches = [replace(b, encoded=_to_device(b.encoded, self.device)) for b in encoded.batches]
+        tokens = join_chunks(self.compressor, batches, encoded.durations_s)
+        t1 = time.perf_counter()
+        projected = self.adapter(tokens.embeddings)
+        timing = encoded.timing_ms | {"compress": (t1 - t0) * 1e3, "adapter": _ms(t1)}
+        tokens = replace(tokens, embeddings=tokens.embeddings.cpu(), lengths=tokens.lengths.cpu())
+        return CompressedSpeech(tokens=tokens, projected=projected.cpu(), timing_ms=timing)
+
+
+class DecodeStage:
+    def __init__(self, model_dir: str):
+        _set_threads()
+        self.llm = load_bundle_llm(model_dir).to(_actor_device())
+
+    def decode(
+        self, speech: CompressedSpeech, requests: list[TaskRequest], generation: GenerationConfig
+    ) -> list[RunOutput]:
+        t0 = time.perf_counter()
+        tokens = speech.tokens
+        results = decode_requests(
+            self.llm, requests, speech.projected, tokens.lengths, generation, char_times=tokens.char_times
+        )
+        return run_outputs(requests, results, tokens, speech.timing_ms | {"llm": _ms(t0)})
+
+
+class StagePipeline:
+    """The four stage actors of one bundle; `submit` chains recordings through them by ObjectRefs."""
+
+    def __init__(self, model_dir: str | Path, config: StagesConfig | None = None):
+        import ray
+
+        self.config = c = config or StagesConfig()
+        c.validate()
+        read_bundle_meta(model_dir)  # fail here, not inside three actors
+        model_dir = str(model_dir)
+
+        def actor(cls: type, resources: StageResources, *args):
+            options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+            return ray.remote(cls).options(**options).remote(*args)
+
+        self.actors: dict[str, Any] = {
+            "audio": actor(AudioStage, c.audio),
+            "encoder": actor(EncoderStage, c.encoder, model_dir, c.max_chunks_per_batch),
+            "compress": actor(CompressStage, c.compress, model_dir),
+            "llm": actor(DecodeStage, c.llm, model_dir),
+        }
+
+    def submit(self, paths: Sequence[str], requests: Sequence[TaskRequest], generation: GenerationConfig):
+        """An ObjectRef to the RunOutputs of `requests[i]` on file `paths[i]`, decoded as one batch."""
+        if len(paths) != len(requests):
+            raise ValueError(f"got {len(paths)} files but {len(requests)} requests")
+        a = self.actors
+        audio = [a["audio"].load.remote(str(p)) for p in paths]
+        encoded = a["encoder"].encode.remote(*audio)
+        compressed = a["compress"].compress.remote(encoded)
+        return a["llm"].decode.remote(compressed, list(requests), generation)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for handle in self.actors.values():
+            ray.kill(handle)
+        self.actors = {}
+
+
+def run_files_on_ray(
+    model_dir: str | Path,
+    files: Sequence[str | Path],
+    request: TaskRequest,
+    generation: GenerationConfig | None = None,
+    resources: StagesConfig | None = None,
+) -> list[FileOutput]:
+    """`spokenlm run --ray`: `request` on every file through the stage actors, one file per chain
+    (as the CLI runs them in process, so outputs match it), in input order. An unreadable file gives
+    a FileOutput with `error` set; the others still run. Starts a local Ray if none is running."""
+    import ray
+
+    from spokenlm.lm import GenerationConfig
+
+    build_prompt(request)  # validate before starting anything
+    generation = generation or GenerationConfig()
+    generation.validate()
+    read_bundle_meta(model_dir)
+    started = ensure_ray()
+    outputs: list[FileOutput] = []
+    try:
+        pipeline = StagePipeline(model_dir, resources)
+        pending: deque = deque()
+        try:
+            for path in files:
+                pending.append((str(path), pipeline.submit([str(path)], [request], generation)))
+                if len(pending) >= pipeline.config.max_in_flight:
+                    outputs.append(_collect(*pending.popleft()))
+            while pending:
+                outputs.append(_collect(*pending.popleft()))
+        finally:
+            pipeline.shutdown()
+    finally:
+        if started:
+            ray.shutdown()
+    return outputs
+
+
+def _collect(path: str, ref) -> FileOutput:
+    import ray
+
+    try:
+        (output,) = ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, AudioError):  # raised by AudioStage, passed down the chain unchanged
+            return FileOutput(path=path, output=None, error=str(cause))
+        raise
+    return FileOutput(path=path, output=output)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def ensure_ray(num_cpus: int | None = None) -> bool:
+    """Join the cluster at RAY_ADDRESS (a RayJob or `ray start` user sets it), else start a private
+    local Ray with `num_cpus` (default: every core) — never some other process's instance that
+    happens to run on this machine. True when this call started or joined it (shut it down after)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        cpus = num_cpus or os.cpu_count() or 1
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _set_threads() -> None:
+    """One intra-op thread per fractional-CPU actor: four stages on a small box must not oversubscribe."""
+    import os
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
+
+
+def _actor_device() -> torch.device:
+    import ray
+
+    return torch.device("cuda") if ray.get_gpu_ids() else torch.device("cpu")
+
+
+def _to_cpu(encoded: EncoderOutput) -> EncoderOutput:
+    return _to_device(encoded, torch.device("cpu"))
+
+
+def _to_device(encoded: EncoderOutput, device: torch.device) -> EncoderOutput:
+    hidden = encoded.hidden_states.to(device) if encoded.hidden_states is not None else None
+    return replace(
+        encoded, features=encoded.features.to(device), lengths=encoded.lengths.to(device), hidden_states=hidden
+    )
+
+
+def _merge(timings: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per-stage times of several recordings of one batch, summed."""
+    out: dict[str, float] = {}
+    for t in timings:
+        for k, v in t.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3

@@ -1,0 +1,114 @@
+"""Stage actors against the in-process SpeechLM: same tokens, same texts, same entity times."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from pipelines.stages import StageResources, StagesConfig, run_files_on_ray
+from spokenlm.audio import SAMPLE_RATE, load_audio
+from spokenlm.cli import output_record
+from spokenlm.lm import GenerationConfig
+from spokenlm.model import (
+    decode_requests,
+    encode_chunks,
+    join_chunks,
+    load_bundle,
+    load_bundle_compressor,
+    load_bundle_encoder,
+    load_bundle_llm,
+)
+from spokenlm.tasks import TaskRequest
+
+GREEDY = GenerationConfig(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def chunky_bundle(tiny_bundle, tmp_path_factory):
+    """The tiny bundle with max_chunk_s = 1 s, so each 3 s example clip is cut at pauses into chunks."""
+    path = tmp_path_factory.mktemp("chunky") / "bundle"
+    shutil.copytree(tiny_bundle, path)
+    meta = json.loads((path / "spokenlm.json").read_text())
+    (path / "spokenlm.json").write_text(json.dumps(meta | {"max_chunk_s": 1.0}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+def test_stage_functions_reproduce_encode_recordings_and_run(chunky_bundle, example_clips):
+    torch.set_num_threads(1)
+    model = load_bundle(chunky_bundle)
+    waves = [load_audio(p) for p in example_clips]
+    expected = model.encode_recordings(waves)
+
+    encoder, max_chunk_s = load_bundle_encoder(chunky_bundle)
+    compressor, adapter = load_bundle_compressor(chunky_bundle)
+    batches = encode_chunks(encoder, waves, max_chunk_s=max_chunk_s, max_chunks_per_batch=3)
+    assert max_chunk_s == 1.0 and sum(len(b.items) for b in batches) > len(waves)  # chunking happened
+    assert [len(b.items) for b in batches][:-1] == [3] * (len(batches) - 1)
+    got = join_chunks(compressor, batches, [w.shape[-1] / SAMPLE_RATE for w in waves])
+    # encode_recordings batches 8 chunks at a time; the tiny encoder's layer-norm convs make batching
+    # invisible, so 3-chunk batches must give the very same tokens
+    torch.testing.assert_close(got.embeddings, expected.embeddings)
+    assert got.lengths.tolist() == expected.lengths.tolist()
+    assert got.spans_s == expected.spans_s and got.transcripts == expected.transcripts
+    assert got.char_times == expected.char_times and got.durations_s == expected.durations_s
+
+    requests = [TaskRequest(task="ner"), TaskRequest(task="asr")]
+    reference = model.run(waves, requests, GREEDY)
+    with torch.inference_mode():
+        projected = adapter(got.embeddings)
+    llm = load_bundle_llm(chunky_bundle)
+    results = decode_requests(llm, requests, projected, got.lengths, GREEDY, char_times=got.char_times)
+    assert results == [o.result for o in reference]
+
+
+def test_stages_config_validation():
+    StagesConfig().validate()
+    with pytest.raises(ValueError, match="max_in_flight must be >= 1, got 0"):
+        StagesConfig(max_in_flight=0).validate()
+    with pytest.raises(ValueError, match="llm: num_gpus above 1 must be a whole number, got 1.5"):
+        StagesConfig(llm=StageResources(num_gpus=1.5)).validate()
+
+
+@pytest.mark.slow
+def test_run_files_on_ray_matches_the_in_process_path(ray_session, tiny_bundle, example_clips, tmp_path):
+    """`spokenlm run --ray` == `spokenlm run`: same JSON records (timing aside), greedy, file by file."""
+    torch.set_num_threads(1)  # the actors run one intra-op thread each
+    request = TaskRequest(task="ner")
+    model = load_bundle(tiny_bundle)
+    expected = [output_record(p, model.run([load_audio(p)], [request], GREEDY)[0]) for p in example_clips]
+
+    missing = tmp_path / "missing.wav"
+    files = [str(example_clips[0]), str(missing), str(example_clips[1])]
+    outputs = run_files_on_ray(tiny_bundle, files, request, GREEDY, StagesConfig(max_in_flight=2))
+
+    assert [o.path for o in outputs] == files
+    assert outputs[1].output is None and outputs[1].error == f"audio file not found: '{missing}'"
+    got = [output_record(o.path, o.output) for o in (outputs[0], outputs[2])]
+    for record in expected + got:
+        record.pop("timing_ms")  # the Ray path times five stages, SpeechLM.run three
+    assert got == expected
+    assert set(outputs[0].output.timing_ms) == {"load_audio", "encoder", "compress", "adapter", "llm"}
+
+
+@pytest.mark.slow
+def test_cli_run_with_ray_prints_what_the_in_process_run_prints(ray_session, tiny_bundle, example_clips, capsys):
+    from spokenlm.cli import main
+
+    args = ["run", "--model", str(tiny_bundle), "--task", "ner", "--json", "--max-new-tokens", "6"]
+    files = [str(p) for p in example_clips]
+    assert main([*args, *files]) == 0
+    local = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main([*args, "--ray", *files]) == 0
+    on_ray = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for record in local + on_ray:
+        record.pop("timing_ms")
+    assert on_ray == local and len(local) == len(files)
