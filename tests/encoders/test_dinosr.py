@@ -44,16 +44,6 @@ from spokenlm.encoders.dinosr import (
 LENGTHS = [8000, 5600, 3210]  # samples at 16 kHz; the longest fills the batch, the others pad
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Models here are tiny: intra-op threads only add overhead, and on a shared 2-core box spinning
-    OpenMP workers slow them 10-20×."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _small(**changes: object) -> DinoSREncoderConfig:
     """A few-10k-parameter fbank model with no dropout, for fast exact tests."""
     base = replace(

@@ -32,15 +32,6 @@ from spokenlm.encoders.sylber import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared 2-core box they lose 10x to contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def piecewise(lengths: list[int], *, dim: int = 16, gap: int = 7, gap_after: int = 3, seed: int = 0):
     """Pieces of constant orthogonal directions (norm 5) plus noise, a near-silent gap after piece
     ``gap_after``. Returns features (T, D) and the true segments."""

@@ -34,15 +34,6 @@ TINY = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Models here are tiny: on a shared 2-core box extra intra-op threads only slow them down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(out: Path, manifest: Path, **changes) -> CTCTrainConfig:
     """Measured on the tiny corpus: 150 steps take ~15 s and reach train-set CER ~0.5 from ~2.0."""
     base = CTCTrainConfig(

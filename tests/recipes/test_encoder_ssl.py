@@ -20,15 +20,6 @@ TINY_DINOSR = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box they lose 10x to contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(out: Path, manifest: Path, max_steps: int, **changes) -> EncoderSSLConfig:
     fields = dict(
         out_dir=str(out), manifest=str(manifest), encoder="dinosr_tiny", encoder_overrides=TINY_DINOSR,

@@ -32,15 +32,6 @@ TINY_ARCH = {
 PRETRAIN_STEPS = 150
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core box: extra intra-op threads only add overhead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def frozen_parts(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
     from spokenlm.compress import CTCCompressorConfig, build_compressor, save_compressor

@@ -15,15 +15,6 @@ from spokenlm.recipes.sylber import SylberTrainConfig, add_noise, energy_speech_
 from spokenlm.train.loop import OptimConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box they lose 10x to contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(out: Path, manifest: Path, max_steps: int, **changes) -> SylberTrainConfig:
     fields = dict(
         out_dir=str(out), manifest=str(manifest), student="sylber_tiny", bootstrap_steps=10, norm_init_batches=2,
