@@ -293,7 +293,7 @@ def test_load_rejects_unknown_kind_and_keys(tmp_path) -> None:
     save_compressor(build_compressor(CTCCompressorConfig(input_dim=4)), tmp_path)
     config = json.loads((tmp_path / "compressor.json").read_text())
     (tmp_path / "compressor.json").write_text(json.dumps({**config, "kind": "pca"}))
-    with pytest.raises(ValueError, match=r"unknown compressor kind 'pca'; expected one of \['ctc', 'stack'\]$"):
+    with pytest.raises(ValueError, match=r"unknown compressor kind 'pca'; expected one of \['ctc', 'stack', 'syllable'\]$"):
         load_compressor(tmp_path)
     (tmp_path / "compressor.json").write_text(json.dumps({**config, "blank": 0}))
     with pytest.raises(ValueError, match=r"unknown ctc compressor config keys \['blank'\]$"):
