@@ -5,13 +5,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SYSTEM_TOOLS := ffmpeg espeak-ng
+SYSTEM_TOOLS := ffmpeg espeak-ng chromium
 
 .PHONY: setup system-deps test demo clean
 
 setup: system-deps $(VENV)/.installed
 
-# ffmpeg: torchcodec's decoder backend; espeak-ng: a TTS used by tests and the corpus builder.
+# ffmpeg: torchcodec's decoder backend; espeak-ng: a TTS for tests and the corpus builder;
+# chromium: the browser the UI end-to-end test drives (playwright, no browser download).
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
