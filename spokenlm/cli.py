@@ -2,6 +2,7 @@
 
     spokenlm run --model DIR --task TASK [--question Q] [--target-lang es] [--json] [--ray] FILES...
     spokenlm eval slue --suite SUITE --data DIR --model DIR --out OUT [--split dev] [--workers N]
+    spokenlm serve [--model DIR] [--host 127.0.0.1] [--port 8000]
     spokenlm train STAGE --config FILE [--set KEY=VALUE] [--workers N]
     spokenlm data synth --out DIR [--hours H] [--seed S] [--workers N]
     spokenlm demo [--model DIR]
@@ -41,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config field, e.g. --set optim.max_steps=100 (value parsed as YAML)")
     train.add_argument("--workers", type=int, default=0, help="> 0: run on Ray Train with this many workers")
 
+    serve = commands.add_parser("serve", help="serve a bundle over HTTP (Ray Serve, OpenAI-compatible routes)")
+    serve.add_argument("--model", help="a bundle (default: models/default, else the untrained demo bundle)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+
     evaluate = commands.add_parser("eval", help="batch evaluation: `spokenlm eval slue --help`", add_help=False)
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
 
@@ -65,7 +71,7 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "demo": _demo, "train": _train, "data": _data, "eval": _eval}[args.command](args)
+        return {"run": _run, "demo": _demo, "train": _train, "data": _data, "eval": _eval, "serve": _serve}[args.command](args)
     except (ValueError, FileNotFoundError) as e:  # bad parameters or bundle: one line, no traceback
         print(f"spokenlm: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -205,6 +211,13 @@ def _train(args: argparse.Namespace) -> int:
     else:
         summary = train(config)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serve import serve_main
+
+    serve_main(args.model, host=args.host, port=args.port)
     return 0
 
 

@@ -1,0 +1,70 @@
+"""Response bodies of the HTTP API: OpenAI-style errors, the audio routes' response formats, SSE.
+
+Plain functions from a record (serve/deployments.py `_record`) to text or JSON; no Ray, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+
+
+class APIError(Exception):
+    """An error the client should see: HTTP status, OpenAI error type, message and offending param."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, type: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None):  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.param, self.type = status, message, param, type
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, type=self.type, param=self.param)
+
+
+def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": None}}
+
+
+def transcription_body(record: dict, text: str, response_format: str, *, task: str, language: str) -> tuple[Any, str]:
+    """(body, media type) of /v1/audio/transcriptions or /translations in `response_format`."""
+    duration = record["duration_s"]
+    if response_format == "json":
+        return {"text": text}, "application/json"
+    if response_format == "text":
+        return text, "text/plain; charset=utf-8"
+    if response_format == "verbose_json":
+        return {
+            "task": task,
+            "language": language,
+            "duration": duration,
+            "text": text,
+            "segments": [_segment(text, duration)],
+            "spokenlm": {k: record[k] for k in ("tokens_per_second", "timing_ms", "batch_size")},
+        }, "application/json"
+    if response_format == "srt":
+        return f"1\n{_timestamp(0.0, ',')} --> {_timestamp(duration, ',')}\n{text}\n\n", "text/plain; charset=utf-8"
+    if response_format == "vtt":
+        return f"WEBVTT\n\n{_timestamp(0.0, '.')} --> {_timestamp(duration, '.')}\n{text}\n\n", "text/vtt; charset=utf-8"
+    raise ValueError(f"unknown response_format {response_format!r}")
+
+
+def _segment(text: str, duration: float) -> dict:
+    # One segment for the whole recording: the LLM writes one text, not timed segments.
+    return {"id": 0, "seek": 0, "start": 0.0, "end": duration, "text": text, "tokens": [], "temperature": 0.0,
+            "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": 0.0}  # fmt: skip
+
+
+def _timestamp(seconds: float, decimal: str) -> str:
+    ms = round(seconds * 1000)
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{decimal}{ms:03d}"
+
+
+def sse(event: dict | str) -> str:
+    """One server-sent event: `data: <json>` and a blank line."""
+    return f"data: {event if isinstance(event, str) else json.dumps(event)}\n\n"

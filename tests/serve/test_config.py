@@ -1,0 +1,84 @@
+"""serve/config.yaml and the app builder, without a Ray cluster: the config is a valid Serve config
+whose deployments exist, batch, autoscale and reserve GPUs; the builder rejects bad args early."""
+
+import dataclasses
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]  # conftest.py put it on sys.path
+
+CONFIG = REPO / "serve" / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def test_config_is_a_valid_serve_config(config):
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    (app,) = schema.applications
+    assert app.import_path == "serve.app:build_app" and app.route_prefix == "/"
+
+
+def test_config_deployments_batch_autoscale_and_reserve_gpus(config):
+    import serve.app
+
+    (app,) = config["applications"]
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert set(deployments) == {"Ingress", "Encoder", "LLM"}
+    for name in ("Encoder", "LLM"):
+        d = deployments[name]
+        assert d["user_config"]["max_batch_size"] > 1
+        assert d["max_ongoing_requests"] >= d["user_config"]["max_batch_size"]  # else batches never fill
+        assert d["autoscaling_config"]["max_replicas"] >= d["autoscaling_config"]["min_replicas"] >= 1
+        assert d["ray_actor_options"]["num_gpus"] > 0
+    assert deployments["Ingress"]["max_ongoing_requests"] > app["args"]["max_inflight"]
+    known = {f.name for f in dataclasses.fields(serve.app.ServeSettings)}
+    assert set(app["args"]) <= known
+
+
+def test_build_app_binds_the_three_deployments(tiny_bundle):
+    from ray.serve import Application
+
+    from serve.app import build_app
+
+    assert len(inspect.signature(build_app).parameters) == 1  # Serve calls builders with one dict
+    assert isinstance(build_app({"model_dir": str(tiny_bundle)}), Application)
+    with pytest.raises(ValueError, match=r"unknown serve args \['max_batch'\]"):
+        build_app({"model_dir": str(tiny_bundle), "max_batch": 4})
+    with pytest.raises(ValueError, match="max_upload_mb must be > 0, got 0"):
+        build_app({"model_dir": str(tiny_bundle), "max_upload_mb": 0})
+    with pytest.raises(Exception, match="is not a spokenlm bundle"):
+        build_app({"model_dir": str(REPO / "examples")})
+
+
+def test_batching_user_config_is_checked():
+    from serve.deployments import _configure_batching
+
+    with pytest.raises(ValueError, match=r"unknown user_config keys \['batch'\]"):
+        _configure_batching(object(), (), {"batch": 3})
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
+        _configure_batching(object(), (), {"max_batch_size": 0})
+
+
+def test_response_formats():
+    from serve.formats import transcription_body
+
+    record = {"duration_s": 3725.5, "tokens_per_second": 10.0, "timing_ms": {}, "batch_size": {}}
+    srt, _ = transcription_body(record, "hi", "srt", task="transcribe", language="english")
+    assert srt == "1\n00:00:00,000 --> 01:02:05,500\nhi\n\n"
+    vtt, media = transcription_body(record, "hi", "vtt", task="transcribe", language="english")
+    assert vtt == "WEBVTT\n\n00:00:00.000 --> 01:02:05.500\nhi\n\n" and media.startswith("text/vtt")
+
+
+def test_importing_the_package_is_light():
+    code = "import sys, serve; assert not {'ray', 'torch', 'fastapi'} & set(sys.modules), sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
