@@ -51,6 +51,15 @@ def check_encoder_inputs(wav: Tensor, lengths: Tensor, *, min_samples: int) -> N
             raise ValueError(f"lengths[{i}]={n} is shorter than one frame ({min_samples} samples)")
 
 
+def layer_mixing_logits(layer: str | int, num_layers: int):
+    """For layer="weighted": (L + 1,) learned logits whose softmax mixes the hidden states, starting
+    at zeros (the plain mean); None for any other layer choice."""
+    from torch import nn
+    import torch
+
+    return nn.Parameter(torch.zeros(num_layers + 1)) if layer == "weighted" else None
+
+
 def select_layer(hidden_states: Tensor, layer: str | int, layer_logits: Tensor | None) -> Tensor:
     """(L + 1, B, T, D) hidden states -> (B, T, D) features: the learned softmax mix when
     `layer_logits` is given ("weighted"), else the last layer or hidden state number `layer`."""

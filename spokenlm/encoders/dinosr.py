@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spokenlm.encoders.base import EncoderOutput, check_encoder_inputs, select_layer
+from spokenlm.encoders.base import EncoderOutput, check_encoder_inputs, layer_mixing_logits, select_layer
 
 SAMPLE_RATE = 16_000  # Hz
 BUNDLE_FORMAT_VERSION = 1
@@ -568,12 +568,7 @@ class DinoSREncoder(nn.Module):
         self.output_dim = config.model_dim
         self.num_layers = config.num_layers
         self.frame_rate_hz = config.frame_rate_hz
-        self.layer_logits: nn.Parameter | None
-        if config.layer == "weighted":
-            # (L + 1,) softmax -> mixing weights; zeros start as the plain mean of all states
-            self.layer_logits = nn.Parameter(torch.zeros(config.num_layers + 1))
-        else:
-            self.register_parameter("layer_logits", None)
+        self.layer_logits = layer_mixing_logits(config.layer, config.num_layers)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Valid frames per item for ``lengths`` valid samples: each conv maps n to (n - k) // s + 1."""

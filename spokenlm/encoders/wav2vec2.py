@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from spokenlm.audio import SAMPLE_RATE  # every wav2vec 2.0 checkpoint was trained on 16 kHz audio
-from spokenlm.encoders.base import EncoderOutput, check_encoder_inputs, select_layer
+from spokenlm.encoders.base import EncoderOutput, check_encoder_inputs, layer_mixing_logits, select_layer
 
 BUNDLE_FORMAT_VERSION = 1
 
@@ -286,12 +286,7 @@ class Wav2Vec2Encoder(nn.Module):
         self.output_dim = config.model_dim
         self.num_layers = config.num_layers
         self.frame_rate_hz = config.frame_rate_hz  # 16000 / product of conv strides
-        self.layer_logits: nn.Parameter | None
-        if config.layer == "weighted":
-            # (L + 1,) softmax -> mixing weights; zeros start as the plain mean of all states
-            self.layer_logits = nn.Parameter(torch.zeros(config.num_layers + 1))
-        else:
-            self.register_parameter("layer_logits", None)
+        self.layer_logits = layer_mixing_logits(config.layer, config.num_layers)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Valid frames per item: each conv maps n samples to floor((n - kernel) / stride) + 1."""
