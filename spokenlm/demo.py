@@ -117,6 +117,8 @@ def run_demo(*, model_dir: str | None, generation) -> int:
         print(f"\n{clip.name} ({wav.shape[-1] / 16000:.1f} s)")
         start = time.perf_counter()
         outputs = model.run([wav] * len(requests), requests, generation)  # all tasks in one batch
+        if outputs[0].transcript is not None:  # the CTC compressor's own greedy reading of the audio
+            print(f"  {'(ctc)':<11} {outputs[0].transcript!r}")
         for output in outputs:
             print(f"  {output.request.task:<11} {describe(output)}")
         print(
