@@ -11,6 +11,8 @@ from typing import Protocol
 
 from torch import Tensor
 
+ENCODER_FORMAT_VERSION = 1  # of a saved encoder directory's encoder.json
+
 
 @dataclass(frozen=True)
 class EncoderOutput:
@@ -69,3 +71,22 @@ def select_layer(hidden_states: Tensor, layer: str | int, layer_logits: Tensor |
         weights = torch.softmax(layer_logits, dim=0).to(hidden_states.dtype)  # (L + 1,)
         return torch.einsum("l,lbtd->btd", weights, hidden_states)
     return hidden_states[-1] if layer == "last" else hidden_states[layer]
+
+
+def read_encoder_manifest(path, kind: str) -> dict:
+    """The checked encoder.json of an encoder directory saved as `kind`."""
+    import json
+    from pathlib import Path
+
+    manifest_path = Path(path) / "encoder.json"
+    if not manifest_path.is_file():
+        raise ValueError(f"{path} is not a saved {kind} encoder: encoder.json is missing")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("kind") != kind:
+        raise ValueError(f"{manifest_path} describes a {manifest.get('kind')!r} encoder, not {kind!r}")
+    if manifest.get("format_version") != ENCODER_FORMAT_VERSION:
+        raise ValueError(
+            f"{manifest_path} has format_version {manifest.get('format_version')!r}; "
+            f"this spokenlm reads {ENCODER_FORMAT_VERSION}"
+        )
+    return manifest

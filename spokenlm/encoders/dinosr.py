@@ -56,10 +56,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spokenlm.encoders.base import EncoderOutput, check_encoder_inputs, layer_mixing_logits, select_layer
+from spokenlm.encoders.base import (
+    ENCODER_FORMAT_VERSION,
+    EncoderOutput,
+    check_encoder_inputs,
+    layer_mixing_logits,
+    read_encoder_manifest,
+    select_layer,
+)
 
 SAMPLE_RATE = 16_000  # Hz
-BUNDLE_FORMAT_VERSION = 1
 
 # fbank frontend: Kaldi-style 25 ms / 10 ms frames, 80 mel bins
 N_MELS = 80
@@ -789,7 +795,7 @@ def save_dinosr_encoder(encoder: DinoSREncoder, path: str | Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    manifest = {"kind": "dinosr", "format_version": BUNDLE_FORMAT_VERSION, "config": encoder.config.to_dict()}
+    manifest = {"kind": "dinosr", "format_version": ENCODER_FORMAT_VERSION, "config": encoder.config.to_dict()}
     (path / "encoder.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -825,17 +831,7 @@ def load_dinosr_encoder(
 
 
 def _load_bundle(path: Path) -> DinoSREncoder:
-    manifest_path = path / "encoder.json"
-    if not manifest_path.is_file():
-        raise ValueError(f"{path} is not a saved DinoSR encoder: encoder.json is missing")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("kind") != "dinosr":
-        raise ValueError(f"{manifest_path} describes a {manifest.get('kind')!r} encoder, not 'dinosr'")
-    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
-        raise ValueError(
-            f"{manifest_path} has format_version {manifest.get('format_version')!r}; "
-            f"this spokenlm reads {BUNDLE_FORMAT_VERSION}"
-        )
+    manifest = read_encoder_manifest(path, "dinosr")
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise ValueError(f"{path} has no model.safetensors")

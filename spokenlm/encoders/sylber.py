@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spokenlm.encoders.base import EncoderOutput, check_encoder_inputs
+from spokenlm.encoders.base import ENCODER_FORMAT_VERSION, EncoderOutput, check_encoder_inputs, read_encoder_manifest
 
 SAMPLE_RATE = 16_000  # Hz
 NORM_THRESHOLD = 2.6  # published inference default: frames with a smaller feature norm are non-speech
@@ -46,7 +46,6 @@ MERGE_THRESHOLD = 0.8  # published inference default: cosine similarity that kee
 FBANK_WINDOW = 400  # samples (25 ms): the same span one HuBERT conv-stack frame sees
 FBANK_HOP = 320  # samples (20 ms): 50 Hz, the HuBERT frame rate
 HUBERT_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # (channels, kernel, stride)
-BUNDLE_FORMAT_VERSION = 1
 _EPS = 1e-8  # the authors' epsilon inside norms
 
 Span = tuple[int, int]  # [start_frame, end_frame)
@@ -763,7 +762,7 @@ def save_sylber_encoder(encoder: SylberEncoder, path: str | Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    manifest = {"kind": "sylber", "format_version": BUNDLE_FORMAT_VERSION, "config": asdict(encoder.config)}
+    manifest = {"kind": "sylber", "format_version": ENCODER_FORMAT_VERSION, "config": asdict(encoder.config)}
     (path / "encoder.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -779,19 +778,9 @@ def load_sylber_encoder(path: str | Path, *, config: SylberEncoderConfig | None 
     """
     path = Path(path)
     if path.is_dir():
-        manifest_path = path / "encoder.json"
-        if not manifest_path.is_file():
-            raise ValueError(f"{path} is not a saved sylber encoder: encoder.json is missing")
         if config is not None:
             raise ValueError("config applies to official checkpoints only; a saved encoder carries its own")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("kind") != "sylber":
-            raise ValueError(f"{manifest_path} describes a {manifest.get('kind')!r} encoder, not 'sylber'")
-        if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
-            raise ValueError(
-                f"{manifest_path} has format_version {manifest.get('format_version')!r}; "
-                f"this spokenlm reads {BUNDLE_FORMAT_VERSION}"
-            )
+        manifest = read_encoder_manifest(path, "sylber")
         fields = dict(manifest["config"])
         fields["conv_layers"] = tuple(tuple(layer) for layer in fields["conv_layers"])
         encoder = build_sylber_encoder(SylberEncoderConfig(**fields))

@@ -38,9 +38,15 @@ import torch
 from torch import Tensor, nn
 
 from spokenlm.audio import SAMPLE_RATE  # every wav2vec 2.0 checkpoint was trained on 16 kHz audio
-from spokenlm.encoders.base import EncoderOutput, check_encoder_inputs, layer_mixing_logits, select_layer
+from spokenlm.encoders.base import (
+    ENCODER_FORMAT_VERSION,
+    EncoderOutput,
+    check_encoder_inputs,
+    layer_mixing_logits,
+    read_encoder_manifest,
+    select_layer,
+)
 
-BUNDLE_FORMAT_VERSION = 1
 
 LayerChoice = Literal["last", "weighted"] | int
 
@@ -403,7 +409,7 @@ def save_wav2vec2_encoder(encoder: Wav2Vec2Encoder, path: str | Path) -> None:
         mix.unlink()  # stale weights from an earlier save into the same dir
     manifest = {
         "kind": "wav2vec2",
-        "format_version": BUNDLE_FORMAT_VERSION,
+        "format_version": ENCODER_FORMAT_VERSION,
         "backend": config.backend,
         "layer": config.layer,
         "normalize_waveform": config.normalize_waveform,
@@ -466,14 +472,7 @@ def _refuse_pickled_only(path: Path) -> None:
 
 
 def _load_bundle(path: Path, *, layer: LayerChoice | None, normalize_waveform: bool | None) -> Wav2Vec2Encoder:
-    manifest = json.loads((path / "encoder.json").read_text())
-    if manifest.get("kind") != "wav2vec2":
-        raise ValueError(f"{path}/encoder.json describes a {manifest.get('kind')!r} encoder, not 'wav2vec2'")
-    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
-        raise ValueError(
-            f"{path}/encoder.json has format_version {manifest.get('format_version')!r}; "
-            f"this spokenlm reads {BUNDLE_FORMAT_VERSION}"
-        )
+    manifest = read_encoder_manifest(path, "wav2vec2")
     _refuse_pickled_only(path)
     config = Wav2Vec2EncoderConfig(
         backend=manifest["backend"],
