@@ -10,9 +10,10 @@ adapter's speech embeddings take the place of one ``<audio>`` marker token, so t
 and LoRA (Hu et al., 2021) on the attention projections are trained.
 
 Decoding is split into ``prefill`` (one forward over the prompt embeddings) and ``decode_step`` (feed K
-tokens against the KV cache). Greedy and sampling loops are written over these two; a speculative
-decoder can reuse them (draft with one model, verify K tokens with one ``decode_step``). Beam search
-is delegated to ``transformers``' ``generate``.
+tokens against the KV cache). Greedy and sampling loops are written over these two, and so is
+``speculative_generate`` (a ``DraftLM`` proposes, the target verifies K tokens in one
+``decode_step``; exact for greedy and sampling). Beam search is delegated to ``transformers``'
+``generate``.
 
 Loading never unpickles and never runs remote code.
 """
@@ -34,6 +35,7 @@ from spokenlm.tokenizer import AUDIO_TOKEN, PAD_TOKEN
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (prompt, speech, padding)
 STRATEGIES = ("greedy", "beam", "sample")
+MAX_DRAFT_TOKENS = 32  # beyond this a draft is almost never accepted whole; a larger value is a mistake
 
 
 # --------------------------------------------------------------------------------------------------
@@ -63,6 +65,10 @@ class GenerationConfig:
     seed: int | None = None
     """Seeds a private generator for sampling, so a seeded call is reproducible; None: global RNG."""
 
+    draft_tokens: int = 4
+    """Speculative decoding: tokens the draft model proposes per target forward, when a draft is
+    given (greedy and sampling; beam search ignores the draft). 0 turns speculative decoding off."""
+
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
@@ -76,6 +82,8 @@ class GenerationConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
+            raise ValueError(f"draft_tokens must be in [0, {MAX_DRAFT_TOKENS}] (0: no speculation), got {self.draft_tokens}")
 
 
 @dataclass(frozen=True)
@@ -279,9 +287,17 @@ class SpeechLLM(nn.Module):
         speech: Tensor | None = None,
         speech_lengths: Tensor | None = None,
         config: GenerationConfig = GenerationConfig(),
+        draft: DraftLM | None = None,
     ) -> list[GenerationOutput]:
-        """Continue each prompt (speech spliced at ``<audio>``, or text only when speech is None)."""
+        """Continue each prompt (speech spliced at ``<audio>``, or text only when speech is None).
+
+        With a ``draft`` (and ``config.draft_tokens`` > 0), greedy and sampling decode speculatively:
+        the output is what this model alone would give (greedy: the same tokens; sampling: the same
+        distribution), only faster when the draft is cheap and often right.
+        """
         config.validate()
+        if draft is not None and config.draft_tokens > 0 and config.strategy != "beam":
+            return speculative_generate(self, draft, prompts, speech, speech_lengths, config)[0]
         inputs_embeds, attention_mask = self.embed_prompts(prompts, speech, speech_lengths)
         if config.strategy == "beam":
             sequences = self._beam_search(inputs_embeds, attention_mask, config)
@@ -295,9 +311,7 @@ class SpeechLLM(nn.Module):
         """Greedy or sampling with the KV cache; every item stops at its own eos. Per item: (ids, finished)."""
         b = inputs_embeds.shape[0]
         device = inputs_embeds.device
-        generator = None
-        if config.strategy == "sample" and config.seed is not None:
-            generator = torch.Generator(device=device).manual_seed(config.seed)
+        generator = _generator(config, device)
         eos = torch.tensor(self.eos_token_ids, device=device)
         pad_id = self.tokenizer.pad_token_id
 
@@ -305,10 +319,7 @@ class SpeechLLM(nn.Module):
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         steps: list[Tensor] = []  # each (B,)
         for step in range(config.max_new_tokens):
-            if config.strategy == "greedy":
-                next_ids = logits.argmax(dim=-1)
-            else:
-                next_ids = sample_next_token(logits, config, generator)
+            next_ids = _pick(logits, config, generator)
             # finished rows keep being fed (a batch moves together) but with pad, and it is discarded
             next_ids = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)
             steps.append(next_ids)
@@ -347,9 +358,194 @@ class SpeechLLM(nn.Module):
         )
 
 
+# --------------------------------------------------------------------------------------------------
+# Speculative decoding
+
+
+class DraftLM(nn.Module):
+    """A small LM that proposes tokens for a larger target LM (speculative decoding).
+
+    It must share the target's vocabulary. ``adapter`` maps the target's speech embeddings
+    (B, N, D_target) to the draft's width, so the draft hears the same speech; without one the draft
+    reads the prompt as text with the ``<audio>`` marker removed (text-only drafting).
+    """
+
+    def __init__(self, *, llm: SpeechLLM, adapter: nn.Module | None = None) -> None:
+        super().__init__()
+        self.llm = llm
+        self.adapter = adapter
+
+    def check_pairs_with(self, target: SpeechLLM) -> None:
+        """Raise ValueError unless this draft can propose tokens for ``target``."""
+        if self.llm.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+            raise ValueError("draft and target tokenizers differ: speculative decoding needs one shared vocabulary")
+        rows_draft, rows_target = _output_rows(self.llm), _output_rows(target)
+        if rows_draft != rows_target:
+            raise ValueError(f"draft predicts {rows_draft} token ids but the target {rows_target}: they must agree")
+        config = getattr(self.adapter, "config", None)
+        if config is not None and (config.input_dim, config.output_dim) != (target.model_dim, self.llm.model_dim):
+            raise ValueError(
+                f"draft adapter maps {config.input_dim} -> {config.output_dim} dims, but target speech has "
+                f"{target.model_dim} and the draft LLM takes {self.llm.model_dim}"
+            )
+
+    def embed_prompts(
+        self, prompts: Sequence[str], speech: Tensor | None, speech_lengths: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The draft's own prompt embeddings from the target's speech embeddings (see the class)."""
+        if speech is None or self.adapter is None:
+            return self.llm.embed_prompts([prompt.replace(AUDIO_TOKEN, "") for prompt in prompts])
+        return self.llm.embed_prompts(prompts, self.adapter(speech), speech_lengths)
+
+
+@dataclass(frozen=True)
+class SpeculativeStats:
+    drafted: int  # draft tokens proposed to items still decoding
+    accepted: int  # of those, accepted by the target's rule (before the batch keeps its minimum)
+    target_forwards: int  # the prefill and one verification per block
+    draft_forwards: int
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+@torch.inference_mode()
+def speculative_generate(
+    target: SpeechLLM,
+    draft: DraftLM,
+    prompts: Sequence[str],
+    speech: Tensor | None = None,
+    speech_lengths: Tensor | None = None,
+    config: GenerationConfig = GenerationConfig(),
+) -> tuple[list[GenerationOutput], SpeculativeStats]:
+    """Draft-then-verify decoding (Leviathan et al., 2023; Chen et al., 2023), greedy or sampling.
+
+    Each block, the draft proposes k = ``config.draft_tokens`` tokens one at a time and the target
+    scores the pending token plus all k in ONE ``decode_step``. Draft token j is accepted while
+    (greedy) it equals the target's argmax, or (sampling) with probability min(1, p_j(x) / q_j(x));
+    at the first rejection the target's token is drawn from norm(max(0, p_j - q_j)) (greedy: its
+    argmax), after a fully accepted block from p_k. So a block yields 1 to k+1 tokens, each exactly
+    from the target's own (temperature/top-k/top-p filtered) distribution: greedy output equals
+    ``target.generate`` without a draft.
+
+    A batch advances together: the block keeps n = the fewest drafts any unfinished item accepted,
+    and every item then takes its own token at position n (the draft token where the item accepted
+    it, else its correction), which is still a draw by the rule above. Batching costs speed, not
+    exactness. Both KV caches are cropped back to what was kept.
+    """
+    config.validate()
+    if config.strategy == "beam":
+        raise ValueError("speculative decoding does greedy or sampling, not beam search")
+    if config.draft_tokens < 1:
+        raise ValueError(f"speculative decoding needs draft_tokens >= 1, got {config.draft_tokens}")
+    draft.check_pairs_with(target)
+    t_embeds, t_mask = target.embed_prompts(prompts, speech, speech_lengths)
+    d_embeds, d_mask = draft.embed_prompts(prompts, speech, speech_lengths)
+    device = t_embeds.device
+    generator = _generator(config, device)
+    greedy = config.strategy == "greedy"
+    eos = torch.tensor(target.eos_token_ids, device=device)
+
+    t_logits, t_state = target.prefill(t_embeds, t_mask)
+    _, d_state = draft.llm.prefill(d_embeds, d_mask)
+    pending = _pick(t_logits, config, generator)  # (B,) emitted, fed to neither model yet
+    draft_feed = pending[:, None]  # (B, m) emitted tokens the draft has not read yet
+    blocks = [pending[:, None]]
+    emitted = 1
+    finished = torch.isin(pending, eos)
+    drafted = accepted = 0
+    target_forwards = draft_forwards = 1
+    while emitted < config.max_new_tokens and not finished.all():
+        k = min(config.draft_tokens, config.max_new_tokens - emitted - 1)
+        d_start = d_state.attention_mask.shape[1]
+        proposals: list[Tensor] = []  # each (B,)
+        draft_probs: list[Tensor] = []  # each (B, V); sampling only
+        feed = draft_feed
+        for _ in range(k):
+            d_logits, d_state = draft.llm.decode_step(feed, d_state)
+            draft_forwards += 1
+            if greedy:
+                token = d_logits[:, -1].argmax(dim=-1)
+            else:
+                q = sampling_probs(d_logits[:, -1], config)
+                token = torch.multinomial(q, num_samples=1, generator=generator).squeeze(1)
+                draft_probs.append(q)
+            proposals.append(token)
+            feed = token[:, None]
+        drafts = torch.stack(proposals, dim=1) if k else pending.new_zeros(len(pending), 0)  # (B, k)
+
+        t_start = t_state.attention_mask.shape[1]
+        logits, t_state = target.decode_step(torch.cat([pending[:, None], drafts], dim=1), t_state)  # (B, k+1, V)
+        target_forwards += 1
+        if greedy:
+            choice = logits.argmax(dim=-1)  # (B, k+1): the target's token at each draft position, and one more
+            agree = drafts == choice[:, :k]
+        else:
+            p = sampling_probs(logits, config)  # (B, k+1, V)
+            q = torch.stack(draft_probs, dim=1) if k else p[:, :0]  # (B, k, V)
+            p_x = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)
+            q_x = q.gather(-1, drafts[..., None]).squeeze(-1)  # > 0: each draft was drawn from q
+            agree = torch.rand(p_x.shape, generator=generator, device=device) * q_x < p_x
+        n_item = agree.long().cumprod(dim=1).sum(dim=1)  # (B,) leading drafts each item accepts
+        live = ~finished
+        n = int(n_item[live].min())
+        drafted += k * int(live.sum())
+        accepted += int(n_item[live].sum())
+
+        if greedy:
+            pending = choice[:, n]  # where an item accepted draft n, this is that same token
+        elif n == k:
+            pending = torch.multinomial(p[:, k], num_samples=1, generator=generator).squeeze(1)
+        else:
+            residual = (p[:, n] - q[:, n]).clamp(min=0)
+            mass = residual.sum(dim=-1, keepdim=True)
+            # p == q leaves no residual mass; then nothing was rejected in favour of anything, and p is the rule
+            residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, n])
+            corrected = torch.multinomial(residual, num_samples=1, generator=generator).squeeze(1)
+            pending = torch.where(n_item > n, drafts[:, n], corrected)
+        kept = torch.cat([drafts[:, :n], pending[:, None]], dim=1)  # (B, n+1)
+        blocks.append(kept)
+        emitted += n + 1
+        finished |= torch.isin(kept, eos).any(dim=1)
+
+        t_state = _crop_state(t_state, t_start + 1 + n)  # the old pending token and the kept drafts
+        if k == 0:  # the draft read nothing this block
+            draft_feed = torch.cat([draft_feed, pending[:, None]], dim=1)
+        elif n == k:  # the draft read its feed and drafts 0..k-2; the last draft is still unread
+            draft_feed = torch.cat([drafts[:, k - 1 :], pending[:, None]], dim=1)
+        else:
+            d_state = _crop_state(d_state, d_start + draft_feed.shape[1] + n)
+            draft_feed = pending[:, None]
+
+    tokens = torch.cat(blocks, dim=1)[:, : config.max_new_tokens].tolist()
+    outputs = [target._output(_until_eos(row, target.eos_token_ids)) for row in tokens]
+    return outputs, SpeculativeStats(drafted, accepted, target_forwards, draft_forwards)
+
+
+def _crop_state(state: DecodingState, length: int) -> DecodingState:
+    """Forget every position after the first ``length`` columns (all of them real tokens)."""
+    drop = state.attention_mask.shape[1] - length
+    if drop == 0:
+        return state
+    state.past_key_values.crop(length)
+    return DecodingState(state.past_key_values, state.attention_mask[:, :length], state.next_positions - drop)
+
+
+def _output_rows(llm: SpeechLLM) -> int:
+    return llm.model.get_output_embeddings().weight.shape[0]
+
+
 def sample_next_token(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None) -> Tensor:
     """(B, V) logits -> (B,) ids sampled after temperature, top-k and top-p filtering."""
-    logits = logits.float() / config.temperature
+    probs = sampling_probs(logits, config)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+def sampling_probs(logits: Tensor, config: GenerationConfig) -> Tensor:
+    """(..., V) logits -> the distribution sampling draws from: temperature, then top-k, then top-p."""
+    shape = logits.shape
+    logits = logits.reshape(-1, shape[-1]).float() / config.temperature
     if 0 < config.top_k < logits.shape[-1]:
         kth = logits.topk(config.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -360,8 +556,20 @@ def sample_next_token(logits: Tensor, config: GenerationConfig, generator: torch
         drop_sorted = probs.cumsum(dim=-1) - probs >= config.top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+    return logits.softmax(dim=-1).reshape(shape)
+
+
+def _generator(config: GenerationConfig, device: torch.device) -> torch.Generator | None:
+    if config.strategy == "sample" and config.seed is not None:
+        return torch.Generator(device=device).manual_seed(config.seed)
+    return None
+
+
+def _pick(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None) -> Tensor:
+    """(B, V) -> (B,) the next token: argmax for greedy, else a filtered sample."""
+    if config.strategy == "greedy":
+        return logits.argmax(dim=-1)
+    return sample_next_token(logits, config, generator)
 
 
 def _until_eos(row: list[int], eos_ids: list[int]) -> tuple[list[int], bool]:
@@ -542,16 +750,20 @@ def load_lora(llm: SpeechLLM, path: str | Path, *, trainable: bool = False) -> S
 
 __all__ = [
     "DecodingState",
+    "DraftLM",
     "GenerationConfig",
     "GenerationOutput",
     "IGNORE_INDEX",
     "PromptBatch",
+    "SpeculativeStats",
     "SpeechLLM",
     "add_lora",
     "build_llm",
     "load_llm",
     "load_lora",
     "sample_next_token",
+    "sampling_probs",
     "save_llm",
     "save_lora",
+    "speculative_generate",
 ]
