@@ -203,7 +203,7 @@ class SlueWorker:
         ]
         results = decode_requests(
             m.llm, requests, projected, tokens.lengths, self.generation,
-            char_times=tokens.char_times, recording=[0] * len(requests),
+            char_times=tokens.char_times, recording=[0] * len(requests), draft=m.draft,
         )  # fmt: skip
         t5 = time.perf_counter()
         frames = sum(int(b.encoded.lengths.sum()) for b in batches)
@@ -233,7 +233,9 @@ class SlueWorker:
         frames, lengths = join_frames(batches, 1)
         with torch.inference_mode():
             projected = self.model.adapter(frames)
-        (result,) = decode_requests(self.model.llm, [TaskRequest(task="asr")], projected, lengths, self.generation)
+        (result,) = decode_requests(
+            self.model.llm, [TaskRequest(task="asr")], projected, lengths, self.generation, draft=self.model.draft
+        )
         return result.text
 
 

@@ -42,6 +42,7 @@ from spokenlm.model import (
     join_chunks,
     load_bundle_compressor,
     load_bundle_encoder,
+    load_bundle_draft,
     load_bundle_llm,
     read_bundle_meta,
     run_outputs,
@@ -216,7 +217,10 @@ class CompressStage:
 class DecodeStage:
     def __init__(self, model_dir: str):
         _set_threads()
-        self.llm = load_bundle_llm(model_dir).to(_actor_device())
+        device = _actor_device()
+        self.llm = load_bundle_llm(model_dir).to(device)
+        draft = load_bundle_draft(model_dir)
+        self.draft = None if draft is None else draft.to(device)
 
     def decode(
         self, speech: CompressedSpeech, requests: list[TaskRequest], generation: GenerationConfig
@@ -224,8 +228,9 @@ class DecodeStage:
         t0 = time.perf_counter()
         tokens = speech.tokens
         results = decode_requests(
-            self.llm, requests, speech.projected, tokens.lengths, generation, char_times=tokens.char_times
-        )
+            self.llm, requests, speech.projected, tokens.lengths, generation,
+            char_times=tokens.char_times, draft=self.draft,
+        )  # fmt: skip
         return run_outputs(requests, results, tokens, speech.timing_ms | {"llm": _ms(t0)})
 
 

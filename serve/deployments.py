@@ -152,10 +152,12 @@ class Encoder:
 )
 class LLM:
     def __init__(self, model_dir: str):
-        from spokenlm.model import load_bundle_llm
+        from spokenlm.model import load_bundle_draft, load_bundle_llm
 
         self.device = _init_torch()
         self.llm = load_bundle_llm(model_dir).to(self.device)
+        draft = load_bundle_draft(model_dir)  # speculative decoding of batched requests, when the bundle has one
+        self.draft = None if draft is None else draft.to(self.device)
 
     def reconfigure(self, config: dict) -> None:
         _configure_batching(self, ("decode",), config)
@@ -189,6 +191,7 @@ class LLM:
             results = decode_requests(
                 self.llm, [requests[i] for i in index], projected, lengths, generation,
                 char_times=char_times if all(items[i].char_times is not None for i in index) else None,
+                draft=self.draft,
             )  # fmt: skip
             llm_ms = (time.perf_counter() - t0) * 1e3
             for i, result in zip(index, results):

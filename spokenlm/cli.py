@@ -19,6 +19,16 @@ import sys
 from spokenlm.tasks import TARGET_LANGUAGES, TASK_NAMES
 
 EXIT_BAD_INPUT = 2
+# `spokenlm bench NAME` runs bench/<file> of the source checkout; each prints `bench NAME: ... ratio=...` last.
+BENCHES = {
+    "pipeline": "pipeline.py",
+    "graph": "graph.py",
+    "compression": "compression.py",
+    "speculative": "speculative.py",
+    "serve": "serve_load.py",
+    "sylber-scaling": "sylber_scaling.py",
+    "ssl-learning": "ssl_learning.py",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("action", choices=("synth",))
     data.add_argument("rest", nargs=argparse.REMAINDER)
 
+    bench = commands.add_parser(
+        "bench", help=f"run a benchmark of bench/: {', '.join(BENCHES)}; `spokenlm bench NAME --help`", add_help=False
+    )
+    bench.add_argument("name", choices=sorted(BENCHES))
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+
     demo = commands.add_parser("demo", help="run every task on the example clips")
     demo.add_argument("--model", help="a bundle (default: the embedded default, else an untrained one)")
     _generation_args(demo)
@@ -66,12 +82,18 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-beams", type=int, default=4)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--draft-tokens", type=int, default=4,
+        help="speculative decoding with the bundle's draft LM, when it has one: tokens drafted per "
+        "target forward (output unchanged); 0 turns it off",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "demo": _demo, "train": _train, "data": _data, "eval": _eval, "serve": _serve}[args.command](args)
+        return {"run": _run, "demo": _demo, "train": _train, "data": _data, "eval": _eval, "serve": _serve,
+                "bench": _bench}[args.command](args)  # fmt: skip
     except (ValueError, FileNotFoundError) as e:  # bad parameters or bundle: one line, no traceback
         print(f"spokenlm: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -86,6 +108,7 @@ def _generation(args: argparse.Namespace):
         num_beams=args.num_beams if args.strategy == "beam" else 1,
         temperature=args.temperature,
         seed=args.seed,
+        draft_tokens=args.draft_tokens,
     )
     config.validate()
     return config
@@ -225,6 +248,21 @@ def _eval(args: argparse.Namespace) -> int:
     from pipelines.slue_eval import eval_main
 
     return eval_main(args.rest)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / BENCHES[args.name]
+    if not script.is_file():
+        raise FileNotFoundError(f"{script} not found: benchmarks run from a source checkout of spokenlm")
+    sys.argv = [str(script), *args.rest]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:  # the scripts end with sys.exit(main())
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    return 0
 
 
 def _data(args: argparse.Namespace) -> int:

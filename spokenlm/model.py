@@ -9,6 +9,8 @@
     DIR/adapter.safetensors
     DIR/llm/                 a Hugging Face causal-LM dir (config.json, model.safetensors, tokenizer)
     DIR/lora/                a peft adapter dir (optional)
+    DIR/draft/               optional draft LM for speculative decoding: llm/ (an HF dir) and, when the
+                             draft hears the speech, adapter.safetensors (target speech -> draft width)
 
 Long recordings are cut at pauses into chunks of at most `max_chunk_s`; each chunk is encoded and
 compressed on its own and the compressed tokens are concatenated in order, with their times kept.
@@ -42,7 +44,17 @@ from spokenlm.encoders.base import EncoderOutput
 from spokenlm.encoders.dinosr import DinoSREncoderConfig
 from spokenlm.encoders.sylber import SylberEncoderConfig
 from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig
-from spokenlm.lm import GenerationConfig, SpeechLLM, add_lora, build_llm, load_llm, load_lora, save_llm, save_lora
+from spokenlm.lm import (
+    DraftLM,
+    GenerationConfig,
+    SpeechLLM,
+    add_lora,
+    build_llm,
+    load_llm,
+    load_lora,
+    save_llm,
+    save_lora,
+)
 from spokenlm.tasks import TASK_NAMES, Entities, TaskRequest, TaskResult, build_prompt, parse_output
 
 BUNDLE_FORMAT_VERSION = 1
@@ -130,6 +142,7 @@ class SpeechLM(nn.Module):
         llm: SpeechLLM,
         max_chunk_s: float = 30.0,
         info: BundleInfo | None = None,
+        draft: DraftLM | None = None,
     ):
         super().__init__()
         if compressor.output_dim != adapter.config.input_dim:
@@ -138,7 +151,10 @@ class SpeechLM(nn.Module):
             )
         if adapter.config.output_dim != llm.model_dim:
             raise ValueError(f"adapter output_dim {adapter.config.output_dim} != LLM model_dim {llm.model_dim}")
+        if draft is not None:
+            draft.check_pairs_with(llm)
         self.encoder, self.compressor, self.adapter, self.llm = encoder, compressor, adapter, llm
+        self.draft = draft  # used by greedy and sampling decoding unless GenerationConfig.draft_tokens == 0
         self.max_chunk_s = max_chunk_s
         self.info = info or BundleInfo()
 
@@ -168,7 +184,9 @@ class SpeechLM(nn.Module):
         t1 = time.perf_counter()
         projected = self.adapter(speech.embeddings)
         t2 = time.perf_counter()
-        results = decode_requests(self.llm, requests, projected, speech.lengths, generation, char_times=speech.char_times)
+        results = decode_requests(
+            self.llm, requests, projected, speech.lengths, generation, char_times=speech.char_times, draft=self.draft
+        )
         t3 = time.perf_counter()
         timing = {"encode_compress": (t1 - t0) * 1e3, "adapter": (t2 - t1) * 1e3, "llm": (t3 - t2) * 1e3}
         return run_outputs(requests, results, speech, timing)
@@ -254,11 +272,12 @@ def decode_requests(
     *,
     char_times: Sequence[list[tuple[str, float, float]]] | None = None,
     recording: Sequence[int] | None = None,
+    draft: DraftLM | None = None,
 ) -> list[TaskResult]:
     """Decode one request per entry of `recording` (default: request i on recording i) and parse it.
 
     projected: (B, N, D_llm) adapter output; lengths: (B,). Entities get audio times from the CTC
-    `char_times` of their recording.
+    `char_times` of their recording. With a `draft`, decoding is speculative (same output, faster).
     """
     recording = list(range(len(requests))) if recording is None else list(recording)
     if len(recording) != len(requests):
@@ -268,7 +287,7 @@ def decode_requests(
         index = torch.tensor(recording, device=projected.device)
         projected, lengths = projected[index], lengths.to(projected.device)[index]
     device = next(llm.parameters()).device
-    texts = [o.text for o in llm.generate(prompts, projected.to(device), lengths.to(device), generation)]
+    texts = [o.text for o in llm.generate(prompts, projected.to(device), lengths.to(device), generation, draft=draft)]
     results = []
     for request, text, item in zip(requests, texts, recording):
         result = parse_output(request, text)
@@ -358,12 +377,21 @@ def save_bundle(model: SpeechLM, path: str | Path) -> Path:
     save_llm(model.llm, path / "llm")
     if has_lora:
         save_lora(model.llm, path / "lora")
+    draft_meta = None
+    if model.draft is not None:
+        save_llm(model.draft.llm, path / "draft" / "llm")
+        draft_meta = {"dir": "draft", "adapter": None}
+        if model.draft.adapter is not None:
+            adapter_state = {k: v.contiguous() for k, v in model.draft.adapter.state_dict().items()}
+            save_file(adapter_state, path / "draft" / "adapter.safetensors")
+            draft_meta["adapter"] = dataclasses.asdict(model.draft.adapter.config)
     meta = {
         "format_version": BUNDLE_FORMAT_VERSION,
         "encoder": {"dir": "encoder"},
         "compressor": {"dir": "compressor"},
         "adapter": dataclasses.asdict(model.adapter.config),
         "llm": {"dir": "llm", "lora": "lora" if has_lora else None},
+        "draft": draft_meta,
         "max_chunk_s": model.max_chunk_s,
         "trained": model.info.trained,
         "tasks": list(model.info.tasks),
@@ -419,6 +447,20 @@ def load_bundle_llm(path: str | Path) -> SpeechLLM:
     return llm.eval()
 
 
+def load_bundle_draft(path: str | Path) -> DraftLM | None:
+    """The bundle's draft LM for speculative decoding, in eval mode; None when it has none."""
+    meta = read_bundle_meta(path)
+    draft_meta = meta.get("draft")
+    if not draft_meta:
+        return None
+    draft_dir = Path(path) / draft_meta["dir"]
+    adapter = None
+    if draft_meta.get("adapter"):
+        adapter = build_adapter(AdapterConfig(**draft_meta["adapter"]))
+        adapter.load_state_dict(_load_safetensors(draft_dir / "adapter.safetensors"))
+    return DraftLM(llm=load_llm(draft_dir / "llm"), adapter=adapter).eval()
+
+
 def load_bundle(path: str | Path) -> SpeechLM:
     meta = read_bundle_meta(path)
     encoder, max_chunk_s = load_bundle_encoder(path)
@@ -435,6 +477,7 @@ def load_bundle(path: str | Path) -> SpeechLM:
         llm=load_bundle_llm(path),
         max_chunk_s=max_chunk_s,
         info=info,
+        draft=load_bundle_draft(path),
     )
     return model.eval()
 

@@ -152,3 +152,47 @@ def test_every_encoder_and_compressor_plugs_into_speechlm(tmp_path, example_clip
     assert (output.transcript is not None) == compressor.startswith("ctc")
     again = load_bundle(save_bundle(model, tmp_path / "again"))
     assert again.run([wav], [TaskRequest(task="asr")], GREEDY)[0].result == output.result
+
+
+def test_a_bundled_draft_round_trips_and_leaves_outputs_unchanged(tiny_bundle, example_clips, tmp_path):
+    from spokenlm.adapter import AdapterConfig, build_adapter
+    from spokenlm.lm import DraftLM, build_llm
+    from spokenlm.model import load_bundle_draft
+
+    model = load_bundle(tiny_bundle)
+    assert model.draft is None and load_bundle_draft(tiny_bundle) is None
+    torch.manual_seed(1)
+    architecture = {
+        "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(model.llm.tokenizer),
+    }  # fmt: skip
+    draft_llm = build_llm(architecture, model.llm.tokenizer)
+    adapter = build_adapter(AdapterConfig(input_dim=model.llm.model_dim, output_dim=32, hidden_dim=16))
+    model.draft = DraftLM(llm=draft_llm, adapter=adapter)
+    path = save_bundle(model, tmp_path / "with-draft")
+    assert (path / "draft" / "llm" / "model.safetensors").is_file()
+    assert (path / "draft" / "adapter.safetensors").is_file()
+
+    loaded = load_bundle(path)
+    assert isinstance(loaded.draft, DraftLM) and loaded.draft.adapter.config == adapter.config
+    wavs = [load_audio(example_clips[0])] * len(TASK_NAMES)
+    plain = loaded.run(wavs, _requests(), GenerationConfig(max_new_tokens=8, draft_tokens=0))
+    speculative = loaded.run(wavs, _requests(), GenerationConfig(max_new_tokens=8, draft_tokens=3))
+    assert [o.result for o in speculative] == [o.result for o in plain]
+    assert [o.result for o in model.run(wavs, _requests(), GREEDY)] == [o.result for o in plain]
+
+
+def test_a_draft_with_another_vocabulary_is_refused(tiny_bundle):
+    from spokenlm.lm import DraftLM, build_llm
+    from spokenlm.model import SpeechLM
+    from spokenlm.tokenizer import train_bpe_tokenizer
+
+    model = load_bundle(tiny_bundle)
+    other = train_bpe_tokenizer(["an unrelated vocabulary of words"] * 8, vocab_size=280)
+    architecture = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                    "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": len(other)}  # fmt: skip
+    with pytest.raises(ValueError, match="draft and target tokenizers differ"):
+        SpeechLM(
+            encoder=model.encoder, compressor=model.compressor, adapter=model.adapter, llm=model.llm,
+            draft=DraftLM(llm=build_llm(architecture, other)),
+        )  # fmt: skip

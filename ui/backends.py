@@ -84,8 +84,9 @@ class LocalBackend:
             projected = self.model.adapter(speech.embeddings)
             t3 = time.perf_counter()
             results = decode_requests(
-                self.model.llm, [request], projected, speech.lengths, generation, char_times=speech.char_times
-            )
+                self.model.llm, [request], projected, speech.lengths, generation,
+                char_times=speech.char_times, draft=self.model.draft,
+            )  # fmt: skip
             t4 = time.perf_counter()
         timing = {"load_audio": t1 - t0, "encode_compress": t2 - t1, "adapter": t3 - t2, "llm": t4 - t3}
         output = run_outputs([request], results, speech, {k: v * 1e3 for k, v in timing.items()})[0]
