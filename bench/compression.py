@@ -1,0 +1,95 @@
+"""Tokens per second into the LLM against ASR WER, one row per compressor, on the same held-out clips.
+
+    python bench/compression.py --bundle NAME=DIR [--bundle NAME=DIR ...]
+                                [--manifest ../corpus/manifest.jsonl] [--split test] [--limit 200]
+                                [--reference NAME]
+
+Each compressor needs its own bundle: the adapter and LoRA learn to read one kind of token (50 Hz
+frames, stacked frames, CTC blank removal, CTC frame averaging, Sylber syllables), so swapping the
+compressor under a trained LLM measures nothing. Train one ASR bundle per compressor with the
+speechlm recipe (`--set compressor_dir=... --set task_weights={asr: 1, ...: 0}`) from the same LLM
+and data. For every bundle: the mean number of compressed tokens per second of audio fed to the
+LLM, and its corpus WER on the clips (greedy, batches of 8).
+
+"best" is the bundle with the fewest tokens per second whose WER is within --max-loss-pct relative
+of the --reference bundle's (default: the one with the most tokens per second, the least
+compressed). The last line: ``bench compression: ... ratio=<reference tokens/s / best tokens/s>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from spokenlm.data.text import normalize
+from spokenlm.lm import GenerationConfig
+from spokenlm.model import load_bundle
+from spokenlm.slue.metrics import word_error_rate
+from spokenlm.tasks import TaskRequest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline import manifest_clips  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
+
+def measure(model_dir: Path, clips, batch: int, max_new_tokens: int) -> tuple[float, float]:
+    """(tokens per second into the LLM, WER %) of one bundle on `clips`."""
+    model = load_bundle(model_dir)
+    order = sorted(range(len(clips)), key=lambda i: clips[i].seconds)
+    hyps = [""] * len(clips)
+    tokens = 0.0
+    config = GenerationConfig(max_new_tokens=max_new_tokens)
+    for start in range(0, len(order), batch):
+        index = order[start : start + batch]
+        outputs = model.run([clips[i].wav for i in index], [TaskRequest(task="asr")] * len(index), config)
+        for i, out in zip(index, outputs):
+            hyps[i] = normalize(out.result.text)
+            tokens += out.tokens_per_second * clips[i].seconds
+    seconds = sum(c.seconds for c in clips)
+    return tokens / seconds, word_error_rate([c.reference for c in clips], hyps).wer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", action="append", required=True, metavar="NAME=DIR")
+    parser.add_argument("--manifest", type=Path, default=Path("../corpus/manifest.jsonl"))
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--reference", help="the bundle WER losses are measured against")
+    parser.add_argument("--max-loss-pct", type=float, default=5.0, help="allowed relative WER loss, percent")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    args = parser.parse_args(argv)
+    bundles = {}
+    for item in args.bundle:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--bundle takes NAME=DIR, got {item!r}")
+        bundles[name] = Path(path)
+    clips = manifest_clips(args.manifest, args.split, args.limit)
+    if not clips:
+        parser.error(f"no {args.split} clips with transcripts in {args.manifest}")
+
+    rows = {name: measure(path, clips, args.batch, args.max_new_tokens) for name, path in bundles.items()}
+    reference = args.reference or max(rows, key=lambda n: rows[n][0])
+    if reference not in rows:
+        parser.error(f"--reference {reference!r} is not one of the bundles: {', '.join(rows)}")
+    ref_rate, ref_wer = rows[reference]
+    print(f"{len(clips)} {args.split} clips, {sum(c.seconds for c in clips) / 60:.1f} min; reference: {reference}")
+    print("| compressor | tokens/s | WER % | relative WER loss % |\n|---|---|---|---|")
+    losses = {}
+    for name, (rate, wer) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
+        losses[name] = 100 * (wer - ref_wer) / ref_wer if ref_wer > 0 else (0.0 if wer == 0 else float("inf"))
+        print(f"| {name} | {rate:.2f} | {wer:.2f} | {losses[name]:+.1f} |")
+    within = [n for n in rows if losses[n] <= args.max_loss_pct]
+    best = min(within, key=lambda n: rows[n][0])  # the reference itself always qualifies
+    print(
+        f"bench compression: clips={len(clips)} reference={reference} reference_tokens_s={ref_rate:.2f} "
+        f"reference_wer={ref_wer:.2f} best={best} best_tokens_s={rows[best][0]:.2f} best_wer={rows[best][1]:.2f} "
+        f"best_loss_pct={losses[best]:.1f} ratio={ref_rate / rows[best][0]:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

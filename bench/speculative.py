@@ -1,0 +1,196 @@
+"""Speculative decoding: decode speed with and without a draft model, acceptance, identical outputs.
+
+    python bench/speculative.py [--size base|tiny] [--draft-layers 2] [--draft-tokens 4]
+                                [--prompts 4] [--new-tokens 48] [--model models/default]
+
+Two measurements, greedy, batch 1 (the latency case speculative decoding is for), in one process:
+
+1. A base-size target: a Llama-shaped decoder of ~0.4B parameters (hidden 1024, 24 layers,
+   32k vocabulary), random weights, and a layer-skip draft (Draft & Verify, Zhang et al., 2023;
+   LayerSkip, Elhoushi et al., 2024): the target's own first --draft-layers layers with its
+   embeddings, final norm and head, so it costs ~(draft layers + head) / (all layers + head) of a
+   target forward. How often such a draft is right depends on the weights: with random weights the
+   residual stream is dominated by the token embedding, so acceptance is HIGH and says nothing about
+   a trained model. The speed-up is printed next to the acceptance that produced it; the expected
+   speed-up at other acceptance rates follows Leviathan et al. (2023), eq. 1, and is printed as well.
+2. With --model DIR (a bundle that ships a draft, DIR/draft/): the bundle's own target and draft on
+   the example clips' ASR requests, a trained pair whose acceptance is real.
+
+Both assert that the speculative output equals plain greedy decoding token for token.
+The last line: ``bench speculative: ... ratio=<plain time / speculative time>`` for measurement 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from spokenlm.lm import DraftLM, GenerationConfig, SpeechLLM, build_llm, speculative_generate
+from spokenlm.tokenizer import train_bpe_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    "transcribe the recording of the meeting about the budget:",
+    "the weather in the north will be",
+    "translate into spanish: where is the train station",
+    "summarize: the committee met on tuesday and agreed to",
+    "the quick brown fox jumps over",
+    "named entities in this sentence include",
+]
+SIZES = {
+    # ~0.4B: the compute of a 0.5B-class model, with a 32k (Llama) vocabulary
+    "base": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
+                 num_key_value_heads=16, vocab_size=32000),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=2000),
+}  # fmt: skip
+
+
+def layer_skip_draft(target: SpeechLLM, layers: int) -> DraftLM:
+    """A draft made of the target's first `layers` decoder layers, its embeddings, final norm and head."""
+    config = target.model.config.to_dict()
+    config["num_hidden_layers"] = layers
+    model = AutoModelForCausalLM.from_config(type(target.model.config).from_dict(config))
+    keep = {k: v for k, v in target.model.state_dict().items() if not _deeper_layer(k, layers)}
+    model.load_state_dict(keep, strict=True)
+    return DraftLM(llm=SpeechLLM(model=model.eval(), tokenizer=target.tokenizer))
+
+
+def _deeper_layer(key: str, layers: int) -> bool:
+    parts = key.split(".")
+    return "layers" in parts and int(parts[parts.index("layers") + 1]) >= layers
+
+
+def params(llm: SpeechLLM) -> int:
+    return sum(p.numel() for p in llm.model.parameters())
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def expected_speedup(alpha: float, k: int, cost: float) -> float:
+    """Leviathan et al. (2023), eq. 1 over their Theorem 3.8: tokens per block / cost per block,
+    with cost = draft forward / target forward (the verify forward counted as one target forward)."""
+    tokens = k + 1 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+    return tokens / (k * cost + 1)
+
+
+def bench_base(args) -> dict:
+    tokenizer = train_bpe_tokenizer(PROMPTS * 20, vocab_size=400)
+    torch.manual_seed(0)
+    target = build_llm(LlamaConfig(**SIZES[args.size], max_position_embeddings=2048), tokenizer)
+    draft = layer_skip_draft(target, args.draft_layers)
+    plain_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=0)
+    spec_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=args.draft_tokens)
+    prompts = (PROMPTS * args.prompts)[: args.prompts]
+
+    target.generate(prompts[:1], config=GenerationConfig(max_new_tokens=4))  # warm-up: allocator, kernels
+    plain, t_plain = timed(lambda: [target.generate([p], config=plain_config)[0] for p in prompts])
+    runs, t_spec = timed(lambda: [speculative_generate(target, draft, [p], config=spec_config) for p in prompts])
+    spec = [out[0] for out, _ in runs]
+    drafted = sum(stats.drafted for _, stats in runs)
+    accepted = sum(stats.accepted for _, stats in runs)
+    tokens = sum(len(o.token_ids) for o in plain)
+    identical = [o.token_ids for o in spec] == [o.token_ids for o in plain]
+    assert identical, "speculative greedy output differs from plain greedy output"
+
+    # the draft's cost relative to the target, measured on one decode step each
+    ids = torch.tensor([[5]])
+    with torch.inference_mode():
+        _, t_state = target.prefill(*target.embed_prompts(prompts[:1]))
+        _, d_state = draft.llm.prefill(*draft.llm.embed_prompts(prompts[:1]))
+        _, t_step = timed(lambda: [target.decode_step(ids, t_state) for _ in range(5)])
+        _, d_step = timed(lambda: [draft.llm.decode_step(ids, d_state) for _ in range(5)])
+    return {
+        "target_params": params(target),
+        "draft_params": params(draft.llm),
+        "tokens": tokens,
+        "plain_s": t_plain,
+        "spec_s": t_spec,
+        "acceptance": accepted / max(drafted, 1),
+        "cost": d_step / t_step,
+        "identical": identical,
+    }
+
+
+def bench_bundle(model_dir: Path, args) -> dict | None:
+    from spokenlm.audio import load_audio
+    from spokenlm.model import load_bundle
+    from spokenlm.tasks import TaskRequest, build_prompt
+
+    model = load_bundle(model_dir)
+    if model.draft is None:
+        print(f"{model_dir} has no draft LM (no draft/ folder): bundle measurement skipped")
+        return None
+    clips = sorted((REPO / "examples").glob("*.flac")) + sorted((REPO / "examples").glob("*.wav"))
+    prompt = build_prompt(TaskRequest(task="asr"))
+    plain_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=0)
+    spec_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=args.draft_tokens)
+    t_plain = t_spec = 0.0
+    drafted = accepted = 0
+    identical = True
+    for clip in clips:
+        with torch.inference_mode():
+            speech = model.encode_recordings([load_audio(clip)])
+            projected = model.adapter(speech.embeddings)
+        plain, dt = timed(lambda: model.llm.generate([prompt], projected, speech.lengths, plain_config))
+        t_plain += dt
+        (spec, stats), dt = timed(
+            lambda: speculative_generate(model.llm, model.draft, [prompt], projected, speech.lengths, spec_config)
+        )
+        t_spec += dt
+        drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
+        identical &= spec[0].token_ids == plain[0].token_ids
+    assert identical, "speculative greedy output differs from plain greedy output"
+    return {"clips": len(clips), "plain_s": t_plain, "spec_s": t_spec, "acceptance": accepted / max(drafted, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="base")
+    parser.add_argument("--draft-layers", type=int, default=2)
+    parser.add_argument("--draft-tokens", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--model", type=Path, default=None, help="a bundle with a draft/ folder (measurement 2)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+
+    r = bench_base(args)
+    ratio = r["plain_s"] / r["spec_s"]
+    print(f"1. {args.size} target ({r['target_params'] / 1e6:.1f}M params) with a {args.draft_layers}-layer "
+          f"layer-skip draft ({r['draft_params'] / 1e6:.1f}M), greedy, batch 1, {args.prompts} prompts x "
+          f"{args.new_tokens} tokens")  # fmt: skip
+    print(f"| decoding | seconds | tokens/s |\n|---|---|---|\n"
+          f"| plain | {r['plain_s']:.2f} | {r['tokens'] / r['plain_s']:.1f} |\n"
+          f"| speculative, {args.draft_tokens} drafted per block | {r['spec_s']:.2f} | {r['tokens'] / r['spec_s']:.1f} |")  # fmt: skip
+    print(f"acceptance {r['acceptance']:.3f} (random weights: not a trained model's), draft/target step cost "
+          f"{r['cost']:.2f}, identical outputs: {r['identical']}")
+    print("expected speed-up at other acceptance rates (Leviathan et al. eq. 1, measured cost): "
+          + ", ".join(f"{a:.1f}: {expected_speedup(a, args.draft_tokens, r['cost']):.2f}x" for a in (0.5, 0.7, 0.8, 0.9)))
+
+    bundle = bench_bundle(args.model, args) if args.model is not None else None
+    extra = ""
+    if bundle is not None:
+        b_ratio = bundle["plain_s"] / bundle["spec_s"]
+        print(f"2. {args.model}: {bundle['clips']} clips, ASR, plain {bundle['plain_s']:.2f} s, speculative "
+              f"{bundle['spec_s']:.2f} s ({b_ratio:.2f}x), acceptance {bundle['acceptance']:.3f}, identical outputs")
+        extra = f" bundle_acceptance={bundle['acceptance']:.3f} bundle_ratio={b_ratio:.2f}"
+    print(
+        f"bench speculative: size={args.size} draft_layers={args.draft_layers} draft_tokens={args.draft_tokens} "
+        f"acceptance={r['acceptance']:.3f} cost={r['cost']:.2f} plain_tok_s={r['tokens'] / r['plain_s']:.2f} "
+        f"spec_tok_s={r['tokens'] / r['spec_s']:.2f} identical={r['identical']}{extra} ratio={ratio:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""bench/speculative.py through `spokenlm bench speculative`: its last line, and the layer-skip draft."""
+
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+
+from spokenlm.cli import main
+
+BENCH = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "speculative.py"))
+
+
+@pytest.mark.slow
+def test_spokenlm_bench_speculative_prints_its_summary_line(capsys):
+    assert main(["bench", "speculative", "--size", "tiny", "--prompts", "2", "--new-tokens", "6"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    m = re.fullmatch(
+        r"bench speculative: size=tiny draft_layers=2 draft_tokens=4 acceptance=(\S+) cost=(\S+) "
+        r"plain_tok_s=(\S+) spec_tok_s=(\S+) identical=True ratio=(\S+)",
+        last,
+    )
+    assert m, last
+    acceptance, cost, *_, ratio = map(float, m.groups())
+    assert 0 <= acceptance <= 1 and cost > 0 and ratio > 0
+
+
+def test_a_draft_with_every_layer_is_the_target_and_always_accepted():
+    import torch
+    from transformers import LlamaConfig
+
+    from spokenlm.lm import GenerationConfig, build_llm, speculative_generate
+    from spokenlm.tokenizer import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(BENCH["PROMPTS"] * 10, vocab_size=300)
+    torch.manual_seed(0)
+    target = build_llm(LlamaConfig(**{**BENCH["SIZES"]["tiny"], "vocab_size": len(tok)}), tok)
+    full = BENCH["layer_skip_draft"](target, 4)
+    _, stats = speculative_generate(target, full, ["the quick"], config=GenerationConfig(max_new_tokens=9))
+    assert stats.acceptance_rate == 1.0 and stats.target_forwards == 3  # prefill + 2 blocks of 4 + 1
+    short = BENCH["layer_skip_draft"](target, 1)
+    assert sum(p.numel() for p in short.llm.model.parameters()) < sum(p.numel() for p in target.model.parameters())
+
+
+def test_expected_speedup_follows_leviathan_eq_1():
+    speedup = BENCH["expected_speedup"]
+    assert speedup(1.0, 4, 0.0) == 5.0  # every draft accepted, free draft: k + 1 tokens per forward
+    assert speedup(0.0, 4, 0.1) == pytest.approx(1 / 1.4)  # nothing accepted: pure overhead
+    assert speedup(0.8, 4, 0.2) == pytest.approx((1 - 0.8**5) / 0.2 / 1.8)
