@@ -87,6 +87,10 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
         help="speculative decoding with the bundle's draft LM, when it has one: tokens drafted per "
         "target forward (output unchanged); 0 turns it off",
     )  # fmt: skip
+    parser.add_argument(
+        "--ctc-draft", action="store_true",
+        help="without a draft LM, draft from the CTC transcript instead (speculative, output unchanged)",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +113,7 @@ def _generation(args: argparse.Namespace):
         temperature=args.temperature,
         seed=args.seed,
         draft_tokens=args.draft_tokens,
+        ctc_draft=args.ctc_draft,
     )
     config.validate()
     return config

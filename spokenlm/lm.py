@@ -69,6 +69,10 @@ class GenerationConfig:
     """Speculative decoding: tokens the draft model proposes per target forward, when a draft is
     given (greedy and sampling; beam search ignores the draft). 0 turns speculative decoding off."""
 
+    ctc_draft: bool = False
+    """Where no draft model is given, draft from the CTC compressor's transcript (``LookupDraft``):
+    exact like any draft, and nearly free, so it pays off for outputs that repeat the transcript."""
+
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
@@ -287,7 +291,7 @@ class SpeechLLM(nn.Module):
         speech: Tensor | None = None,
         speech_lengths: Tensor | None = None,
         config: GenerationConfig = GenerationConfig(),
-        draft: DraftLM | None = None,
+        draft: DraftLM | LookupDraft | None = None,
     ) -> list[GenerationOutput]:
         """Continue each prompt (speech spliced at ``<audio>``, or text only when speech is None).
 
@@ -399,6 +403,25 @@ class DraftLM(nn.Module):
 
 
 @dataclass(frozen=True)
+class LookupDraft:
+    """Model-free drafting from one reference text per prompt (prompt-lookup decoding): the draft
+    proposes the tokens that follow, in the item's reference, the last tokens generated so far.
+
+    For a speech LM the reference is the CTC compressor's greedy transcript: an ASR (or transcribing
+    NER) output mostly repeats it, so whole runs of tokens are accepted per target forward, at no
+    draft cost. Where nothing matches (a sentiment label), nothing is proposed and decoding proceeds
+    one token per forward. Exact like any draft: the target decides every token.
+    """
+
+    references: Sequence[str | Sequence[int]]  # per prompt: a text (tokenized by the target) or token ids
+    ngram: int = 3  # longest tail of the generated tokens looked up in the reference
+
+    def check_pairs_with(self, target: SpeechLLM) -> None:
+        if self.ngram < 1:
+            raise ValueError(f"ngram must be >= 1, got {self.ngram}")
+
+
+@dataclass(frozen=True)
 class SpeculativeStats:
     drafted: int  # draft tokens proposed to items still decoding
     accepted: int  # of those, accepted by the target's rule (before the batch keeps its minimum)
@@ -413,7 +436,7 @@ class SpeculativeStats:
 @torch.inference_mode()
 def speculative_generate(
     target: SpeechLLM,
-    draft: DraftLM,
+    draft: DraftLM | LookupDraft,
     prompts: Sequence[str],
     speech: Tensor | None = None,
     speech_lengths: Tensor | None = None,
@@ -421,8 +444,9 @@ def speculative_generate(
 ) -> tuple[list[GenerationOutput], SpeculativeStats]:
     """Draft-then-verify decoding (Leviathan et al., 2023; Chen et al., 2023), greedy or sampling.
 
-    Each block, the draft proposes k = ``config.draft_tokens`` tokens one at a time and the target
-    scores the pending token plus all k in ONE ``decode_step``. Draft token j is accepted while
+    Each block, the draft proposes k = ``config.draft_tokens`` tokens (a ``DraftLM`` one at a time,
+    a ``LookupDraft`` from its reference text, with q one-hot) and the target scores the pending
+    token plus all k in ONE ``decode_step``. Draft token j is accepted while
     (greedy) it equals the target's argmax, or (sampling) with probability min(1, p_j(x) / q_j(x));
     at the first rejection the target's token is drawn from norm(max(0, p_j - q_j)) (greedy: its
     argmax), after a fully accepted block from p_k. So a block yields 1 to k+1 tokens, each exactly
@@ -441,56 +465,43 @@ def speculative_generate(
         raise ValueError(f"speculative decoding needs draft_tokens >= 1, got {config.draft_tokens}")
     draft.check_pairs_with(target)
     t_embeds, t_mask = target.embed_prompts(prompts, speech, speech_lengths)
-    d_embeds, d_mask = draft.embed_prompts(prompts, speech, speech_lengths)
     device = t_embeds.device
     generator = _generator(config, device)
     greedy = config.strategy == "greedy"
     eos = torch.tensor(target.eos_token_ids, device=device)
 
     t_logits, t_state = target.prefill(t_embeds, t_mask)
-    _, d_state = draft.llm.prefill(d_embeds, d_mask)
-    pending = _pick(t_logits, config, generator)  # (B,) emitted, fed to neither model yet
-    draft_feed = pending[:, None]  # (B, m) emitted tokens the draft has not read yet
+    pending = _pick(t_logits, config, generator)  # (B,) emitted, fed to the target not yet
+    if isinstance(draft, LookupDraft):
+        drafter = _LookupDrafter(draft, target, pending)
+    else:
+        drafter = _ModelDrafter(draft, prompts, speech, speech_lengths, pending)
     blocks = [pending[:, None]]
     emitted = 1
     finished = torch.isin(pending, eos)
     drafted = accepted = 0
-    target_forwards = draft_forwards = 1
+    target_forwards = 1
     while emitted < config.max_new_tokens and not finished.all():
-        k = min(config.draft_tokens, config.max_new_tokens - emitted - 1)
-        d_start = d_state.attention_mask.shape[1]
-        proposals: list[Tensor] = []  # each (B,)
-        draft_probs: list[Tensor] = []  # each (B, V); sampling only
-        feed = draft_feed
-        for _ in range(k):
-            d_logits, d_state = draft.llm.decode_step(feed, d_state)
-            draft_forwards += 1
-            if greedy:
-                token = d_logits[:, -1].argmax(dim=-1)
-            else:
-                q = sampling_probs(d_logits[:, -1], config)
-                token = torch.multinomial(q, num_samples=1, generator=generator).squeeze(1)
-                draft_probs.append(q)
-            proposals.append(token)
-            feed = token[:, None]
-        drafts = torch.stack(proposals, dim=1) if k else pending.new_zeros(len(pending), 0)  # (B, k)
+        drafts, q, valid = drafter.propose(min(config.draft_tokens, config.max_new_tokens - emitted - 1), config, generator)
+        k = drafts.shape[1]  # (B, k); a lookup draft may propose fewer (valid marks real proposals)
 
         t_start = t_state.attention_mask.shape[1]
         logits, t_state = target.decode_step(torch.cat([pending[:, None], drafts], dim=1), t_state)  # (B, k+1, V)
         target_forwards += 1
         if greedy:
             choice = logits.argmax(dim=-1)  # (B, k+1): the target's token at each draft position, and one more
-            agree = drafts == choice[:, :k]
+            agree = (drafts == choice[:, :k]) & valid
         else:
             p = sampling_probs(logits, config)  # (B, k+1, V)
-            q = torch.stack(draft_probs, dim=1) if k else p[:, :0]  # (B, k, V)
+            if q is None:  # a deterministic proposal: q is one-hot on it
+                q = F.one_hot(drafts, p.shape[-1]).to(p.dtype) * valid[..., None]
             p_x = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)
-            q_x = q.gather(-1, drafts[..., None]).squeeze(-1)  # > 0: each draft was drawn from q
-            agree = torch.rand(p_x.shape, generator=generator, device=device) * q_x < p_x
+            q_x = q.gather(-1, drafts[..., None]).squeeze(-1)  # > 0 where valid: each draft was drawn from q
+            agree = (torch.rand(p_x.shape, generator=generator, device=device) * q_x < p_x) & valid
         n_item = agree.long().cumprod(dim=1).sum(dim=1)  # (B,) leading drafts each item accepts
         live = ~finished
         n = int(n_item[live].min())
-        drafted += k * int(live.sum())
+        drafted += int(valid[live].sum())
         accepted += int(n_item[live].sum())
 
         if greedy:
@@ -508,19 +519,99 @@ def speculative_generate(
         blocks.append(kept)
         emitted += n + 1
         finished |= torch.isin(kept, eos).any(dim=1)
-
         t_state = _crop_state(t_state, t_start + 1 + n)  # the old pending token and the kept drafts
-        if k == 0:  # the draft read nothing this block
-            draft_feed = torch.cat([draft_feed, pending[:, None]], dim=1)
-        elif n == k:  # the draft read its feed and drafts 0..k-2; the last draft is still unread
-            draft_feed = torch.cat([drafts[:, k - 1 :], pending[:, None]], dim=1)
-        else:
-            d_state = _crop_state(d_state, d_start + draft_feed.shape[1] + n)
-            draft_feed = pending[:, None]
+        drafter.keep(drafts, n, pending)
 
     tokens = torch.cat(blocks, dim=1)[:, : config.max_new_tokens].tolist()
     outputs = [target._output(_until_eos(row, target.eos_token_ids)) for row in tokens]
-    return outputs, SpeculativeStats(drafted, accepted, target_forwards, draft_forwards)
+    return outputs, SpeculativeStats(drafted, accepted, target_forwards, drafter.forwards)
+
+
+class _ModelDrafter:
+    """A DraftLM's side of speculative_generate: its KV cache and the emitted tokens it has not read."""
+
+    def __init__(self, draft: DraftLM, prompts, speech, speech_lengths, first: Tensor) -> None:
+        self.llm = draft.llm
+        _, self.state = self.llm.prefill(*draft.embed_prompts(prompts, speech, speech_lengths))
+        self.feed = first[:, None]  # (B, m) emitted tokens the draft has not read yet
+        self.forwards = 1
+
+    def propose(self, k: int, config: GenerationConfig, generator) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(B, k) draft tokens, their (B, k, V) sampling distributions (None for greedy), all valid."""
+        self.start, self.fed = self.state.attention_mask.shape[1], self.feed.shape[1]
+        tokens: list[Tensor] = []
+        probs: list[Tensor] = []
+        feed = self.feed
+        for _ in range(k):
+            logits, self.state = self.llm.decode_step(feed, self.state)
+            self.forwards += 1
+            if config.strategy == "greedy":
+                token = logits[:, -1].argmax(dim=-1)
+            else:
+                q = sampling_probs(logits[:, -1], config)
+                token = torch.multinomial(q, num_samples=1, generator=generator).squeeze(1)
+                probs.append(q)
+            tokens.append(token)
+            feed = token[:, None]
+        drafts = torch.stack(tokens, dim=1) if tokens else self.feed.new_zeros(len(self.feed), 0)
+        return drafts, torch.stack(probs, dim=1) if probs else None, torch.ones_like(drafts, dtype=torch.bool)
+
+    def keep(self, drafts: Tensor, n: int, pending: Tensor) -> None:
+        """The target kept drafts[:, :n] and then emitted `pending`."""
+        k = drafts.shape[1]
+        if k == 0:  # the draft read nothing this block
+            self.feed = torch.cat([self.feed, pending[:, None]], dim=1)
+        elif n == k:  # the draft read its feed and drafts 0..k-2; the last draft is still unread
+            self.feed = torch.cat([drafts[:, k - 1 :], pending[:, None]], dim=1)
+        else:
+            self.state = _crop_state(self.state, self.start + self.fed + n)
+            self.feed = pending[:, None]
+
+
+class _LookupDrafter:
+    """A LookupDraft's side: each item's emitted tokens and where its reference continues them."""
+
+    def __init__(self, draft: LookupDraft, target: SpeechLLM, first: Tensor) -> None:
+        if len(draft.references) != len(first):
+            raise ValueError(f"got {len(draft.references)} lookup references for {len(first)} prompts")
+        self.ngram = draft.ngram
+        self.refs = [
+            target.tokenizer(r, add_special_tokens=False).input_ids if isinstance(r, str) else list(r)
+            for r in draft.references
+        ]
+        self.history = [[t] for t in first.tolist()]
+        self.cursor = [0] * len(first)  # per item: where in its reference the last proposal started
+        self.pad = target.tokenizer.pad_token_id
+        self.device = first.device
+        self.forwards = 0
+
+    def propose(self, k: int, config: GenerationConfig, generator) -> tuple[Tensor, None, Tensor]:
+        rows = []
+        for i, (history, ref) in enumerate(zip(self.history, self.refs)):
+            start = self._continuation(history, ref, self.cursor[i])
+            self.cursor[i] = start if start is not None else self.cursor[i]
+            rows.append(ref[start : start + k] if start is not None and k > 0 else [])
+        width = max(len(r) for r in rows)
+        drafts = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            drafts[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            valid[i, : len(row)] = True
+        return drafts.to(self.device), None, valid.to(self.device)
+
+    def _continuation(self, history: list[int], ref: list[int], cursor: int) -> int | None:
+        """Where `ref` continues the longest (<= ngram) tail of `history`: the first match at or after
+        the cursor (the reference is read in order), else the first anywhere; None if no tail occurs."""
+        for m in range(min(self.ngram, len(history)), 0, -1):
+            tail = history[-m:]
+            ends = [j + m for j in range(len(ref) - m + 1) if ref[j : j + m] == tail]
+            if ends:
+                return next((e for e in ends if e >= cursor), ends[0])
+        return None
+
+    def keep(self, drafts: Tensor, n: int, pending: Tensor) -> None:
+        for i, history in enumerate(self.history):
+            history.extend(drafts[i, :n].tolist() + [int(pending[i])])
 
 
 def _crop_state(state: DecodingState, length: int) -> DecodingState:
@@ -751,6 +842,7 @@ def load_lora(llm: SpeechLLM, path: str | Path, *, trainable: bool = False) -> S
 __all__ = [
     "DecodingState",
     "DraftLM",
+    "LookupDraft",
     "GenerationConfig",
     "GenerationOutput",
     "IGNORE_INDEX",

@@ -47,6 +47,7 @@ from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig
 from spokenlm.lm import (
     DraftLM,
     GenerationConfig,
+    LookupDraft,
     SpeechLLM,
     add_lora,
     build_llm,
@@ -277,7 +278,8 @@ def decode_requests(
     """Decode one request per entry of `recording` (default: request i on recording i) and parse it.
 
     projected: (B, N, D_llm) adapter output; lengths: (B,). Entities get audio times from the CTC
-    `char_times` of their recording. With a `draft`, decoding is speculative (same output, faster).
+    `char_times` of their recording. With a `draft` (or `generation.ctc_draft` and `char_times`: a
+    LookupDraft of each recording's CTC transcript), decoding is speculative (same output, faster).
     """
     recording = list(range(len(requests))) if recording is None else list(recording)
     if len(recording) != len(requests):
@@ -287,6 +289,8 @@ def decode_requests(
         index = torch.tensor(recording, device=projected.device)
         projected, lengths = projected[index], lengths.to(projected.device)[index]
     device = next(llm.parameters()).device
+    if draft is None and generation.ctc_draft and char_times is not None:
+        draft = LookupDraft(["".join(c for c, _, _ in char_times[item]) for item in recording])
     texts = [o.text for o in llm.generate(prompts, projected.to(device), lengths.to(device), generation, draft=draft)]
     results = []
     for request, text, item in zip(requests, texts, recording):

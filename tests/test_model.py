@@ -196,3 +196,11 @@ def test_a_draft_with_another_vocabulary_is_refused(tiny_bundle):
             encoder=model.encoder, compressor=model.compressor, adapter=model.adapter, llm=model.llm,
             draft=DraftLM(llm=build_llm(architecture, other)),
         )  # fmt: skip
+
+
+def test_ctc_draft_decoding_gives_the_same_results(tiny_bundle, example_clips):
+    model = load_bundle(tiny_bundle)
+    wavs = [load_audio(example_clips[0])] * len(TASK_NAMES)
+    plain = model.run(wavs, _requests(), GenerationConfig(max_new_tokens=8))
+    drafted = model.run(wavs, _requests(), GenerationConfig(max_new_tokens=8, ctc_draft=True))
+    assert [o.result for o in drafted] == [o.result for o in plain]

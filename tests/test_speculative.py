@@ -184,3 +184,44 @@ def test_bad_pairings_and_settings_are_refused(tok, speech):
     # with draft_tokens=0 or beam search, generate ignores the draft
     plain = target.generate(["hello"], config=GenerationConfig(max_new_tokens=4))
     assert target.generate(["hello"], config=GenerationConfig(max_new_tokens=4, draft_tokens=0), draft=draft) == plain
+
+
+def test_a_lookup_draft_of_the_right_text_is_accepted_in_runs_and_changes_nothing(tok, speech):
+    from spokenlm.lm import LookupDraft
+
+    target = tiny("llama", tok, hidden=32, layers=2, seed=1)
+    config = GenerationConfig(max_new_tokens=12, draft_tokens=4)
+    plain = target.generate(PROMPTS, speech, SPEECH_LENGTHS, GenerationConfig(max_new_tokens=12))
+    right = LookupDraft([o.token_ids for o in plain])  # what a good CTC transcript is to an ASR output
+    outputs, stats = speculative_generate(target, right, PROMPTS, speech, SPEECH_LENGTHS, config)
+    assert outputs == plain
+    assert stats.acceptance_rate > 0.9 and stats.target_forwards <= 1 + 3 and stats.draft_forwards == 0
+    wrong = LookupDraft(["she sells sea shells", "", "the meeting starts at nine"])
+    outputs, stats = speculative_generate(target, wrong, PROMPTS, speech, SPEECH_LENGTHS, config)
+    assert outputs == plain
+    assert target.generate(PROMPTS, speech, SPEECH_LENGTHS, config, draft=wrong) == plain
+    with pytest.raises(ValueError, match="got 1 lookup references for 3 prompts"):
+        speculative_generate(target, LookupDraft(["x"]), PROMPTS, speech, SPEECH_LENGTHS, config)
+
+
+def test_sampling_with_a_lookup_draft_keeps_the_target_distribution(tok):
+    from spokenlm.lm import LookupDraft
+
+    target = tiny("llama", tok, hidden=32, layers=2, seed=1, init=0.5)
+    prompt = "the quick brown"
+    config = GenerationConfig(strategy="sample", top_k=3, temperature=1.5, max_new_tokens=4, draft_tokens=3)
+    exact = _exact_joint(target, prompt, config, 4)
+    likely = max(exact, key=exact.get)  # the reference continues the most likely path: often accepted
+    reference = list(likely)
+    counts: dict[tuple, int] = {}
+    drafted = accepted = 0
+    for seed in range(8):
+        config_s = GenerationConfig(**{**config.__dict__, "seed": seed})
+        outputs, stats = speculative_generate(target, LookupDraft([reference] * 1000), [prompt] * 1000, config=config_s)
+        drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
+        for o in outputs:
+            key = tuple(o.token_ids + target.eos_token_ids[:1] if o.finished else o.token_ids)
+            counts[key] = counts.get(key, 0) + 1
+    n = sum(counts.values())
+    assert drafted > 0 and 0 < accepted < drafted
+    assert _total_variation({k: v / n for k, v in counts.items()}, exact) < 0.08
