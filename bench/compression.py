@@ -23,30 +23,19 @@ import sys
 from pathlib import Path
 
 from spokenlm.data.text import normalize
-from spokenlm.lm import GenerationConfig
 from spokenlm.model import load_bundle
 from spokenlm.slue.metrics import word_error_rate
-from spokenlm.tasks import TaskRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import manifest_clips  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from pipeline import manifest_clips, run_asr  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
 
 def measure(model_dir: Path, clips, batch: int, max_new_tokens: int) -> tuple[float, float]:
     """(tokens per second into the LLM, WER %) of one bundle on `clips`."""
-    model = load_bundle(model_dir)
-    order = sorted(range(len(clips)), key=lambda i: clips[i].seconds)
-    hyps = [""] * len(clips)
-    tokens = 0.0
-    config = GenerationConfig(max_new_tokens=max_new_tokens)
-    for start in range(0, len(order), batch):
-        index = order[start : start + batch]
-        outputs = model.run([clips[i].wav for i in index], [TaskRequest(task="asr")] * len(index), config)
-        for i, out in zip(index, outputs):
-            hyps[i] = normalize(out.result.text)
-            tokens += out.tokens_per_second * clips[i].seconds
-    seconds = sum(c.seconds for c in clips)
-    return tokens / seconds, word_error_rate([c.reference for c in clips], hyps).wer
+    outputs = run_asr(load_bundle(model_dir), clips, batch, max_new_tokens)
+    tokens = sum(o.tokens_per_second * c.seconds for o, c in zip(outputs, clips))
+    hyps = [normalize(o.result.text) for o in outputs]
+    return tokens / sum(c.seconds for c in clips), word_error_rate([c.reference for c in clips], hyps).wer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,16 +71,16 @@ def tsv_clips(path: Path) -> list[Clip]:
     return [Clip(path.parent.name, r["file"], load_audio(path.parent / r["file"]), normalize(r["transcript"])) for r in rows]
 
 
-def run_ours(model, clips: list[Clip], batch: int, max_new_tokens: int) -> list[str]:
+def run_asr(model, clips: list[Clip], batch: int, max_new_tokens: int) -> list:
+    """The bundle's ASR RunOutput per clip (in clip order), greedy, in length-sorted batches."""
     order = sorted(range(len(clips)), key=lambda i: clips[i].seconds)
-    hyps: list[str] = [""] * len(clips)
+    outputs: list = [None] * len(clips)
     config = GenerationConfig(max_new_tokens=max_new_tokens)
     for start in range(0, len(order), batch):
         index = order[start : start + batch]
-        outputs = model.run([clips[i].wav for i in index], [TaskRequest(task="asr")] * len(index), config)
-        for i, out in zip(index, outputs):
-            hyps[i] = normalize(out.result.text)
-    return hyps
+        for i, out in zip(index, model.run([clips[i].wav for i in index], [TaskRequest(task="asr")] * len(index), config)):
+            outputs[i] = out
+    return outputs
 
 
 def score(clips: list[Clip], hyps: list[str], seconds: float) -> Score:
@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     if not model.info.trained:
         print(f"note: {args.model} is UNTRAINED (random weights): its WER is meaningless")
     peer = Pocketsphinx()
-    run_ours(model, clips[:1], 1, 4)  # warm-up
+    run_asr(model, clips[:1], 1, 4)  # warm-up
     t0 = time.perf_counter()
-    ours_h = run_ours(model, clips, args.batch, args.max_new_tokens)
+    ours_h = [normalize(o.result.text) for o in run_asr(model, clips, args.batch, args.max_new_tokens)]
     ours_s = time.perf_counter() - t0
     peer_h, peer_s = [], 0.0
     for clip in clips:
