@@ -335,6 +335,29 @@ def _literal(value: str, *, path: Path, line: int, column: str) -> object:
         raise SlueDataError(f"'{path}' line {line}: {column} {value!r} is not a Python literal") from None
 
 
+def _split(
+    corpus: str,
+    split: str,
+    source: Path,
+    records: list,
+    labelled: bool = True,
+    *,
+    blind: bool | None = None,
+    audio: Callable[[object], Sequence[Path]] = lambda r: (r.audio_path,),  # type: ignore[attr-defined]
+    skipped: Sequence[str] = (),
+) -> SlueSplit:
+    """The SlueSplit every reader returns; `audio` names each record's files, checked for existence."""
+    return SlueSplit(
+        corpus=corpus,
+        split=split,
+        source=source,
+        records=tuple(records),
+        blind=not labelled if blind is None else blind,
+        missing_audio=_missing_audio(records, audio),
+        skipped=tuple(skipped),
+    )
+
+
 def _missing_audio(records: Sequence[object], paths: Callable[[object], Sequence[Path]]) -> tuple[MissingAudio, ...]:
     seen: dict[Path, bool] = {}  # SQA-5 documents are shared by many questions: stat each once
     out = []
@@ -383,14 +406,7 @@ def read_voxpopuli(root: str | Path, split: str = DEFAULT_SPLIT) -> SlueSplit[Vo
                 normalized_ner=norm_ner,
             )
         )
-    return SlueSplit(
-        corpus="slue-voxpopuli",
-        split=split,
-        source=path,
-        records=tuple(records),
-        blind=not labelled,
-        missing_audio=_missing_audio(records, lambda r: (r.audio_path,)),
-    )
+    return _split("slue-voxpopuli", split, path, records, labelled)
 
 
 def _ner_spans(value: str, text: str | None, *, path: Path, line: int, column: str) -> tuple[NerSpan, ...]:
@@ -467,15 +483,7 @@ def read_voxceleb(root: str | Path, split: str = DEFAULT_SPLIT) -> SlueSplit[Vox
                 sentiment=sentiment,
             )
         )
-    return SlueSplit(
-        corpus="slue-voxceleb",
-        split=split,
-        source=path,
-        records=tuple(records),
-        blind=not labelled,
-        missing_audio=_missing_audio(records, lambda r: (r.audio_path,)),
-        skipped=tuple(skipped),
-    )
+    return _split("slue-voxceleb", split, path, records, labelled, skipped=skipped)
 
 
 # --- SLUE-HVB: dialog acts ----------------------------------------------------------------------
@@ -520,14 +528,7 @@ def read_hvb(root: str | Path, split: str = DEFAULT_SPLIT) -> SlueSplit[HvbRecor
                 dialog_acts=acts,
             )
         )
-    return SlueSplit(
-        corpus="slue-hvb",
-        split=split,
-        source=path,
-        records=tuple(records),
-        blind=not labelled,
-        missing_audio=_missing_audio(records, lambda r: (r.audio_path,)),
-    )
+    return _split("slue-hvb", split, path, records, labelled)
 
 
 def _dialog_acts(value: str, *, path: Path, line: int) -> tuple[str, ...]:
@@ -586,14 +587,7 @@ def read_ted(root: str | Path, split: str = DEFAULT_SPLIT) -> SlueSplit[TedRecor
         )
         for row in rows
     ]
-    return SlueSplit(
-        corpus="slue-ted",
-        split=split,
-        source=path,
-        records=tuple(records),
-        blind=not labelled,
-        missing_audio=_missing_audio(records, lambda r: (r.audio_path,)),
-    )
+    return _split("slue-ted", split, path, records, labelled)
 
 
 # --- SLUE-SQA-5: spoken question answering ------------------------------------------------------
@@ -634,13 +628,8 @@ def read_sqa5(root: str | Path, split: str = DEFAULT_SPLIT) -> SlueSplit[Sqa5Rec
                 answer_spans=spans,
             )
         )
-    return SlueSplit(
-        corpus="slue-sqa5",
-        split=split,
-        source=path,
-        records=tuple(records),
-        blind=not labelled,
-        missing_audio=_missing_audio(records, lambda r: (r.question_audio_path, r.document_audio_path)),
+    return _split(
+        "slue-sqa5", split, path, records, labelled, audio=lambda r: (r.question_audio_path, r.document_audio_path)
     )
 
 
@@ -764,14 +753,7 @@ def read_nel(root: str | Path, split: str = DEFAULT_SPLIT) -> SlueSplit[NelRecor
                 entities=None if entities is None else tuple(entities.get(utt_id, ())),
             )
         )
-    return SlueSplit(
-        corpus="slue-voxpopuli-nel",
-        split=split,
-        source=words_path,
-        records=tuple(records),
-        blind=entities is None,
-        missing_audio=_missing_audio(records, lambda r: (r.audio_path,)),
-    )
+    return _split("slue-voxpopuli-nel", split, words_path, records, blind=entities is None)
 
 
 def _tagged_words(words: object, *, path: Path, utt_id: str) -> tuple[WordTiming, ...]:
