@@ -57,11 +57,11 @@ LOG_EVERY = 10  # steps between training-loss rows in metrics.jsonl (the mean ov
 
 def encoder_presets() -> dict[str, Callable[[], Any]]:
     """Preset name -> the function that returns its encoder config."""
-    from spokenlm.encoders.dinosr import dinosr_base, dinosr_tiny
+    from spokenlm.encoders.dinosr import dinosr_base, dinosr_tiny, dinosr_tiny_conformer
     from spokenlm.encoders.sylber import sylber_base, sylber_tiny
     from spokenlm.encoders.wav2vec2 import wav2vec2_base, wav2vec2_tiny
 
-    presets = (dinosr_tiny, dinosr_base, wav2vec2_tiny, wav2vec2_base, sylber_tiny, sylber_base)
+    presets = (dinosr_tiny, dinosr_tiny_conformer, dinosr_base, wav2vec2_tiny, wav2vec2_base, sylber_tiny, sylber_base)
     return {f.__name__: f for f in presets}
 
 

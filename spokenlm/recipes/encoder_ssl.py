@@ -60,7 +60,7 @@ from spokenlm.train.loop import (
     wrap_ddp,
 )
 
-PRESETS = ("dinosr_tiny", "dinosr_base")  # functions of spokenlm.encoders.dinosr
+PRESETS = ("dinosr_tiny", "dinosr_tiny_conformer", "dinosr_base")  # functions of spokenlm.encoders.dinosr
 
 
 @dataclass(frozen=True, kw_only=True)

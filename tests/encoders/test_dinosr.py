@@ -31,6 +31,7 @@ from spokenlm.encoders.dinosr import (
     convert_fairseq_dinosr_state_dict,
     dinosr_base,
     dinosr_tiny,
+    dinosr_tiny_conformer,
     ema_codebook_update,
     ema_decay_at,
     instance_norm,
@@ -118,7 +119,13 @@ def test_presets() -> None:
     assert sum(p.numel() for p in encoder.parameters()) < 4_000_000
     assert encoder.output_dim == tiny.model_dim and encoder.frame_rate_hz == 50.0
 
-    for config in (base, tiny, _small_waveform(layer=2)):
+    conformer = dinosr_tiny_conformer()
+    assert conformer == replace(tiny, conv_module_kernel=15) and base.conv_module_kernel == 0
+    with_conv = build_dinosr_encoder(conformer)
+    names = {n for n, _ in with_conv.named_parameters()} - {n for n, _ in encoder.named_parameters()}
+    assert names and all(".conv_module." in n or ".conv_layer_norm." in n for n in names)
+
+    for config in (base, tiny, conformer, _small_waveform(layer=2)):
         assert DinoSREncoderConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
@@ -134,6 +141,7 @@ def test_presets() -> None:
         ({"model_dim": 100, "num_heads": 3}, "model_dim 100 is not divisible by 3 attention heads"),
         ({"layer": 13}, "layer must be 'last', 'weighted' or an int in [0, 12], got 13"),
         ({"mask_prob": 0.0}, "mask_prob must be in (0, 1], got 0.0"),
+        ({"conv_module_kernel": 4}, "conv_module_kernel must be 0 or an odd positive int, got 4"),
         (
             {"conv_feature_layers": ((512, 10, 0),)},
             "conv_feature_layers must be positive (channels, kernel, stride) tuples, got ((512, 10, 0),)",
@@ -171,7 +179,9 @@ def test_output_lengths_follow_the_frontend(config: DinoSREncoderConfig, batch) 
     assert one_s == config.frame_rate_hz
 
 
-@pytest.mark.parametrize("config", [_small(), _small_waveform()], ids=["fbank", "waveform"])
+@pytest.mark.parametrize(
+    "config", [_small(), _small_waveform(), _small(conv_module_kernel=5)], ids=["fbank", "waveform", "conformer"]
+)
 def test_batched_equals_single_under_padding(config: DinoSREncoderConfig, batch) -> None:
     wav, lengths = batch
     encoder = _build(config)

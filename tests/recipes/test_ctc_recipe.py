@@ -225,6 +225,7 @@ def test_usable_utterances_drops_texts_ctc_cannot_align():
         ({"encoder_preset": None}, "ctc needs exactly one of encoder_dir and encoder_preset, got neither"),
         ({"encoder_dir": "runs/x"}, "ctc needs exactly one of encoder_dir and encoder_preset, got both"),
         ({"encoder_preset": "dinosr_huge"}, "unknown encoder_preset 'dinosr_huge'; expected one of dinosr_tiny, "
+         "dinosr_tiny_conformer, "
          "dinosr_base, wav2vec2_tiny, wav2vec2_base, sylber_tiny, sylber_base"),
         ({"encoder_overrides": {"width": 3}}, "unknown encoder_overrides for DinoSREncoderConfig: width"),
         ({"encoder_overrides": {"model_dim": 65}}, "model_dim 65 is not divisible by 4 attention heads"),
