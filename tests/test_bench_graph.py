@@ -29,7 +29,9 @@ def test_tiny_graph_bench_times_both_paths_on_the_same_decoding_work():
     assert match, lines[-1]
     naive, ours, ratio = (float(match[key]) for key in ("naive", "ours", "ratio"))
     assert naive > 0 and ours > 0 and ratio > 0
-    assert ratio == pytest.approx(naive / ours, rel=0.02, abs=0.01)  # the printed RTFs are rounded
+    # the printed RTFs are rounded to 3 decimals, the ratio to 2: bound it by the rounding of both RTFs
+    low, high = (naive - 5e-4) / (ours + 5e-4), (naive + 5e-4) / max(ours - 5e-4, 1e-9)
+    assert low - 0.005 <= ratio <= high + 0.005
 
     rows = {cells[0]: cells for cells in (line.split() for line in lines) if cells[:1] in (["naive"], ["ours"])}
     assert rows["naive"][NEW_TOKENS] == rows["ours"][NEW_TOKENS] == "4"

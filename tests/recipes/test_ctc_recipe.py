@@ -276,7 +276,7 @@ def test_the_shipped_configs_parse():
     scratch = load_config(root / "ctc_scratch.yaml", CTCTrainConfig)
     assert real.encoder_dir == "runs/encoder-ssl/encoder" and real.mode == "frame_averaging"
     assert real.optim.max_minutes == 60 and real.out_dir == "runs/ctc"
-    assert scratch.encoder_preset == "dinosr_tiny" and scratch.encoder_dir is None
+    assert scratch.encoder_preset == "dinosr_tiny_conformer" and scratch.encoder_dir is None
 
 
 @pytest.mark.slow
