@@ -55,7 +55,6 @@ class Clip:
 class Score:
     wer: float
     rtf: float
-    hypotheses: list[str]
 
 
 def manifest_clips(path: Path, split: str, limit: int) -> list[Clip]:
@@ -85,7 +84,7 @@ def run_asr(model, clips: list[Clip], batch: int, max_new_tokens: int) -> list:
 
 def score(clips: list[Clip], hyps: list[str], seconds: float) -> Score:
     wer = word_error_rate([c.reference for c in clips], hyps).wer
-    return Score(wer=wer, rtf=seconds / sum(c.seconds for c in clips), hypotheses=hyps)
+    return Score(wer=wer, rtf=seconds / sum(c.seconds for c in clips))
 
 
 def main(argv: list[str] | None = None) -> int:

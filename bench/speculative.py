@@ -168,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--model", type=Path, default=None, help="a bundle with a draft/ folder (measurement 2)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
 
     r = bench_base(args)
     ratio = r["plain_s"] / r["spec_s"]

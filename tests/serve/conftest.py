@@ -47,3 +47,12 @@ def running_app(model_dir: Path, name: str, **settings):
 def serve_app():
     """The `running_app` context manager, for module-scoped fixtures of the test modules."""
     return running_app
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    """An httpx client on the module's `server` (each serve test module starts its own app)."""
+    import httpx
+
+    with httpx.Client(base_url=server, timeout=120) as client:
+        yield client

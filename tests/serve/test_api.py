@@ -20,14 +20,6 @@ def server(tiny_bundle, serve_app):
 
 
 @pytest.fixture(scope="module")
-def http(server):
-    import httpx
-
-    with httpx.Client(base_url=server, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def openai_client(server):
     from openai import OpenAI
 

@@ -23,14 +23,6 @@ def server(tiny_bundle, serve_app):
 
 
 @pytest.fixture(scope="module")
-def http(server):
-    import httpx
-
-    with httpx.Client(base_url=server, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def clips(example_clips) -> dict[str, bytes]:
     return {p.name.rsplit("-", 1)[1]: p.read_bytes() for p in example_clips}  # "0880.wav", "0930.wav"
 
