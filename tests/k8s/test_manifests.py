@@ -239,6 +239,19 @@ def test_cpu_head_and_gpu_workers(name):
     assert 1 <= group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
 
 
+def test_rayservice_runs_serve_in_the_mode_spokenlm_serve_uses():
+    import sys
+
+    sys.path.insert(0, str(REPO))  # serve/ is not an installed package
+    from serve.app import SERVE_THROUGHPUT_ENV
+
+    cluster = cluster_spec(manifest("rayservice.yaml"))
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for c in (c for g in groups for c in containers(g["template"])):
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert {k: env.get(k) for k in SERVE_THROUGHPUT_ENV} == SERVE_THROUGHPUT_ENV, c["name"]
+
+
 @pytest.mark.parametrize("name", ["raycluster.yaml", "rayservice.yaml"])
 def test_gpu_workers_hold_the_serve_deployments(name):
     """Head num-cpus 0: every replica lands on the GPU workers, the minimum replicas on minReplicas
