@@ -142,15 +142,29 @@ def test_main_prints_the_report_and_its_last_line(tiny_runs, capsys):
     assert list(values)[-1] == "ratio"
     assert set(values) == set(result) | {"ratio"}
     for key in ("utterances", "probe_best_pretrained", "probe_best_random", "probe_majority", "segments_per_s",
-                "boundary_recall_50ms", "boundary_precision_50ms", "boundary_chance_recall_50ms",
                 "ssl_loss_start", "ssl_loss_end", "ssl_ppl_min"):  # fmt: skip
         assert key in values
+    for ref in ("hmm", "ctc"):
+        for key in ("utterances", "words_per_s", "recall_50ms", "precision_50ms", "chance_recall_50ms"):
+            assert f"{ref}_{key}" in values
+        assert 0.0 <= float(values[f"{ref}_recall_50ms"]) <= 1.0
     assert values["utterances"] == "3"  # fine-tune, espeak and unalignable rows left out
+    assert values["hmm_utterances"] == "3" and values["ctc_utterances"] == "3"  # real read speech: all align
+    # the clips are ~3 s of real read speech at 2-3 words per second, by either aligner
+    assert 1.5 < float(values["hmm_words_per_s"]) < 4.0
     assert float(values["ssl_loss_start"]) == 2.0 and float(values["ssl_loss_end"]) == 1.5
     assert float(values["ssl_ppl_min"]) == 3.0
-    assert 0.0 <= float(values["boundary_recall_50ms"]) <= 1.0
     ratio = result["probe_best_pretrained"] / result["probe_best_random"]
     assert float(values["ratio"]) == pytest.approx(ratio, abs=1e-3)
     assert (root / "report" / "probe_pretrained.png").is_file()
     assert (root / "report" / "probe_random_init.png").is_file()
     assert json.loads((root / "report" / "ssl_learning.json").read_text())["utterances"] == 3
+
+
+def test_agreement_leaves_out_clips_without_a_reference():
+    seg = bench.Segmentation(boundaries=[[0.1, 0.5, 0.9], [0.2, 0.6]], durations_s=[1.0, 1.0], segments=3,
+                             norm_threshold=1.0, merge_threshold=0.8, shift_s=0.0)  # fmt: skip
+    g = bench.agreement("hmm", seg, [[0.12, 0.7], None], [1, 5], seed=0)
+    assert (g.clips, g.words, g.seconds) == (1, 1, 1.0)
+    assert g.score == bench.BoundaryScore(reference=2, reference_hit=1, hypothesis=3, hypothesis_hit=1)
+    assert 0.0 <= g.chance_recall <= 1.0
