@@ -2,6 +2,7 @@
 
     python bench/speculative.py [--size base|tiny] [--draft-layers 2] [--draft-tokens 4]
                                 [--prompts 4] [--new-tokens 48] [--model models/default]
+                                [--manifest ../corpus/manifest.jsonl --split test --limit 20]
 
 Two measurements, greedy, batch 1 (the latency case speculative decoding is for), in one process:
 
@@ -13,7 +14,8 @@ Two measurements, greedy, batch 1 (the latency case speculative decoding is for)
    residual stream is dominated by the token embedding, so acceptance is HIGH and says nothing about
    a trained model. The speed-up is printed next to the acceptance that produced it; the expected
    speed-up at other acceptance rates follows Leviathan et al. (2023), eq. 1, and is printed as well.
-2. With --model DIR: the bundle's LLM on the example clips' ASR requests, drafted by the bundle's
+2. With --model DIR: the bundle's LLM on ASR requests for the example clips (or, with --manifest,
+   up to --limit clips of its --split, chosen by a hash of their ids), drafted by the bundle's
    draft LM (DIR/draft/) when it ships one, else by a lookup draft of its CTC transcript
    (`LookupDraft`, free to run): trained parts, so the acceptance is real.
 
@@ -24,6 +26,7 @@ The last line: ``bench speculative: ... ratio=<plain time / speculative time>`` 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -33,6 +36,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from spokenlm.lm import DraftLM, GenerationConfig, LookupDraft, SpeechLLM, build_llm, speculative_generate
 from spokenlm.tokenizer import train_bpe_tokenizer
+from spokenlm.train.data import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -129,7 +133,13 @@ def bench_bundle(model_dir: Path, args) -> dict | None:
 
     model = load_bundle(model_dir)
     kind = "its draft LM" if model.draft is not None else "a lookup draft of the CTC transcript"
-    clips = sorted((REPO / "examples").glob("*.flac")) + sorted((REPO / "examples").glob("*.wav"))
+    if args.manifest is not None:  # held-out corpus clips: the speech the bundle was trained for
+        utts = read_manifest(args.manifest, splits=(args.split,), tasks=("asr",), max_duration_s=30.0)
+        if not utts:
+            raise SystemExit(f"{args.manifest} has no ASR utterance in split {args.split!r} of at most 30 s")
+        clips = [u.audio for u in sorted(utts, key=lambda u: hashlib.sha1(u.id.encode()).hexdigest())[: args.limit]]
+    else:
+        clips = sorted((REPO / "examples").glob("*.flac")) + sorted((REPO / "examples").glob("*.wav"))
     prompt = build_prompt(TaskRequest(task="asr"))
     plain_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=0)
     spec_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=args.draft_tokens)
@@ -167,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--model", type=Path, default=None, help="a bundle with a draft/ folder (measurement 2)")
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="measurement 2 on this corpus manifest's --split clips (default: the example clips)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, default=20, help="clips taken from the manifest split")
     args = parser.parse_args(argv)
 
     r = bench_base(args)

@@ -265,8 +265,11 @@ def _bench(args: argparse.Namespace) -> int:
     sys.argv = [str(script), *args.rest]
     try:
         runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as e:  # the scripts end with sys.exit(main())
-        return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    except SystemExit as e:  # the scripts end with sys.exit(main()), or exit with a message
+        if isinstance(e.code, int) or e.code is None:
+            return e.code or 0
+        print(e.code, file=sys.stderr)  # what the interpreter would print for an uncaught SystemExit
+        return 1
     return 0
 
 

@@ -25,6 +25,27 @@ def test_spokenlm_bench_speculative_prints_its_summary_line(capsys):
     assert 0 <= acceptance <= 1 and cost > 0 and ratio > 0
 
 
+@pytest.mark.slow
+def test_the_bundle_measurement_reads_clips_from_a_manifest_split(tiny_bundle, example_clips, tmp_path, capsys):
+    import json
+    import shutil
+
+    rows = []
+    for i, split in enumerate(["test", "dev", "test"]):
+        shutil.copy(example_clips[i % len(example_clips)], tmp_path / f"{i}.wav")
+        rows.append({"id": f"u{i}", "split": split, "audio": f"{i}.wav", "duration_s": 3.0, "tasks": ["asr"],
+                     "task_labels": {"text": "x"}})  # fmt: skip
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["bench", "speculative", "--size", "tiny", "--prompts", "1", "--new-tokens", "4",
+                 "--model", str(tiny_bundle), "--manifest", str(tmp_path / "manifest.jsonl")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert re.search(r"^2\. .* with a lookup draft of the CTC transcript: 2 clips, ASR", out, re.M), out
+    assert re.search(r" bundle_acceptance=\S+ bundle_ratio=\S+ ratio=\S+$", out.strip().splitlines()[-1])
+    assert main(["bench", "speculative", "--size", "tiny", "--prompts", "1", "--new-tokens", "4",
+                 "--model", str(tiny_bundle), "--manifest", str(tmp_path / "manifest.jsonl"), "--split", "train"]) == 1
+    assert "manifest.jsonl has no ASR utterance in split 'train' of at most 30 s" in capsys.readouterr().err
+
+
 def test_a_draft_with_every_layer_is_the_target_and_always_accepted():
     import torch
     from transformers import LlamaConfig
