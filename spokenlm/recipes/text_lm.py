@@ -6,7 +6,8 @@
 2. Hold out a fixed fraction of lines, chosen by a hash of the text (stable across runs and resumes).
 3. Train a byte-level BPE tokenizer (HF tokenizers) on the training lines.
 4. Pack tokenised lines, separated by </s>, into blocks; train a LlamaForCausalLM from scratch with
-   AdamW + warmup/cosine (over max_steps, or with `lr_over_minutes` over the time budget); evaluate held-out loss every `eval_every` steps; checkpoint; resume.
+   AdamW + warmup/cosine (over max_steps, or with `lr_over_minutes` over the time budget); evaluate
+   held-out loss every `eval_every` steps; checkpoint; resume.
 5. Write OUT/llm/ (a Hugging Face causal-LM dir with the tokenizer), metrics.json and loss.png.
 """
 
