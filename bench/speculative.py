@@ -15,7 +15,7 @@ Two measurements, greedy, batch 1 (the latency case speculative decoding is for)
    a trained model. The speed-up is printed next to the acceptance that produced it; the expected
    speed-up at other acceptance rates follows Leviathan et al. (2023), eq. 1, and is printed as well.
 2. With --model DIR: the bundle's LLM on ASR requests for the example clips (or, with --manifest,
-   up to --limit clips of its --split, chosen by a hash of their ids), drafted by the bundle's
+   the first --limit transcribed clips of its --split, as bench/pipeline.py takes them), drafted by the bundle's
    draft LM (DIR/draft/) when it ships one, else by a lookup draft of its CTC transcript
    (`LookupDraft`, free to run): trained parts, so the acceptance is real.
 
@@ -26,7 +26,6 @@ The last line: ``bench speculative: ... ratio=<plain time / speculative time>`` 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,9 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from spokenlm.lm import DraftLM, GenerationConfig, LookupDraft, SpeechLLM, build_llm, speculative_generate
 from spokenlm.tokenizer import train_bpe_tokenizer
-from spokenlm.train.data import read_manifest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline import manifest_clips  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -134,12 +135,12 @@ def bench_bundle(model_dir: Path, args) -> dict | None:
     model = load_bundle(model_dir)
     kind = "its draft LM" if model.draft is not None else "a lookup draft of the CTC transcript"
     if args.manifest is not None:  # held-out corpus clips: the speech the bundle was trained for
-        utts = read_manifest(args.manifest, splits=(args.split,), tasks=("asr",), max_duration_s=30.0)
-        if not utts:
-            raise SystemExit(f"{args.manifest} has no ASR utterance in split {args.split!r} of at most 30 s")
-        clips = [u.audio for u in sorted(utts, key=lambda u: hashlib.sha1(u.id.encode()).hexdigest())[: args.limit]]
+        clips = [clip.wav for clip in manifest_clips(args.manifest, args.split, args.limit)]
+        if not clips:
+            raise SystemExit(f"{args.manifest} has no transcribed utterance in split {args.split!r}")
     else:
-        clips = sorted((REPO / "examples").glob("*.flac")) + sorted((REPO / "examples").glob("*.wav"))
+        examples = sorted((REPO / "examples").glob("*.flac")) + sorted((REPO / "examples").glob("*.wav"))
+        clips = [load_audio(path) for path in examples]
     prompt = build_prompt(TaskRequest(task="asr"))
     plain_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=0)
     spec_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=args.draft_tokens)
@@ -148,7 +149,7 @@ def bench_bundle(model_dir: Path, args) -> dict | None:
     identical = True
     for clip in clips:
         with torch.inference_mode():
-            speech = model.encode_recordings([load_audio(clip)])
+            speech = model.encode_recordings([clip])
             projected = model.adapter(speech.embeddings)
         plain, dt = timed(lambda: model.llm.generate([prompt], projected, speech.lengths, plain_config))
         t_plain += dt
