@@ -96,10 +96,6 @@ class CTCTrainConfig:
     encoder_lr_ratio: float = 1.0
     """The encoder's learning rate as a fraction of the head's (optim.lr and its schedule)."""
 
-    lr_over_minutes: bool = False
-    """Run the cosine schedule over wall time (optim.max_minutes) instead of optim.max_steps: a
-    time-budgeted run on shared cores then ends at the floor learning rate whatever its speed."""
-
     mask_time_prob: float = 0.3
     """SpecAugment time masking: the share of each item's frames its spans cover before overlap
     (`compute_span_mask`; 0.3 masks ~26 %); 0 = off."""
@@ -144,8 +140,6 @@ class CTCTrainConfig:
         for name in ("mask_time_length", "mask_channel_length", "eval_every", "eval_max_utts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr_over_minutes and self.optim.max_minutes <= 0:
-            raise ValueError("lr_over_minutes needs optim.max_minutes > 0")
         self.optim.validate()
 
 
@@ -441,7 +435,7 @@ def train(config: CTCTrainConfig) -> dict:
 
     def learning_rates(step: int, elapsed_s: float) -> tuple[float, float]:
         """(head, encoder) learning rates at `step`, `elapsed_s` into the run."""
-        lr = lr_now(step, elapsed_s, o, over_minutes=config.lr_over_minutes)
+        lr = lr_now(step, elapsed_s, o)
         if step < config.freeze_encoder_steps:
             return lr, 0.0
         rewarm = min(1.0, (step - config.freeze_encoder_steps + 1) / max(1, o.warmup_steps))

@@ -75,7 +75,6 @@ class EncoderSSLConfig:
     max_batch_s: float = 80.0  # padded seconds of audio per batch per worker
     bf16: bool = False  # bf16 autocast of the forward pass; spectra and losses stay fp32
     kmeans_init_batches: int = 0  # > 0: codewords start at k-means of the teacher's targets on these batches
-    lr_over_minutes: bool = False  # cosine over optim.max_minutes, not max_steps (then only an upper bound)
     log_every: int = 10
     eval_every: int = 250
     eval_batches: int = 20  # held-out batches scored (a fixed random subset, fixed masks)
@@ -104,8 +103,6 @@ class EncoderSSLConfig:
         if self.kmeans_init_batches < 0:
             raise ValueError(f"kmeans_init_batches must be >= 0, got {self.kmeans_init_batches}")
         self.encoder_config()  # unknown preset or a bad override fails here, before any data is read
-        if self.lr_over_minutes and not self.optim.max_minutes > 0:
-            raise ValueError("lr_over_minutes needs optim.max_minutes > 0")
         self.optim.validate()
 
 
@@ -238,7 +235,7 @@ def train(config: EncoderSSLConfig) -> dict:
         elapsed_s = mean_across_workers(clock.seconds)  # one clock for all workers: the same stop, the same lr
         if config.optim.max_minutes > 0 and elapsed_s >= config.optim.max_minutes * 60:
             break
-        lr = lr_now(step, elapsed_s, config.optim, over_minutes=config.lr_over_minutes)
+        lr = lr_now(step, elapsed_s, config.optim)
         batches = schedule.at(step)
         batch = cache.batch(batches[rank()])
         set_lr(optimizer, lr)

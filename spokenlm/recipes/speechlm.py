@@ -106,7 +106,6 @@ class SpeechLMTrainConfig:
     num_examples: int = 3  # per task, written into eval_<split>.json
     encode_batch_size: int = 16  # recordings per encoder call while filling the token cache
     seed: int = 0
-    lr_over_minutes: bool = False  # cosine over optim.max_minutes, not max_steps (then only an upper bound)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=200, max_steps=6000))
 
     def validate(self) -> None:
@@ -146,8 +145,6 @@ class SpeechLMTrainConfig:
             raise ValueError(
                 f"need max_duration_s > 0 and max_chunk_s in [1, 600], got {self.max_duration_s}, {self.max_chunk_s}"
             )
-        if self.lr_over_minutes and not self.optim.max_minutes > 0:
-            raise ValueError("lr_over_minutes needs optim.max_minutes > 0")
         self.optim.validate()
 
 
@@ -535,7 +532,7 @@ def train(config: SpeechLMTrainConfig) -> dict:
             batch.append(rng.choice(items_of(rng.choice(by_task[task]), task)))
         speech, lengths = speech_batch([tokens[i.utt.id] for i in batch])
         for group in optimizer.param_groups:
-            group["lr"] = lr_now(step, clock.seconds, optim, over_minutes=config.lr_over_minutes) * group["lr_scale"]
+            group["lr"] = lr_now(step, clock.seconds, optim) * group["lr_scale"]
         loss = model([build_prompt(i.request) for i in batch], speech, lengths, [i.target for i in batch])
         loss.backward()
         clip_and_step(optimizer, trainable, optim)

@@ -94,7 +94,6 @@ class SylberTrainConfig:
     inference_merge_threshold: float = MERGE_THRESHOLD  # published 0.8; the norm threshold is estimated
     max_batch_s: float = 80.0  # padded seconds of audio per batch per worker
     bf16: bool = False  # bf16 autocast of the encoders; segmentation and loss stay fp32
-    lr_over_minutes: bool = False  # cosine over optim.max_minutes, not max_steps (then only an upper bound)
     log_every: int = 10
     eval_every: int = 200
     eval_batches: int = 20  # held-out batches scored (a fixed random subset)
@@ -127,8 +126,6 @@ class SylberTrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.objective.validate()
-        if self.lr_over_minutes and not self.optim.max_minutes > 0:
-            raise ValueError("lr_over_minutes needs optim.max_minutes > 0")
         self.optim.validate()
 
     def preset_config(self):
@@ -349,7 +346,7 @@ def train(config: SylberTrainConfig) -> dict:
         elapsed_s = mean_across_workers(clock.seconds)  # one clock for all workers: the same stop, the same lr
         if config.optim.max_minutes > 0 and elapsed_s >= config.optim.max_minutes * 60:
             break
-        lr = lr_now(step, elapsed_s, config.optim, over_minutes=config.lr_over_minutes)
+        lr = lr_now(step, elapsed_s, config.optim)
         bootstrap = step < config.bootstrap_steps
         batches = schedule.at(step)
         batch = cache.batch(batches[rank()])

@@ -6,7 +6,7 @@
 2. Hold out a fixed fraction of lines, chosen by a hash of the text (stable across runs and resumes).
 3. Train a byte-level BPE tokenizer (HF tokenizers) on the training lines.
 4. Pack tokenised lines, separated by </s>, into blocks; train a LlamaForCausalLM from scratch with
-   AdamW + warmup/cosine (over max_steps, or with `lr_over_minutes` over the time budget); evaluate
+   AdamW + warmup/cosine (over max_steps, or with `optim.lr_over_minutes` over the time budget); evaluate
    held-out loss every `eval_every` steps; checkpoint; resume.
 5. Write OUT/llm/ (a Hugging Face causal-LM dir with the tokenizer), metrics.json and loss.png.
 """
@@ -61,7 +61,6 @@ class TextLMConfig:
     eval_every: int = 200
     eval_batches: int = 20
     seed: int = 0
-    lr_over_minutes: bool = False  # cosine over optim.max_minutes, not max_steps (then only an upper bound)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=200, max_steps=4000))
 
     def validate(self) -> None:
@@ -71,8 +70,6 @@ class TextLMConfig:
             raise ValueError(f"heldout_fraction must be in (0, 0.5), got {self.heldout_fraction}")
         if self.seq_len < 8 or self.batch_size < 1:
             raise ValueError(f"seq_len must be >= 8 and batch_size >= 1, got {self.seq_len}, {self.batch_size}")
-        if self.lr_over_minutes and not self.optim.max_minutes > 0:
-            raise ValueError("lr_over_minutes needs optim.max_minutes > 0")
         self.optim.validate()
 
 
@@ -175,7 +172,7 @@ def train(config: TextLMConfig) -> dict:
     while step < config.optim.max_steps and not clock.over(config.optim):
         idx = [rng.randrange(len(train_blocks)) for _ in range(config.batch_size)]
         block = train_blocks[idx]
-        lr = lr_now(step, clock.seconds, config.optim, over_minutes=config.lr_over_minutes)
+        lr = lr_now(step, clock.seconds, config.optim)
         set_lr(optimizer, lr)
         loss = block_loss(model, block)
         loss.backward()

@@ -31,6 +31,9 @@ class OptimConfig:
     max_minutes: float = 0.0  # > 0: stop (and checkpoint) once this much wall time is spent in total
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     min_lr_ratio: float = 0.05  # the cosine floor, as a fraction of lr
+    lr_over_minutes: bool = False
+    """Run the cosine over wall time (max_minutes) instead of max_steps, which is then only an upper
+    bound: a time-budgeted run on shared cores ends at the floor learning rate whatever its step rate."""
 
     def validate(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -39,6 +42,8 @@ class OptimConfig:
             raise ValueError(f"optim.max_steps must be > 0 and warmup_steps >= 0, got {self.max_steps}, {self.warmup_steps}")
         if self.max_minutes < 0 or self.grad_clip < 0:
             raise ValueError("optim.max_minutes and optim.grad_clip must be >= 0")
+        if self.lr_over_minutes and not self.max_minutes > 0:
+            raise ValueError("optim.lr_over_minutes needs optim.max_minutes > 0")
 
 
 def build_optimizer(params, config: OptimConfig) -> torch.optim.AdamW:
@@ -234,10 +239,10 @@ def barrier() -> None:
         dist.barrier()
 
 
-def lr_now(step: int, elapsed_s: float, optim: OptimConfig, *, over_minutes: bool) -> float:
-    """`lr_at(step)`; with `over_minutes`, the cosine's progress after warmup is instead the share of
-    `optim.max_minutes` spent, so the decay ends with the budget whatever the step rate of shared cores."""
-    if over_minutes and step >= optim.warmup_steps:
+def lr_now(step: int, elapsed_s: float, optim: OptimConfig) -> float:
+    """`lr_at(step)`; with `optim.lr_over_minutes`, the cosine's progress after warmup is instead the share
+    of `optim.max_minutes` spent, so the decay ends with the budget whatever the step rate of shared cores."""
+    if optim.lr_over_minutes and step >= optim.warmup_steps:
         share = min(1.0, elapsed_s / (optim.max_minutes * 60))
         step = optim.warmup_steps + int(share * (optim.max_steps - optim.warmup_steps))
     return lr_at(step, optim)

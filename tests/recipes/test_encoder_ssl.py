@@ -4,6 +4,7 @@ writes an encoder that loads and plugs into a bundle; with two Ray Train workers
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -115,11 +116,13 @@ def test_the_batch_schedule_is_shared_disjoint_and_stable(tiny_corpus):
 
 
 def test_lr_over_minutes_decays_with_the_time_budget():
-    optim = OptimConfig(lr=1e-3, warmup_steps=10, max_steps=1000, max_minutes=10)
-    assert lr_now(5, 300.0, optim, over_minutes=True) == lr_at(5, optim)  # warmup counts steps
-    assert lr_now(20, 300.0, optim, over_minutes=True) == lr_at(10 + 495, optim)  # half the budget: half the cosine
-    assert lr_now(20, 900.0, optim, over_minutes=True) == pytest.approx(optim.lr * optim.min_lr_ratio)
-    assert lr_now(20, 900.0, optim, over_minutes=False) == lr_at(20, optim)
+    optim = OptimConfig(lr=1e-3, warmup_steps=10, max_steps=1000, max_minutes=10, lr_over_minutes=True)
+    assert lr_now(5, 300.0, optim) == lr_at(5, optim)  # warmup counts steps
+    assert lr_now(20, 300.0, optim) == lr_at(10 + 495, optim)  # half the budget: half the cosine
+    assert lr_now(20, 900.0, optim) == pytest.approx(optim.lr * optim.min_lr_ratio)
+    assert lr_now(20, 900.0, replace(optim, lr_over_minutes=False)) == lr_at(20, optim)
+    with pytest.raises(ValueError, match="optim.lr_over_minutes needs optim.max_minutes > 0"):
+        replace(optim, max_minutes=0.0).validate()
 
 
 def test_config_errors_name_the_offending_value(tmp_path):
@@ -129,8 +132,6 @@ def test_config_errors_name_the_offending_value(tmp_path):
         _config(tmp_path, tmp_path / "m.jsonl", 1, encoder_overrides={"model_dimension": 3}).validate()
     with pytest.raises(ValueError, match=r"cannot both train and score: \['dev'\]"):
         _config(tmp_path, tmp_path / "m.jsonl", 1, train_splits=("fine-tune", "dev")).validate()
-    with pytest.raises(ValueError, match="lr_over_minutes needs optim.max_minutes > 0"):
-        _config(tmp_path, tmp_path / "m.jsonl", 1, lr_over_minutes=True).validate()
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         train(_config(tmp_path, tmp_path / "m.jsonl", 1))
 
