@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple, dataclass
@@ -67,7 +68,9 @@ from spokenlm.audio import SAMPLE_RATE, load_audio
 from spokenlm.compress import load_compressor
 from spokenlm.compress.vocab import BLANK, CharVocab
 from spokenlm.encoders import build_encoder, load_encoder
+from spokenlm.encoders.base import frame_shift_s
 from spokenlm.encoders.sylber import segment_batch
+from spokenlm.envelope import envelope_segments
 from spokenlm.peers import PocketsphinxAligner
 from spokenlm.probes import ProbeConfig, ProbeReport, ctc_log_prob_source, forced_align_labels, probe_layers
 from spokenlm.train.data import Utterance, read_manifest
@@ -150,15 +153,6 @@ def word_spans(path: Sequence[int] | Tensor, *, space_id: int, blank: int = BLAN
 
 # ----------------------------------------------------------------------------------------------
 # Boundaries in seconds, and matching them
-
-
-def frame_shift_s(encoder: nn.Module) -> float:
-    """c in the module docstring's convention: where frame 0's receptive field is centred, minus the
-    nominal centre 0.5 / rate. 0 when the encoder's config does not give its receptive field."""
-    field = getattr(getattr(encoder, "config", None), "receptive_field", None)
-    if field is None:
-        return 0.0
-    return field / 2 / SAMPLE_RATE - 0.5 / encoder.frame_rate_hz
 
 
 def span_boundaries(spans: Sequence[Span], *, frame_rate_hz: float, shift_s: float = 0.0) -> list[float]:
@@ -270,6 +264,7 @@ class Segmentation:
     norm_threshold: float
     merge_threshold: float
     shift_s: float
+    frame_rate_hz: float
 
     @property
     def segments_per_second(self) -> float:
@@ -283,7 +278,7 @@ def sylber_boundaries(
     """Segment each clip alone (no padding) with the given thresholds."""
     encoder.eval()
     shift = frame_shift_s(encoder)
-    boundaries, durations, segments = [], [], 0
+    boundaries, durations, segments, rate = [], [], 0, encoder.frame_rate_hz
     for clip in clips:
         out = encoder(clip.wav[None], torch.tensor([clip.wav.shape[0]]))
         (spans,) = segment_batch(
@@ -292,7 +287,19 @@ def sylber_boundaries(
         boundaries.append(span_boundaries(spans, frame_rate_hz=out.frame_rate_hz, shift_s=shift))
         durations.append(int(out.lengths[0]) / out.frame_rate_hz)
         segments += len(spans)
-    return Segmentation(boundaries, durations, segments, norm_threshold, merge_threshold, shift)
+    return Segmentation(boundaries, durations, segments, norm_threshold, merge_threshold, shift, rate)
+
+
+def envelope_segmentation(clips: Sequence[Clip], like: Segmentation) -> Segmentation:
+    """The loudness-envelope segments (``spokenlm.envelope``: the Sylber recipe's first-stage segmenter,
+    no model) of each clip on the frames of ``like``'s encoder, scored the same way as a reference point."""
+    boundaries, segments = [], 0
+    for clip, seconds in zip(clips, like.durations_s):
+        frames = round(seconds * like.frame_rate_hz)
+        spans = envelope_segments(clip.wav, num_frames=frames, frame_rate_hz=like.frame_rate_hz, shift_s=like.shift_s)
+        boundaries.append(span_boundaries(spans, frame_rate_hz=like.frame_rate_hz, shift_s=like.shift_s))
+        segments += len(spans)
+    return Segmentation(boundaries, list(like.durations_s), segments, math.nan, math.nan, like.shift_s, like.frame_rate_hz)
 
 
 @dataclass(frozen=True)
@@ -471,9 +478,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ctc_rate, ctc_shift = ctc_encoder.frame_rate_hz, frame_shift_s(ctc_encoder)
     ctc_refs = [span_boundaries(a.words, frame_rate_hz=ctc_rate, shift_s=ctc_shift) for a in alignments]
     hmm_refs, hmm_words = hmm_word_boundaries(clips, PocketsphinxAligner())
+    ctc_words = [len(a.words) for a in alignments]
     agreements = [
         agreement("hmm", seg, hmm_refs, hmm_words, seed=args.seed),
-        agreement("ctc", seg, ctc_refs, [len(a.words) for a in alignments], seed=args.seed),
+        agreement("ctc", seg, ctc_refs, ctc_words, seed=args.seed),
+    ]
+    envelope = envelope_segmentation(clips, like=seg)
+    envelope_agreements = [
+        agreement("hmm", envelope, hmm_refs, hmm_words, seed=args.seed),
+        agreement("ctc", envelope, ctc_refs, ctc_words, seed=args.seed),
     ]
     print("## Sylber segmentation vs forced-alignment word boundaries\n")
     print(f"thresholds from {sylber_dir / 'sylber.json'}: norm {seg.norm_threshold:.4g}, merge {seg.merge_threshold:.4g}; "
@@ -482,13 +495,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"(frame t covers [t/r + c, (t+1)/r + c)); boundaries merged within {1000 * DEDUP_S:.0f} ms; "
           f"tolerance {1000 * TOLERANCE_S:.0f} ms. Sylber: {seg.segments_per_second:.2f} segments per second "
           f"({seg.segments} in {sum(seg.durations_s):.1f} s)\n")  # fmt: skip
-    print("| word boundaries from | clips | words/s | recall (word boundaries hit within 50 ms) "
-          "| precision (segment boundaries near a word boundary) | F1 | chance recall |\n|---|---:|---:|---:|---:|---:|---:|")
-    for g in agreements:
-        sc = g.score
-        print(f"| {REFERENCES[g.reference]} | {g.clips} | {g.words_per_second:.2f} | {sc.recall:.3f} "
-              f"({sc.reference_hit}/{sc.reference}) | {sc.precision:.3f} ({sc.hypothesis_hit}/{sc.hypothesis}) "
-              f"| {sc.f1:.3f} | {g.chance_recall:.3f} |")  # fmt: skip
+    print("| segments from | word boundaries from | clips | words/s | recall (word boundaries hit within 50 ms) "
+          "| precision (segment boundaries near a word boundary) | F1 | chance recall |\n|---|---|---:|---:|---:|---:|---:|---:|")
+    for source, group in (("Sylber", agreements), ("loudness envelope (no model)", envelope_agreements)):
+        for g in group:
+            sc = g.score
+            print(f"| {source} | {REFERENCES[g.reference]} | {g.clips} | {g.words_per_second:.2f} | {sc.recall:.3f} "
+                  f"({sc.reference_hit}/{sc.reference}) | {sc.precision:.3f} ({sc.hypothesis_hit}/{sc.hypothesis}) "
+                  f"| {sc.f1:.3f} | {g.chance_recall:.3f} |")  # fmt: skip
+    print(f"\nThe loudness envelope ({envelope.segments_per_second:.2f} segments per second) is the segmenter the "
+          "Sylber recipe's first stage distils from (spokenlm/envelope.py); Sylber then segments its own features.")
     print("\nThe issue's \"boundaries within 50 ms of forced-alignment word boundaries at least 70 % of the time\" "
           "is reported as the recall; chance = as many boundaries as Sylber placed, uniform over each clip.\n")  # fmt: skip
 
@@ -535,6 +551,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                        f"{g.reference}_recall_50ms": round(g.score.recall, 4),
                        f"{g.reference}_precision_50ms": round(g.score.precision, 4),
                        f"{g.reference}_chance_recall_50ms": round(g.chance_recall, 4)})  # fmt: skip
+    result["envelope_segments_per_s"] = round(envelope.segments_per_second, 3)
+    for g in envelope_agreements:
+        result[f"envelope_{g.reference}_recall_50ms"] = round(g.score.recall, 4)
     if ssl:
         result.update(ssl_loss_start=ssl["loss_start"], ssl_loss_end=ssl["loss_end"],
                       ssl_ppl_min=min(ssl["perplexity_end"] or [float("nan")]))  # fmt: skip

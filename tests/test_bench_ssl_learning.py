@@ -66,14 +66,15 @@ def test_word_spans_from_a_hand_made_alignment_path():
 
 def test_frame_shift_is_the_receptive_field_centre_minus_the_nominal_one():
     from spokenlm.encoders import build_encoder
+    from spokenlm.encoders.base import frame_shift_s
     from spokenlm.encoders.dinosr import dinosr_tiny
     from spokenlm.encoders.sylber import sylber_tiny
 
     # DinoSR fbank: frame 0 sees samples [0, 1360), centre 42.5 ms; nominal centre 10 ms at 50 Hz
-    assert bench.frame_shift_s(build_encoder(tiny_dinosr())) == pytest.approx(0.0325)
+    assert frame_shift_s(build_encoder(tiny_dinosr())) == pytest.approx(0.0325)
     assert dinosr_tiny().receptive_field == 1360
     # Sylber fbank: a 400-sample first frame, centre 12.5 ms
-    assert bench.frame_shift_s(build_encoder(sylber_tiny())) == pytest.approx(0.0025)
+    assert frame_shift_s(build_encoder(sylber_tiny())) == pytest.approx(0.0025)
 
 
 def tiny_dinosr():
@@ -148,6 +149,8 @@ def test_main_prints_the_report_and_its_last_line(tiny_runs, capsys):
         for key in ("utterances", "words_per_s", "recall_50ms", "precision_50ms", "chance_recall_50ms"):
             assert f"{ref}_{key}" in values
         assert 0.0 <= float(values[f"{ref}_recall_50ms"]) <= 1.0
+        assert 0.0 <= float(values[f"envelope_{ref}_recall_50ms"]) <= 1.0  # the first-stage segmenter, for reference
+    assert 1.0 < float(values["envelope_segments_per_s"]) < 10.0  # syllable-like on real read speech
     assert values["utterances"] == "3"  # fine-tune, espeak and unalignable rows left out
     assert values["hmm_utterances"] == "3" and values["ctc_utterances"] == "3"  # real read speech: all align
     # the clips are ~3 s of real read speech at 2-3 words per second, by either aligner
@@ -163,8 +166,23 @@ def test_main_prints_the_report_and_its_last_line(tiny_runs, capsys):
 
 def test_agreement_leaves_out_clips_without_a_reference():
     seg = bench.Segmentation(boundaries=[[0.1, 0.5, 0.9], [0.2, 0.6]], durations_s=[1.0, 1.0], segments=3,
-                             norm_threshold=1.0, merge_threshold=0.8, shift_s=0.0)  # fmt: skip
+                             norm_threshold=1.0, merge_threshold=0.8, shift_s=0.0, frame_rate_hz=50.0)  # fmt: skip
     g = bench.agreement("hmm", seg, [[0.12, 0.7], None], [1, 5], seed=0)
     assert (g.clips, g.words, g.seconds) == (1, 1, 1.0)
     assert g.score == bench.BoundaryScore(reference=2, reference_hit=1, hypothesis=3, hypothesis_hit=1)
     assert 0.0 <= g.chance_recall <= 1.0
+
+
+def test_envelope_segmentation_sits_on_the_sylber_frames():
+    from spokenlm.audio import load_audio
+    from spokenlm.envelope import envelope_segments
+
+    wav = load_audio(sorted((REPO / "examples").glob("*.wav"))[0])
+    clip = bench.Clip("x", wav, "text")
+    frames = wav.shape[0] // 320
+    like = bench.Segmentation(boundaries=[[]], durations_s=[frames / 50.0], segments=1, norm_threshold=1.0,
+                              merge_threshold=0.8, shift_s=0.0325, frame_rate_hz=50.0)  # fmt: skip
+    got = bench.envelope_segmentation([clip], like=like)
+    spans = envelope_segments(wav, num_frames=frames, frame_rate_hz=50.0, shift_s=0.0325)
+    assert got.segments == len(spans) > 0 and got.durations_s == like.durations_s
+    assert got.boundaries == [bench.span_boundaries(spans, frame_rate_hz=50.0, shift_s=0.0325)]

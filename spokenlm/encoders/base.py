@@ -1,7 +1,8 @@
 """The encoder seam: what every speech encoder (wav2vec 2.0, DinoSR, Sylber) returns.
 
 An encoder maps 16 kHz waveforms to a sequence of frames (50 Hz for the wav2vec 2.0 conv stack).
-It is an ``nn.Module``; this file holds only the typed output and the Protocol it satisfies.
+It is an ``nn.Module``; this file holds the typed output, the Protocol it satisfies and the helpers
+every encoder shares (input checks, layer choice, where its frames sit in time).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from torch import Tensor
+
+from spokenlm.audio import SAMPLE_RATE
 
 ENCODER_FORMAT_VERSION = 1  # of a saved encoder directory's encoder.json
 
@@ -29,6 +32,17 @@ class SpeechEncoder(Protocol):
     def __call__(self, wav: Tensor, lengths: Tensor) -> EncoderOutput:
         """wav: (B, S) float 16 kHz, zero-padded on the right; lengths: (B,) valid samples."""
         ...
+
+
+def frame_shift_s(encoder) -> float:
+    """Where an encoder's frames sit in time: frame t of an encoder at rate r covers
+    [t / r + c, (t + 1) / r + c) seconds, with c = (centre of frame 0's receptive field) - 0.5 / r;
+    0 when the encoder's config does not give its receptive field. 32.5 ms for the DinoSR log-mel
+    frontend (frame 0 sees samples [0, 1360)), 2.5 ms for a 400-sample first frame (wav2vec 2.0)."""
+    field = getattr(getattr(encoder, "config", None), "receptive_field", None)
+    if field is None:
+        return 0.0
+    return field / 2 / SAMPLE_RATE - 0.5 / encoder.frame_rate_hz
 
 
 def check_encoder_inputs(wav: Tensor, lengths: Tensor, *, min_samples: int) -> None:

@@ -19,8 +19,9 @@ This file holds, pipeline order:
 - ``build_sylber_encoder`` / ``save_sylber_encoder`` / ``load_sylber_encoder``; the loader also reads
   the authors' released checkpoint (transformers ``HubertModel`` names, 9 layers) and maps its names.
 
-Not here: noise augmentation (pass an augmented ``student_wav``), the optimiser loop (recipes), the
-stage-1 bootstrap from SD-HuBERT segments (any pretrained student can be wrapped instead).
+Not here: noise augmentation (pass an augmented ``student_wav``), the optimiser loop (recipes), where
+first-stage segments come from (the paper: SD-HuBERT; the recipe: ``spokenlm.envelope``; either is
+passed to ``SylberDistillation.forward`` as ``segments``).
 """
 
 from __future__ import annotations
@@ -695,18 +696,27 @@ class SylberDistillation(nn.Module):
         *,
         student_wav: Tensor | None = None,
         generator: torch.Generator | None = None,
+        segments: list[list[Span]] | None = None,
     ) -> SylberLoss:
         """wav: (B, S) clean audio for the teacher; student_wav: the same audio augmented (noise),
-        default ``wav``; generator draws the merge threshold."""
+        default ``wav``; generator draws the merge threshold. ``segments``: the teacher's frames of each
+        item are pooled over these instead of the teacher's own segmentation (the paper's first stage,
+        which distils another model's segments); no merge threshold is drawn and the norm statistics
+        stay as they are (``merge_threshold`` in the result is then NaN)."""
         with torch.no_grad():
             teacher = self.teacher(wav, lengths)
         target_features = teacher.features.detach().float()  # (B, T, D)
         norm_threshold = self.norm_threshold()
-        lo, hi = self.config.merge_threshold_range
-        merge = lo + (hi - lo) * float(torch.rand((), generator=generator))
-        segments = segment_batch(
-            target_features, teacher.lengths, norm_threshold=norm_threshold, merge_threshold=merge
-        )
+        if segments is None:
+            lo, hi = self.config.merge_threshold_range
+            merge = lo + (hi - lo) * float(torch.rand((), generator=generator))
+            segments = segment_batch(
+                target_features, teacher.lengths, norm_threshold=norm_threshold, merge_threshold=merge
+            )
+            own_segments = True
+        else:
+            _check_given_segments(segments, teacher.lengths)
+            merge, own_segments = math.nan, False
         means, _, token_of_frame = pool_segments(target_features, segments)  # (B, N, D), (B, T)
         inside = token_of_frame >= 0
         targets = torch.zeros_like(target_features)
@@ -724,7 +734,7 @@ class SylberDistillation(nn.Module):
         error = ((student.features.float() - targets) ** 2).sum(dim=-1)  # (B, T)
         loss = (error * weight).sum() / weight.sum().clamp(min=_EPS)
 
-        if self.training:
+        if self.training and own_segments:
             teacher_norms = target_features.norm(dim=-1)  # (B, T)
             student_norms = student.features.detach().float().norm(dim=-1)
             speech = valid & (teacher_norms >= norm_threshold)
@@ -740,6 +750,19 @@ class SylberDistillation(nn.Module):
             speech_fraction=float(inside.sum()) / max(n_valid, 1),
             segments_per_second=sum(len(s) for s in segments) / seconds if seconds else 0.0,
         )
+
+
+def _check_given_segments(segments: list[list[Span]], lengths: Tensor) -> None:
+    if len(segments) != len(lengths):
+        raise ValueError(f"segments are given for {len(segments)} items, the batch has {len(lengths)}")
+    for i, (spans, n) in enumerate(zip(segments, lengths.tolist())):
+        end = 0
+        for s, e in spans:
+            if not end <= s < e <= n:
+                raise ValueError(
+                    f"item {i}: segments must be ordered, disjoint, non-empty and within its {n} frames, got {spans}"
+                )
+            end = e
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,19 +11,26 @@ feature-norm threshold separates speech from non-speech.
 2. The student: a Sylber preset (from scratch), or an encoder directory to start from, as Sylber starts
    from HuBERT. Any `SpeechEncoder` works: the DinoSR student of `encoder-ssl` (runs/encoder-ssl/encoder)
    trains and is saved as a DinoSR encoder; the authors' checkpoint file (sylber.ckpt) loads too.
-3. Non-speech: the published recipe starts from features whose norms already tell silence apart (its
-   stage 1 takes SD-HuBERT's segments; the objective's initial norm statistics are the authors' stage-2
-   values). A fresh or DinoSR-initialised student has no such gap (a final LayerNorm gives every frame
-   about the same norm), so the norm threshold would call all or none of the frames non-speech. The
-   recipe bootstraps it instead: for `bootstrap_steps` the student learns zero on frames more than
-   `nonspeech_db` below their utterance's loudest 20 ms (an energy VAD of the clean audio) and its
-   initial features elsewhere. Then the teacher restarts from that student, and the norm statistics
-   from its own speech / non-speech norms on `norm_init_batches` batches.
+3. The first stage (`bootstrap_steps`). The published recipe's stage 1 distils over the segments of
+   SD-HuBERT, a model that is already syllabic, and starts from features whose norms already tell
+   silence apart. A fresh or DinoSR-initialised student has neither: its own segments barely follow
+   syllables, and a final LayerNorm gives every frame about the same norm, so the norm threshold would
+   call all or none of the frames non-speech. So for `bootstrap_steps` the student regresses the
+   (frozen) teacher's features averaged over the segments of the loudness envelope of the clean audio
+   (`envelope`: cuts at the dips between vowel nuclei, zero outside speech; spokenlm/envelope.py), an
+   unsupervised syllable segmenter that uses no transcript. Then the teacher restarts from that
+   student, and the norm statistics from its own speech / non-speech norms on `norm_init_batches`
+   batches (frames more than `nonspeech_db` below their utterance's loudest 20 ms are non-speech).
 4. Each step: optional white noise on the student's input (the teacher and the VAD hear clean audio)
    → loss → AdamW step → teacher EMA (not during the bootstrap). Every `eval_every` steps: held-out
    loss, and segments per second with the inference thresholds (the current norm estimate, merge 0.8);
    checkpoint (student, teacher, norm statistics).
-5. Write OUT/encoder/ (the student; a Sylber encoder carries the estimated thresholds in its config),
+5. The norm threshold to segment with: the crossing of the two Gaussians of the final student's norms,
+   split by the energy VAD as in step 3 (with `norm_init_batches` > 0, whichever stage the run ended in). Not
+   the online estimate (kept as `norm_threshold_online`): frames under it learn zero, so it feeds on
+   itself, and on the DinoSR-initialised student it drifted into speech (dev: 46 % of frames
+   non-speech, word-boundary recall 0.57, where the re-measured threshold gave 0.73).
+6. Write OUT/encoder/ (the student; a Sylber encoder carries the thresholds in its config),
    OUT/sylber.json (the thresholds to segment with, as a SyllableCompressorConfig), metrics.json,
    loss.png.
 
@@ -45,7 +52,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spokenlm.audio import SAMPLE_RATE, AudioBatch
+from spokenlm.encoders.base import frame_shift_s
 from spokenlm.encoders.sylber import MERGE_THRESHOLD, SylberLoss, SylberObjectiveConfig, check_thresholds
+from spokenlm.envelope import EnvelopeConfig, envelope_segment_batch
 from spokenlm.recipes.encoder_ssl import heldout_batches
 from spokenlm.train.data import AudioCache, BatchSchedule, speech_utterances, total_hours
 from spokenlm.train.loop import (
@@ -86,9 +95,10 @@ class SylberTrainConfig:
     student: str = "sylber_tiny"  # a preset of spokenlm.encoders.sylber, a saved encoder dir or a Sylber .ckpt
     student_overrides: dict = field(default_factory=dict)  # SylberEncoderConfig fields over a preset
     objective: SylberObjectiveConfig = field(default_factory=objective_defaults)
-    bootstrap_steps: int = 200  # energy-VAD steps first (0: the student's norms already tell silence apart)
+    bootstrap_steps: int = 200  # first-stage steps on envelope segments (0: self-segmentation from the start)
+    envelope: EnvelopeConfig = field(default_factory=EnvelopeConfig)  # the first stage's segmenter
     norm_init_batches: int = 8  # > 0: initial norm statistics from the student's own norms; 0: the objective's
-    nonspeech_db: float = 35.0  # energy VAD: a frame this far below its utterance's loudest 20 ms is non-speech
+    nonspeech_db: float = 35.0  # those norms' energy VAD: this far below the utterance's loudest 20 ms is silence
     noise_prob: float = 0.5  # share of items whose student input gets white noise
     noise_snr_db: tuple[float, float] = (5.0, 25.0)  # SNR drawn uniformly per item
     inference_merge_threshold: float = MERGE_THRESHOLD  # published 0.8; the norm threshold is estimated
@@ -126,6 +136,7 @@ class SylberTrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.objective.validate()
+        self.envelope.validate()
         self.optim.validate()
 
     def preset_config(self):
@@ -223,27 +234,24 @@ def measure_norm_stats(
 
 
 class BootstrappedSylber(nn.Module):
-    """`SylberDistillation` behind one forward for DDP to wrap. With ``bootstrap=True`` the loss is
-    instead the squared distance of the student's frames to zero on energy-silent frames and to the
-    (frozen) teacher's elsewhere, mean over valid frames; otherwise the Sylber loss."""
+    """`SylberDistillation` behind one forward for DDP to wrap. With ``bootstrap=True`` the teacher's
+    features are pooled over the loudness-envelope segments of the clean audio (the first stage);
+    otherwise over the teacher's own segments."""
 
-    def __init__(self, distill: nn.Module, *, nonspeech_db: float) -> None:
+    def __init__(self, distill: nn.Module, *, envelope: EnvelopeConfig) -> None:
         super().__init__()
-        self.distill, self.nonspeech_db = distill, nonspeech_db
+        self.distill, self.envelope = distill, envelope
+        self.shift_s = frame_shift_s(distill.student)
 
     def forward(
         self, wav: Tensor, lengths: Tensor, *, student_wav: Tensor, generator: torch.Generator, bootstrap: bool
-    ) -> Tensor | SylberLoss:
-        if not bootstrap:
-            return self.distill(wav, lengths, student_wav=student_wav, generator=generator)
-        with torch.no_grad():
-            teacher = self.distill.teacher(wav, lengths)
-        frames = dict(num_frames=teacher.features.shape[1], frame_rate_hz=teacher.frame_rate_hz)
-        speech = energy_speech_frames(wav, teacher.lengths, **frames, nonspeech_db=self.nonspeech_db)  # (B, T)
-        student = self.distill.student(student_wav, lengths)
-        target = teacher.features.float() * speech[:, :, None]  # (B, T, D)
-        valid = torch.arange(target.shape[1], device=target.device) < teacher.lengths[:, None]
-        return ((student.features.float() - target) ** 2).sum(dim=-1)[valid].mean()
+    ) -> SylberLoss:
+        segments = None
+        if bootstrap:
+            student = self.distill.student
+            segments = envelope_segment_batch(wav, lengths, student.output_lengths(lengths), config=self.envelope,
+                                              frame_rate_hz=student.frame_rate_hz, shift_s=self.shift_s)  # fmt: skip
+        return self.distill(wav, lengths, student_wav=student_wav, generator=generator, segments=segments)
 
 
 @dataclass(frozen=True)
@@ -255,15 +263,21 @@ class SylberScores:
 
 @torch.no_grad()
 def score_heldout(
-    distill: nn.Module, batches: list[AudioBatch], *, merge_threshold: float, seed: int, bf16: bool
+    distill: nn.Module,
+    batches: list[AudioBatch],
+    *,
+    merge_threshold: float,
+    seed: int,
+    bf16: bool,
+    norm_threshold: float | None = None,
 ) -> SylberScores:
-    """Held-out loss and segmentation at the inference thresholds; changes nothing (eval mode: no norm
-    update). Summed over workers."""
+    """Held-out loss and segmentation at the inference thresholds (the norm threshold: the online
+    estimate unless given); changes nothing (eval mode: no norm update). Summed over workers."""
     from spokenlm.encoders.sylber import segment_batch
 
     distill.eval()
     generator = torch.Generator().manual_seed(seed)
-    norm = distill.norm_threshold()
+    norm = distill.norm_threshold() if norm_threshold is None else norm_threshold
     totals = torch.zeros(4, dtype=torch.float64)  # loss · frames, frames, segments, frames inside segments
     for batch in batches:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -285,7 +299,7 @@ def score_heldout(
 def train(config: SylberTrainConfig) -> dict:
     from spokenlm.compress.syllable import SyllableCompressorConfig
     from spokenlm.encoders import save_encoder
-    from spokenlm.encoders.sylber import SylberDistillation, SylberEncoder
+    from spokenlm.encoders.sylber import NormThresholdEstimator, SylberDistillation, SylberEncoder
 
     config.validate()
     out = Path(config.out_dir)
@@ -306,15 +320,19 @@ def train(config: SylberTrainConfig) -> dict:
     checkpoints, metrics = Checkpointer(out), MetricsLog(out)
     state = checkpoints.restore({"distill": distill}, optimizer) or {"step": 0, "wall_s": 0.0, "audio_s": 0.0}
     step, clock, audio_s = state["step"], WallClock(state["wall_s"]), state["audio_s"]
-    model = wrap_ddp(BootstrappedSylber(distill, nonspeech_db=config.nonspeech_db))  # reduces the student's gradients
+    model = wrap_ddp(BootstrappedSylber(distill, envelope=config.envelope))  # reduces the student's gradients
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank() + step)  # noise, merge draws
+
+    def vad_norm_stats() -> tuple[float, float, float, float]:
+        """The student's speech / non-speech norm statistics by the energy VAD, on the first batches."""
+        first = [cache.batch(b) for s in range(config.norm_init_batches) for b in schedule.at(s)[:1]]
+        return measure_norm_stats(student, first, nonspeech_db=config.nonspeech_db)
 
     def start_distillation() -> None:
         """After the bootstrap: the teacher restarts from the student, the norm statistics from its norms."""
         distill.teacher.load_state_dict(student.state_dict())
         if config.norm_init_batches > 0:
-            first = [cache.batch(b) for s in range(config.norm_init_batches) for b in schedule.at(s)[:1]]
-            stats = measure_norm_stats(student, first, nonspeech_db=config.nonspeech_db)
+            stats = vad_norm_stats()
             for name, value in zip(NORM_STATS, stats):
                 getattr(distill.norm_stats, name).fill_(value)
             if is_main():
@@ -355,7 +373,7 @@ def train(config: SylberTrainConfig) -> dict:
         set_lr(optimizer, lr)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             result = model(batch.wav, batch.lengths, student_wav=noisy, generator=generator, bootstrap=bootstrap)
-        loss = result if bootstrap else result.loss
+        loss = result.loss
         loss.backward()
         clip_and_step(optimizer, student.parameters(), config.optim)
         if not bootstrap:
@@ -366,7 +384,7 @@ def train(config: SylberTrainConfig) -> dict:
             start_distillation()
         if step % config.log_every == 0 and is_main():
             if bootstrap:
-                metrics.log(step, bootstrap_loss=loss.item(), lr=lr)
+                metrics.log(step, bootstrap_loss=loss.item(), lr=lr, segments_per_second=result.segments_per_second)
             else:
                 metrics.log(step, loss=loss.item(), lr=lr, norm_threshold=result.norm_threshold,
                             merge_threshold=result.merge_threshold, speech_fraction=result.speech_fraction,
@@ -376,8 +394,18 @@ def train(config: SylberTrainConfig) -> dict:
             save()
     save()
 
-    final = evaluate()
-    norm_threshold = distill.norm_threshold()
+    online_threshold = distill.norm_threshold()
+    norm_threshold, final_stats = online_threshold, None
+    if config.norm_init_batches > 0:
+        # the threshold to segment with, measured as the distillation started: the online estimate feeds
+        # on itself (frames under it learn zero), and on small encoders it drifts into speech
+        final_stats = vad_norm_stats()
+        norm_threshold = NormThresholdEstimator(init=final_stats, decay=1.0).threshold()
+    final = score_heldout(distill, heldout, merge_threshold=config.inference_merge_threshold, seed=config.seed,
+                          bf16=config.bf16, norm_threshold=norm_threshold)  # fmt: skip
+    if is_main():
+        metrics.log(step, final_val_segments_per_second=final.segments_per_second,
+                    final_val_speech_fraction=final.speech_fraction, final_norm_threshold=norm_threshold)  # fmt: skip
     teacher_spread = spread_across_workers(torch.cat([p.detach().flatten() for p in distill.teacher.parameters()]))
     compressor = SyllableCompressorConfig(
         input_dim=student.output_dim, norm_threshold=norm_threshold, merge_threshold=config.inference_merge_threshold
@@ -399,6 +427,8 @@ def train(config: SylberTrainConfig) -> dict:
         "heldout_segments_per_second": round(final.segments_per_second, 3),  # Sylber: 3-7 on speech
         "heldout_speech_fraction": round(final.speech_fraction, 3),
         "norm_threshold": round(norm_threshold, 4),  # to segment with at inference
+        "norm_threshold_online": round(online_threshold, 4),  # the objective's running estimate
+        "norm_stats_final": [round(v, 4) for v in final_stats] if final_stats else None,  # the threshold's, by VAD
         "merge_threshold": config.inference_merge_threshold,
         "norm_stats": [round(float(getattr(distill.norm_stats, name)), 4) for name in NORM_STATS],
         "parameters": sum(p.numel() for p in student.parameters()),

@@ -398,6 +398,34 @@ def test_loss_is_squared_distance_to_teacher_segment_means_by_hand() -> None:
     assert inside_only(wav, lengths).loss.item() == pytest.approx((4 + 36 + 9 + 49 + 24) / 7)
 
 
+def test_given_segments_replace_the_teachers_own() -> None:
+    # the first stage: the teacher's frames pooled over segments from elsewhere (the loudness envelope)
+    objective = SylberObjectiveConfig(norm_stats_init=(3.0, 1.0, 0.0, 1.0), norm_stats_decay=0.5)
+    model = SylberDistillation(student=FrameEncoder(2), config=objective)
+    with torch.no_grad():
+        model.student.scale.fill_(2.0)
+    wav, lengths = _hand_case()
+    given = [[(0, 3), (4, 5)], [(1, 3)]]  # not what the teacher's own features would give
+    out = model(wav, lengths, segments=given)
+    assert out.segments == given and math.isnan(out.merge_threshold)
+    # targets: mean([3,0],[5,0],[0,.1]) = [8/3, 1/30] x3 | 0 | [0,6]; then 0 | [2,2] x2; student = 2 x teacher
+    item0 = torch.tensor([[6, 0], [10, 0], [0, 0.2], [0, 8], [0, 12]]) - torch.tensor(
+        [[8 / 3, 1 / 30]] * 3 + [[0, 0], [0, 6]]
+    )
+    errors = item0.pow(2).sum(dim=1).tolist() + [32.0, 8.0, 8.0]
+    assert out.loss.item() == pytest.approx(sum(errors) / 8)
+    assert out.speech_fraction == pytest.approx(6 / 8)
+    assert [float(getattr(model.norm_stats, n)) for n in ("signal_mean", "noise_mean")] == [3.0, 0.0]  # untouched
+    for bad, message in (
+        ([[(0, 3)]], "segments are given for 1 items, the batch has 2"),
+        ([[(0, 3), (2, 5)], []], r"item 0: segments must be ordered, disjoint, non-empty and within its 5 frames"),
+        ([[], [(0, 4)]], r"item 1: .* within its 3 frames, got \[\(0, 4\)\]"),
+        ([[(2, 2)], []], "item 0: segments must be ordered, disjoint, non-empty"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            model(wav, lengths, segments=bad)
+
+
 def test_merge_threshold_is_drawn_per_batch_within_the_range() -> None:
     model = SylberDistillation(student=FrameEncoder(2), config=SylberObjectiveConfig())
     wav, lengths = _hand_case()

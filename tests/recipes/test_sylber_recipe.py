@@ -1,5 +1,5 @@
-"""Recipe `sylber` (Sylber self-distillation) on the tiny espeak corpus: the energy-VAD bootstrap and the
-noise augmentation by construction, then a short run that learns, resumes the whole distillation state,
+"""Recipe `sylber` (Sylber self-distillation) on the tiny espeak corpus: the energy VAD of the norm statistics and
+the noise augmentation by construction, then a short run that learns, resumes the whole distillation state,
 and writes an encoder plus the thresholds to segment with; a DinoSR encoder works as the student."""
 
 import json
@@ -17,7 +17,7 @@ from spokenlm.train.loop import OptimConfig
 
 def _config(out: Path, manifest: Path, max_steps: int, **changes) -> SylberTrainConfig:
     fields = dict(
-        out_dir=str(out), manifest=str(manifest), student="sylber_tiny", bootstrap_steps=10, norm_init_batches=2,
+        out_dir=str(out), manifest=str(manifest), student="sylber_tiny", bootstrap_steps=30, norm_init_batches=2,
         max_batch_s=12.0, log_every=5, eval_every=10, optim=OptimConfig(lr=3e-3, warmup_steps=5, max_steps=max_steps),
     )  # fmt: skip
     return SylberTrainConfig(**{**fields, **changes})
@@ -54,24 +54,26 @@ def test_sylber_learns_resumes_and_writes_its_outputs(tiny_corpus, tmp_path):
     from spokenlm.model import load_bundle
 
     out = tmp_path / "out"
-    first = train(_config(out, tiny_corpus, max_steps=40))
-    assert first["steps"] == 40 and first["workers"] == 1
+    first = train(_config(out, tiny_corpus, max_steps=50))
+    assert first["steps"] == 50 and first["workers"] == 1
     # learned: the held-out distillation loss falls from where distillation started (after the bootstrap)
     assert first["heldout_loss"] < 0.9 * first["heldout_loss_start"]
     signal_mean, _, noise_mean, _ = first["norm_stats_init"]
-    assert signal_mean > noise_mean  # the bootstrap opened a gap between speech and non-speech norms
-    assert noise_mean < first["norm_threshold"] < signal_mean
+    assert signal_mean > noise_mean  # the first stage opened a gap between speech and non-speech norms
+    # the threshold to segment with lies between the final student's speech and non-speech norms
+    signal_mean, _, noise_mean, _ = first["norm_stats_final"]
+    assert noise_mean < first["norm_threshold"] < signal_mean and first["norm_threshold_online"] > 0
 
     # a rerun at the same max_steps restores student, teacher and norm statistics: same scores
-    again = train(_config(out, tiny_corpus, max_steps=40))
-    assert again["steps"] == 40 and again["heldout_loss"] == first["heldout_loss"]
+    again = train(_config(out, tiny_corpus, max_steps=50))
+    assert again["steps"] == 50 and again["heldout_loss"] == first["heldout_loss"]
     assert again["norm_threshold"] == first["norm_threshold"]
-    resumed = train(_config(out, tiny_corpus, max_steps=60))
-    assert resumed["steps"] == 60 and resumed["hours_seen"] == pytest.approx(first["hours_seen"] * 1.5, rel=0.1)
+    resumed = train(_config(out, tiny_corpus, max_steps=70))
+    assert resumed["steps"] == 70 and resumed["hours_seen"] == pytest.approx(first["hours_seen"] * 1.4, rel=0.1)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum(1 for r in rows if r["step"] == 0) == 1  # the baseline is measured once, not on resume
     assert sum(1 for r in rows if "init_signal_mean" in r) == 1  # the bootstrap ends once
-    assert [r["step"] for r in rows if "bootstrap_loss" in r or "loss" in r] == list(range(5, 61, 5))
+    assert [r["step"] for r in rows if "bootstrap_loss" in r or "loss" in r] == list(range(5, 71, 5))
     assert (out / "loss.png").stat().st_size > 1000
 
     sylber = json.loads((out / "sylber.json").read_text())
@@ -101,12 +103,34 @@ def test_a_dinosr_encoder_can_be_the_student(tiny_corpus, tmp_path):
     small = replace(dinosr_tiny(), model_dim=32, num_layers=2, num_heads=2, ffn_dim=64, fbank_channels=8,
                     pos_conv_kernel=5, pos_conv_depth=1, pos_conv_groups=4, num_codebooks=2, dropout=0.0)  # fmt: skip
     save_dinosr_encoder(build_dinosr_encoder(small), tmp_path / "dinosr")  # as encoder-ssl writes it
-    summary = train(_config(tmp_path / "out", tiny_corpus, max_steps=15, student=str(tmp_path / "dinosr")))
+    summary = train(_config(tmp_path / "out", tiny_corpus, max_steps=15, bootstrap_steps=10,
+                           student=str(tmp_path / "dinosr")))
     assert summary["steps"] == 15 and math.isfinite(summary["heldout_loss"])
     assert isinstance(load_encoder(tmp_path / "out" / "encoder"), DinoSREncoder)
     sylber = json.loads((tmp_path / "out" / "sylber.json").read_text())
     assert sylber["compressor"]["input_dim"] == 32
     assert sylber["norm_threshold"] == pytest.approx(summary["norm_threshold"], abs=1e-4)
+
+
+def test_the_first_stage_pools_over_the_loudness_envelope(tiny_corpus):
+    from spokenlm.encoders.base import frame_shift_s
+    from spokenlm.encoders.sylber import SylberDistillation, build_sylber_encoder, sylber_tiny
+    from spokenlm.envelope import EnvelopeConfig, envelope_segment_batch
+    from spokenlm.recipes.sylber import BootstrappedSylber, objective_defaults
+    from spokenlm.train.data import AudioCache, read_manifest
+
+    torch.manual_seed(0)
+    distill = SylberDistillation(student=build_sylber_encoder(sylber_tiny()), config=objective_defaults())
+    model = BootstrappedSylber(distill, envelope=EnvelopeConfig())
+    batch = AudioCache().batch(read_manifest(tiny_corpus, splits=("fine-tune",))[:3])
+    g = torch.Generator().manual_seed(0)
+    first = model(batch.wav, batch.lengths, student_wav=batch.wav, generator=g, bootstrap=True)
+    frames = distill.student.output_lengths(batch.lengths)
+    shift = frame_shift_s(distill.student)
+    assert first.segments == envelope_segment_batch(batch.wav, batch.lengths, frames, frame_rate_hz=50.0, shift_s=shift)
+    assert all(len(s) >= 3 for s in first.segments) and math.isnan(first.merge_threshold)
+    second = model(batch.wav, batch.lengths, student_wav=batch.wav, generator=g, bootstrap=False)
+    assert 0.5 <= second.merge_threshold <= 0.7  # the teacher's own segments, at a drawn threshold
 
 
 def test_without_bootstrap_distillation_starts_at_once(tiny_corpus, tmp_path):
