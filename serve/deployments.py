@@ -205,14 +205,16 @@ class LLM:
         import torch
 
         from spokenlm.lm import sample_next_token
-        from spokenlm.tasks import Entities, build_prompt, parse_output
+        from spokenlm.model import request_prompts
+        from spokenlm.tasks import Entities, parse_output
 
         t0 = time.perf_counter()
         llm = self.llm
         tokenizer = llm.tokenizer
         with torch.inference_mode():
             speech = item.projected[None].to(self.device)  # (1, N, D)
-            embeds, mask = llm.embed_prompts([build_prompt(request)], speech, _lengths([speech.shape[1]]).to(self.device))
+            prompts = request_prompts(llm, [request], None if item.char_times is None else [item.char_times])
+            embeds, mask = llm.embed_prompts(prompts, speech, _lengths([speech.shape[1]]).to(self.device))
             logits, state = llm.prefill(embeds, mask)
         generator = None
         if generation.strategy == "sample" and generation.seed is not None:

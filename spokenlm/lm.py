@@ -1,13 +1,19 @@
 """The decoder LLM: any Hugging Face causal LM, prompted with speech spliced in place of ``<audio>``.
 
 Holds ``SpeechLLM`` (prompt assembly, teacher-forced loss, KV-cached decoding), its builders
-(``load_llm`` from a Hugging Face directory, ``build_llm`` from a config for random init),
-``save_llm``, and LoRA through peft (``add_lora`` / ``save_lora`` / ``load_lora``).
+(``load_llm`` from a Hugging Face directory or a GGUF file, ``build_llm`` from a config for random
+init), ``save_llm``, and LoRA through peft (``add_lora`` / ``save_lora`` / ``load_lora``).
 
 The prompt layout follows Speech-LLaMA (Wu et al., 2023, §2.3): the task instruction is text, and the
 adapter's speech embeddings take the place of one ``<audio>`` marker token, so the LLM reads
-``<s> instruction ... [speech_1 .. speech_n] ... target </s>``. The LLM stays frozen; only the adapter
-and LoRA (Hu et al., 2021) on the attention projections are trained.
+``<s> instruction ... [speech_1 .. speech_n] ... target </s>``. A tokenizer with a chat template
+(an instruct model) gets the instruction as a user turn instead, and the target as the assistant's
+reply: ``<|im_start|>user\ninstruction ... [speech]<|im_end|>\n<|im_start|>assistant\ntarget<|im_end|>``.
+The LLM stays frozen; only the adapter and LoRA (Hu et al., 2021) on the attention projections are
+trained.
+
+A GGUF file (llama.cpp's format; e.g. SmolLM2 from pip, spokenlm/bases.py) is de-quantized once by
+transformers' GGUF reader and cached as a bf16 safetensors directory (``gguf_to_hf_dir``).
 
 Decoding is split into ``prefill`` (one forward over the prompt embeddings) and ``decode_step`` (feed K
 tokens against the KV cache). Greedy and sampling loops are written over these two, and so is
@@ -21,6 +27,8 @@ Loading never unpickles and never runs remote code.
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from spokenlm.bases import cache_dir, file_sha256
 from spokenlm.tokenizer import AUDIO_TOKEN, PAD_TOKEN
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (prompt, speech, padding)
 STRATEGIES = ("greedy", "beam", "sample")
 MAX_DRAFT_TOKENS = 32  # beyond this a draft is almost never accepted whole; a larger value is a mistake
+GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,8 +132,14 @@ class PromptBatch:
 class SpeechLLM(nn.Module):
     """A causal LM (possibly wrapped by peft) plus its tokenizer; see the module docstring."""
 
-    def __init__(self, *, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self, *, model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt_transcript: bool = False
+    ) -> None:
         super().__init__()
+        # How this LLM (its LoRA) was trained to be prompted: True = the hybrid prompt, the CTC
+        # transcript as text after the speech (`spokenlm.tasks.build_prompt(request, transcript)`).
+        # A bundle records it; `spokenlm.model.request_prompts` follows it.
+        self.prompt_transcript = prompt_transcript
         if tokenizer.convert_tokens_to_ids(AUDIO_TOKEN) in (None, tokenizer.unk_token_id):
             raise ValueError(f"tokenizer has no {AUDIO_TOKEN} token; build the LLM with load_llm or build_llm")
         if tokenizer.pad_token_id is None:
@@ -132,6 +148,12 @@ class SpeechLLM(nn.Module):
         self.tokenizer = tokenizer
         self.audio_token_id: int = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
         self.eos_token_ids: list[int] = _eos_token_ids(model, tokenizer)
+        # With a chat template, prompts are user turns and a target ends the assistant's turn with the
+        # template's end-of-turn token, which must then stop decoding too. None: plain bos + prompt.
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.end_of_turn_id: int | None = _end_of_turn_id(tokenizer) if has_template else None
+        if self.end_of_turn_id is not None and self.end_of_turn_id not in self.eos_token_ids:
+            self.eos_token_ids.append(self.end_of_turn_id)
 
     @property
     def model_dim(self) -> int:
@@ -167,15 +189,16 @@ class SpeechLLM(nn.Module):
             raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets")
         embedding = self.model.get_input_embeddings()
         device, dtype = embedding.weight.device, embedding.weight.dtype
-        bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+        # a target ends the assistant turn (chat template), else the text (eos)
+        end_id = self.eos_token_ids[0] if self.end_of_turn_id is None else self.end_of_turn_id
 
         rows: list[Tensor] = []  # per item (L_i, D)
         row_labels: list[Tensor] = []  # per item (L_i,)
         for i, prompt in enumerate(prompts):
-            ids = bos + self.tokenizer(prompt, add_special_tokens=False).input_ids
+            ids = self.prompt_ids(prompt)
             target_ids = []
             if targets is not None:
-                target_ids = self.tokenizer(targets[i], add_special_tokens=False).input_ids + [self.eos_token_ids[0]]
+                target_ids = self.tokenizer(targets[i], add_special_tokens=False).input_ids + [end_id]
             token_embeds = embedding(torch.tensor(ids + target_ids, device=device))  # (T_i, D)
             prompt_embeds, target_embeds = token_embeds[: len(ids)], token_embeds[len(ids) :]
             if speech is not None:
@@ -198,6 +221,24 @@ class SpeechLLM(nn.Module):
             mask[i, span] = 1
             labels[i, span] = lab
         return PromptBatch(embeds, mask, labels if targets is not None else None)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of one prompt, up to where the reply starts: the chat template's user turn and
+        assistant header when the tokenizer has a template, else bos + the prompt text."""
+        if self.end_of_turn_id is None:
+            bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+            return bos + self.tokenizer(prompt, add_special_tokens=False).input_ids
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids  # the template wrote any bos itself
+        markers = ids.count(self.audio_token_id)
+        if markers != prompt.count(AUDIO_TOKEN):  # a template that edits or repeats the content
+            raise ValueError(
+                f"the chat template turned {prompt.count(AUDIO_TOKEN)} {AUDIO_TOKEN} marker(s) into {markers} "
+                f"{AUDIO_TOKEN} token(s): {text!r}"
+            )
+        return ids
 
     def _check_speech(self, prompts: Sequence[str], speech: Tensor | None, speech_lengths: Tensor | None) -> None:
         if len(prompts) == 0:
@@ -696,6 +737,29 @@ def _eos_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list
     return ids
 
 
+_REPLY = "spokenlm-reply"  # plain text, so any template copies it unchanged
+
+
+def _end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The special token the chat template closes an assistant turn with (<|im_end|>, <|eot_id|>,
+    <end_of_turn>, </s>): the first special token the template writes after a reply."""
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _REPLY}]
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False)
+    except Exception as e:  # jinja errors, or a template that rejects this conversation
+        raise ValueError(f"the tokenizer's chat template cannot write a user and an assistant turn: {e}") from e
+    if _REPLY not in text:
+        raise ValueError(f"the tokenizer's chat template drops the assistant's reply: {text!r}")
+    after = tokenizer(text[text.rindex(_REPLY) + len(_REPLY) :], add_special_tokens=False).input_ids
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    closing = [i for i in after if i in special]
+    if not closing:
+        raise ValueError(
+            f"the tokenizer's chat template ends an assistant turn with no special token: {text!r}"
+        )
+    return closing[0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Builders
 
@@ -712,9 +776,16 @@ def _add_special_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase) ->
             tokenizer.pad_token = tokenizer.eos_token
         else:
             tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        # The <audio> row is never read (speech replaces it); mean init keeps its logit ordinary.
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    old_rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > old_rows:
+        # The <audio> row is never read (speech replaces it); the mean of the old rows keeps its logit
+        # ordinary. transformers' mean_resizing adds a random draw to the mean: without it every load
+        # of a base gives the same weights, which a LoRA trained on them relies on.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        tables = [m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+        with torch.no_grad():
+            for weight in {id(w): w for w in tables}.values():  # (V, D) each; tied embeddings once
+                weight[old_rows:] = weight[:old_rows].mean(dim=0)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
@@ -722,8 +793,11 @@ def _add_special_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase) ->
 def load_llm(
     path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None
 ) -> SpeechLLM:
-    """Load a Hugging Face causal-LM directory (config.json, *.safetensors, tokenizer files)."""
+    """Load a Hugging Face causal-LM directory (config.json, *.safetensors, tokenizer files), or a
+    GGUF file: de-quantized on its first load, read from the cache after (``gguf_to_hf_dir``)."""
     path = Path(path)
+    if path.is_file():
+        path = gguf_to_hf_dir(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model directory: no config.json")
     has_safetensors = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
@@ -743,6 +817,84 @@ def load_llm(
     if device is not None:
         model.to(device)
     return SpeechLLM(model=model, tokenizer=tokenizer)
+
+
+def gguf_to_hf_dir(path: str | Path) -> Path:
+    """The Hugging Face directory (bf16 safetensors, tokenizer with its chat template) of a GGUF file.
+
+    The first call de-quantizes with transformers' GGUF reader (pip ``gguf``) and saves the result in
+    ``<cache>/gguf/<sha256 of the file>/``, written under a temporary name and renamed, so an
+    interrupted or concurrent first load never leaves a half directory. Later calls only hash the
+    file (0.1 s for SmolLM2's 98 MB; parsing its header would take 3 s, for the vocabulary arrays).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != GGUF_MAGIC:
+        raise ValueError(
+            f"{path} is neither a Hugging Face model directory nor a GGUF file (it starts with {head!r}, "
+            f"not {GGUF_MAGIC!r})"
+        )
+    out = cache_dir() / "gguf" / file_sha256(path)
+    if (out / "config.json").is_file():
+        return out
+    fields = _gguf_fields(path)
+    _check_gguf_architecture(path, fields)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    source = {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(**source, trust_remote_code=False)
+    _special_tokens_from_gguf(tokenizer, fields)
+    model = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.bfloat16, trust_remote_code=False)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another process finished first: its directory is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").is_file():
+            raise
+    return out
+
+
+def _gguf_fields(path: Path) -> dict[str, Any]:
+    """The metadata of a GGUF file (not its tensors, nor its vocabulary arrays), or a ValueError
+    naming what is wrong with it."""
+    from gguf import GGUFReader
+
+    vocabulary = {f"tokenizer.ggml.{name}" for name in ("tokens", "scores", "token_type", "merges")}  # large, unused
+    try:
+        reader = GGUFReader(str(path))  # memory-maps the file; parses the header, tensors stay unread
+        return {name: field.contents() for name, field in reader.fields.items() if name not in vocabulary}
+    except Exception as e:  # truncated or corrupt: numpy / struct errors from the parser
+        raise ValueError(f"{path} is not a readable GGUF file: {type(e).__name__}: {e}") from e
+
+
+def _check_gguf_architecture(path: Path, fields: dict[str, Any]) -> None:
+    """Refuse, before any de-quantizing, a GGUF file transformers cannot turn into a causal LM."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    architecture = fields.get("general.architecture")
+    # names transformers' reader renames before its own check (modeling_gguf_pytorch_utils)
+    renamed = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}.get(architecture, architecture)
+    # its list also holds metadata sections ("general", "tokenizer") and the T5 encoder-decoders
+    causal = set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer", "t5", "umt5"}
+    if renamed not in causal:
+        raise ValueError(
+            f"{path}: GGUF architecture {architecture!r} is not a causal LM that transformers can de-quantize; "
+            f"supported: {', '.join(sorted(causal))}"
+        )
+
+
+def _special_tokens_from_gguf(tokenizer: PreTrainedTokenizerBase, fields: dict[str, Any]) -> None:
+    # transformers 4.57's GGUF Llama tokenizer takes eos from bos_token_id (GGUFLlamaConverter) and
+    # drops the pad id: set bos / eos / unk / pad from the ids the file itself declares.
+    names = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}
+    for name, key in names.items():
+        token_id = fields.get(f"tokenizer.ggml.{key}")
+        if token_id is not None and 0 <= int(token_id) < len(tokenizer):
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
 
 
 def build_llm(config: PretrainedConfig | dict, tokenizer: PreTrainedTokenizerBase) -> SpeechLLM:
@@ -812,14 +964,17 @@ def add_lora(
     config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), task_type="CAUSAL_LM"
     )
-    return SpeechLLM(model=get_peft_model(llm.model, config), tokenizer=llm.tokenizer)
+    model = get_peft_model(llm.model, config)
+    return SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript)
 
 
 def save_lora(llm: SpeechLLM, path: str | Path) -> None:
     """Save only the LoRA weights and config (a peft adapter dir, adapter_model.safetensors)."""
     if not llm.has_lora:
         raise ValueError("this LLM has no LoRA weights to save; call add_lora or load_lora first")
-    llm.model.save_pretrained(str(path), safe_serialization=True)
+    # The embeddings are frozen, and rows _add_special_tokens appended are rebuilt identically on every
+    # load: without this, peft saves both whole tables of a resized model (227 MB for SmolLM2).
+    llm.model.save_pretrained(str(path), safe_serialization=True, save_embedding_layers=False)
 
 
 def load_lora(llm: SpeechLLM, path: str | Path, *, trainable: bool = False) -> SpeechLLM:
@@ -836,7 +991,7 @@ def load_lora(llm: SpeechLLM, path: str | Path, *, trainable: bool = False) -> S
     for p in llm.model.parameters():
         p.requires_grad_(False)
     model = PeftModel.from_pretrained(llm.model, str(path), is_trainable=trainable)
-    return SpeechLLM(model=model, tokenizer=llm.tokenizer)
+    return SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript)
 
 
 __all__ = [
@@ -851,6 +1006,7 @@ __all__ = [
     "SpeechLLM",
     "add_lora",
     "build_llm",
+    "gguf_to_hf_dir",
     "load_llm",
     "load_lora",
     "sample_next_token",

@@ -12,6 +12,11 @@
     DIR/draft/               optional draft LM for speculative decoding: llm/ (an HF dir) and, when the
                              draft hears the speech, adapter.safetensors (target speech -> draft width)
 
+The encoder and the LLM may instead be named by the pretrained base they are (spokenlm/bases.py):
+`"llm": {"base": {"package", "version", "path", "sha256"}, "lora": "lora"}`, `"encoder": {"base": {...},
+"kind": "whisper", "layer": "last"}`; then the bundle holds only what was trained (CTC head, adapter,
+LoRA), and loading finds the base with `resolve_base`, verified by its hash.
+
 Long recordings are cut at pauses into chunks of at most `max_chunk_s`; each chunk is encoded and
 compressed on its own and the compressed tokens are concatenated in order, with their times kept.
 The LLM thus sees the whole recording without any attention over its raw frames (the restricted
@@ -34,16 +39,18 @@ from torch import Tensor, nn
 
 from spokenlm.adapter import Adapter, AdapterConfig, build_adapter
 from spokenlm.audio import SAMPLE_RATE, batch_audio, split_on_silence
+from spokenlm.bases import BaseError, BaseRef, resolve_base
 from spokenlm.compress import build_compressor, load_compressor, save_compressor
 from spokenlm.compress.base import CompressedOutput
 from spokenlm.compress.ctc import CTCCompressor, CTCCompressorConfig
 from spokenlm.compress.stack import StackCompressorConfig
 from spokenlm.compress.syllable import SyllableCompressorConfig
-from spokenlm.encoders import build_encoder, load_encoder, save_encoder
+from spokenlm.encoders import ENCODER_KINDS, build_encoder, load_encoder, save_encoder
 from spokenlm.encoders.base import EncoderOutput
 from spokenlm.encoders.dinosr import DinoSREncoderConfig
 from spokenlm.encoders.sylber import SylberEncoderConfig
-from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig
+from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig, load_wav2vec2_encoder
+from spokenlm.encoders.whisper import WhisperEncoderConfig, load_whisper_encoder
 from spokenlm.lm import (
     DraftLM,
     GenerationConfig,
@@ -59,8 +66,11 @@ from spokenlm.lm import (
 from spokenlm.tasks import TASK_NAMES, Entities, TaskRequest, TaskResult, build_prompt, parse_output
 
 BUNDLE_FORMAT_VERSION = 1
+# The encoder kinds a bundle may name by base: their loaders also read foreign checkpoint dirs (HF,
+# CTranslate2, fairseq) and take the layer choice.
+BASE_ENCODER_LOADERS = {"wav2vec2": load_wav2vec2_encoder, "whisper": load_whisper_encoder}
 
-EncoderConfig = Wav2Vec2EncoderConfig | DinoSREncoderConfig | SylberEncoderConfig
+EncoderConfig = Wav2Vec2EncoderConfig | DinoSREncoderConfig | SylberEncoderConfig | WhisperEncoderConfig
 CompressorConfig = CTCCompressorConfig | StackCompressorConfig | SyllableCompressorConfig
 
 
@@ -284,7 +294,7 @@ def decode_requests(
     recording = list(range(len(requests))) if recording is None else list(recording)
     if len(recording) != len(requests):
         raise ValueError(f"got {len(requests)} requests for {len(recording)} recording indices")
-    prompts = [build_prompt(r) for r in requests]  # validates every request first
+    prompts = request_prompts(llm, requests, char_times, recording)  # validates every request first
     if recording != list(range(projected.shape[0])):
         index = torch.tensor(recording, device=projected.device)
         projected, lengths = projected[index], lengths.to(projected.device)[index]
@@ -299,6 +309,22 @@ def decode_requests(
             result = locate_entities(result, char_times[item])
         results.append(result)
     return results
+
+
+def request_prompts(
+    llm: SpeechLLM,
+    requests: Sequence[TaskRequest],
+    char_times: Sequence[list[tuple[str, float, float]]] | None,
+    recording: Sequence[int] | None = None,
+) -> list[str]:
+    """The prompt of each request: plain, or hybrid (the recording's CTC transcript after the speech)
+    when the LLM was trained so (`SpeechLLM.prompt_transcript`, from the bundle)."""
+    recording = list(range(len(requests))) if recording is None else list(recording)
+    if not llm.prompt_transcript:
+        return [build_prompt(r) for r in requests]
+    if char_times is None:
+        raise ValueError("this LLM was trained with the CTC transcript in its prompt, but the compressor gave none")
+    return [build_prompt(r, "".join(c for c, _, _ in char_times[i])) for r, i in zip(requests, recording)]
 
 
 def run_outputs(
@@ -371,14 +397,32 @@ def build_speechlm(config: SpeechLMConfig) -> SpeechLM:
     return SpeechLM(encoder=encoder, compressor=compressor, adapter=adapter, llm=llm, max_chunk_s=config.max_chunk_s)
 
 
-def save_bundle(model: SpeechLM, path: str | Path) -> Path:
+def save_bundle(
+    model: SpeechLM, path: str | Path, *, encoder_base: BaseRef | None = None, llm_base: BaseRef | None = None
+) -> Path:
+    """Write `model` as a bundle directory (module docstring).
+
+    encoder_base / llm_base: that part is the pretrained base, unchanged (the caller knows; nothing
+    here compares weights): the bundle names the base instead of holding its weights. The LLM's LoRA
+    and a "weighted" encoder's layer weights, which are trained, are saved either way.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_encoder(model.encoder, path / "encoder")
+    if encoder_base is None:
+        save_encoder(model.encoder, path / "encoder")
+        encoder_meta = {"dir": "encoder"}
+    else:
+        encoder_meta = _save_encoder_reference(model.encoder, encoder_base, path)
     save_compressor(model.compressor, path / "compressor")
     save_file({k: v.contiguous() for k, v in model.adapter.state_dict().items()}, path / "adapter.safetensors")
     has_lora = getattr(model.llm, "has_lora", False)
-    save_llm(model.llm, path / "llm")
+    if llm_base is None:
+        save_llm(model.llm, path / "llm")
+        llm_meta = {"dir": "llm", "lora": "lora" if has_lora else None}
+    else:
+        llm_base.validate()
+        llm_meta = {"base": llm_base.to_json(), "lora": "lora" if has_lora else None}
+    llm_meta["prompt_transcript"] = model.llm.prompt_transcript
     if has_lora:
         save_lora(model.llm, path / "lora")
     draft_meta = None
@@ -391,10 +435,10 @@ def save_bundle(model: SpeechLM, path: str | Path) -> Path:
             draft_meta["adapter"] = dataclasses.asdict(model.draft.adapter.config)
     meta = {
         "format_version": BUNDLE_FORMAT_VERSION,
-        "encoder": {"dir": "encoder"},
+        "encoder": encoder_meta,
         "compressor": {"dir": "compressor"},
         "adapter": dataclasses.asdict(model.adapter.config),
-        "llm": {"dir": "llm", "lora": "lora" if has_lora else None},
+        "llm": llm_meta,
         "draft": draft_meta,
         "max_chunk_s": model.max_chunk_s,
         "trained": model.info.trained,
@@ -403,6 +447,25 @@ def save_bundle(model: SpeechLM, path: str | Path) -> Path:
     }
     (path / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
+
+
+ENCODER_LAYER_WEIGHTS = "encoder_layer_weights.safetensors"  # a base encoder's trained layer mix
+
+
+def _save_encoder_reference(encoder: nn.Module, base: BaseRef, path: Path) -> dict:
+    """The spokenlm.json entry naming `base` as the encoder (and its trained layer mix, if any)."""
+    base.validate()
+    kind = next((name for name, k in ENCODER_KINDS.items() if isinstance(encoder, k.module_type)), None)
+    if kind not in BASE_ENCODER_LOADERS:
+        kinds = " or ".join(BASE_ENCODER_LOADERS)
+        raise ValueError(f"a {type(encoder).__name__} cannot be named by a base; bases are {kinds} encoders")
+    meta = {"base": base.to_json(), "kind": kind, "layer": encoder.config.layer}
+    if getattr(encoder.config, "bf16", False):  # Whisper: runs under bfloat16 autocast (as it was trained on)
+        meta["bf16"] = True
+    if getattr(encoder, "layer_logits", None) is not None:  # layer="weighted": (L + 1,) learned logits
+        save_file({"layer_logits": encoder.layer_logits.detach().cpu().contiguous()}, path / ENCODER_LAYER_WEIGHTS)
+        meta["layer_weights"] = ENCODER_LAYER_WEIGHTS
+    return meta
 
 
 class BundleError(ValueError):
@@ -427,10 +490,44 @@ def read_bundle_meta(path: str | Path) -> dict:
 # One loader per part, so a process (a Ray actor) that runs one stage loads only its part.
 
 
+def bundle_bases(path: str | Path) -> list[BaseRef]:
+    """The pretrained bases a bundle names (encoder first), checked; empty when it holds every part."""
+    meta = read_bundle_meta(path)
+    return [_base_ref(path, meta, part) for part in ("encoder", "llm") if "base" in _part(path, meta, part)]
+
+
+def _part(path: str | Path, meta: dict, name: str) -> dict:
+    part = meta.get(name)
+    if not isinstance(part, dict) or ("dir" in part) == ("base" in part):
+        raise BundleError(f"{Path(path) / 'spokenlm.json'}: {name!r} needs one of 'dir' or 'base', got {part!r}")
+    return part
+
+
+def _base_ref(path: str | Path, meta: dict, name: str) -> BaseRef:
+    try:
+        return BaseRef.from_json(meta[name]["base"])
+    except BaseError as e:
+        raise BundleError(f"{Path(path) / 'spokenlm.json'}: {name}.base: {e}") from e
+
+
 def load_bundle_encoder(path: str | Path) -> tuple[nn.Module, float]:
     """The encoder of a bundle, in eval mode, and the bundle's max_chunk_s."""
     meta = read_bundle_meta(path)
-    return load_encoder(Path(path) / meta["encoder"]["dir"]).eval(), float(meta["max_chunk_s"])
+    part = _part(path, meta, "encoder")
+    if "dir" in part:
+        return load_encoder(Path(path) / part["dir"]).eval(), float(meta["max_chunk_s"])
+    kind, layer = part.get("kind"), part.get("layer", "last")
+    if kind not in BASE_ENCODER_LOADERS:
+        raise BundleError(
+            f"{Path(path) / 'spokenlm.json'}: encoder kind {kind!r} cannot be loaded from a base; "
+            f"expected one of {', '.join(BASE_ENCODER_LOADERS)}"
+        )
+    options = {"bf16": True} if part.get("bf16") else {}
+    encoder = BASE_ENCODER_LOADERS[kind](resolve_base(_base_ref(path, meta, "encoder"), bundle=path), layer=layer, **options)
+    if part.get("layer_weights"):
+        with torch.no_grad():
+            encoder.layer_logits.copy_(_load_safetensors(Path(path) / part["layer_weights"])["layer_logits"])
+    return encoder.eval(), float(meta["max_chunk_s"])
 
 
 def load_bundle_compressor(path: str | Path) -> tuple[nn.Module, Adapter]:
@@ -445,9 +542,14 @@ def load_bundle_compressor(path: str | Path) -> tuple[nn.Module, Adapter]:
 def load_bundle_llm(path: str | Path) -> SpeechLLM:
     """The decoder LLM of a bundle (its LoRA applied, when it has one), in eval mode."""
     meta = read_bundle_meta(path)
-    llm = load_llm(Path(path) / meta["llm"]["dir"])
-    if meta["llm"].get("lora"):
-        llm = load_lora(llm, Path(path) / meta["llm"]["lora"])
+    part = _part(path, meta, "llm")
+    if "dir" in part:
+        llm = load_llm(Path(path) / part["dir"])
+    else:  # a GGUF file or an HF dir of a pip package; a GGUF file is de-quantized once, then cached
+        llm = load_llm(resolve_base(_base_ref(path, meta, "llm"), bundle=path))
+    if part.get("lora"):
+        llm = load_lora(llm, Path(path) / part["lora"])
+    llm.prompt_transcript = bool(part.get("prompt_transcript", False))
     return llm.eval()
 
 

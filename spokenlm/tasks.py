@@ -39,6 +39,7 @@ DIALOG_ACTS: tuple[str, ...] = (
     "statement_problem", "thanks",
 )  # fmt: skip
 TARGET_LANGUAGES: dict[str, str] = {"es": "Spanish", "fr": "French", "de": "German"}
+TRANSCRIPT_HINT = "Recognizer transcript (may contain errors): "  # the hybrid prompt's text line
 
 
 # --- typed results -------------------------------------------------------------------------------
@@ -221,9 +222,10 @@ class TaskSpec:
     target: Callable[[dict], str] = field(repr=False)  # labels of one example -> target text
     parse: Callable[[str, TaskRequest], TaskResult] = field(repr=False)
 
-    def prompt(self, request: TaskRequest) -> str:
+    def prompt(self, request: TaskRequest, transcript: str | None = None) -> str:
         lang = TARGET_LANGUAGES.get(request.target_lang or "", "")
-        return f"{AUDIO_MARKER}\n" + self.instruction.format(lang=lang, question=request.question or "")
+        heard = "" if transcript is None else f"{TRANSCRIPT_HINT}{_normalise_space(transcript)}\n"
+        return f"{AUDIO_MARKER}\n{heard}" + self.instruction.format(lang=lang, question=request.question or "")
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -277,9 +279,12 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def build_prompt(request: TaskRequest) -> str:
+def build_prompt(request: TaskRequest, transcript: str | None = None) -> str:
+    """The instruction for `request`, the speech at the `<audio>` marker. With `transcript` (the
+    hybrid prompt, as DeSTA2 gives its LLM the recognizer's words): the CTC compressor's transcript
+    follows the speech as text, so the LLM reads both what was heard and a first guess at the words."""
     request.validate()
-    return TASKS[request.task].prompt(request)
+    return TASKS[request.task].prompt(request, transcript)
 
 
 def parse_output(request: TaskRequest, text: str) -> TaskResult:

@@ -31,3 +31,46 @@ def tiny_bundle(tmp_path_factory) -> Path:
 def example_clips() -> list[Path]:
     assert EXAMPLE_CLIPS, "examples/*.wav are part of the repository"
     return EXAMPLE_CLIPS
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random Whisper (vocabulary 64, width 16) with its tokenizer and a Whisper-style generation
+    config, as save_pretrained writes it ("hf"), and ctranslate2's own conversions of it with the
+    tokenizer copied in ("ct2_float32", "ct2_int8": what faster-whisper runs). Token ids: 0-25 a-z,
+    26 space, 27 <|endoftext|>, 28 <|startoftranscript|>, 29 <|en|>, ..., 35 <|notimestamps|>."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GenerationConfig, PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
+
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    root = tmp_path_factory.mktemp("tiny-whisper")
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]  # fmt: skip
+    tok = Tokenizer(models.WordLevel(vocab={c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz ")}, unk_token="a"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, additional_special_tokens=specials, eos_token="<|endoftext|>", unk_token="a"
+    ).save_pretrained(root / "hf")
+    config = WhisperConfig(
+        vocab_size=64, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_target_positions=448,  # as every released Whisper: faster-whisper decodes up to 448 positions
+        decoder_start_token_id=28, eos_token_id=27, pad_token_id=27, bos_token_id=27,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    for p in model.parameters():  # larger than HF's init, so the audio visibly changes the output
+        p.data.normal_(0, 0.2)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=28, eos_token_id=27, pad_token_id=27, bos_token_id=27, max_length=448,
+        no_timestamps_token_id=35, is_multilingual=False, suppress_tokens=[25], begin_suppress_tokens=[8, 27],
+    )  # fmt: skip
+    model.save_pretrained(root / "hf", safe_serialization=True)
+    dirs = {"hf": root / "hf"}
+    for quantization in ("float32", "int8"):
+        out = root / f"ct2_{quantization}"
+        converter = ctranslate2.converters.TransformersConverter(str(root / "hf"), copy_files=["tokenizer.json"])
+        converter.convert(str(out), quantization=quantization, force=True)
+        dirs[f"ct2_{quantization}"] = out
+    return dirs

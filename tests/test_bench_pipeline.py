@@ -1,4 +1,6 @@
-"""spokenlm.peers.Pocketsphinx and bench/pipeline.py (`spokenlm bench pipeline`)."""
+"""spokenlm.peers.Pocketsphinx and bench/pipeline.py (`spokenlm bench pipeline`): our bundle, pocketsphinx,
+Whisper tiny.en through transformers and faster-whisper on the same clips (WhisperPeer and FasterWhisper
+themselves are tested in test_peers.py)."""
 
 import re
 from pathlib import Path
@@ -65,20 +67,63 @@ def test_pocketsphinx_aligner_names_what_cannot_align(example_clips):
         aligner.align(torch.zeros(2, 100), text)
 
 
+def _tiny_en() -> Path:
+    try:
+        from spokenlm.bases import WHISPER_TINY_EN, resolve_base
+
+        return resolve_base(WHISPER_TINY_EN)
+    except Exception as e:  # BaseError when not fetched
+        pytest.skip(f"Whisper tiny.en base not available: {e}")
+
+
+def _last_line(out: str) -> dict[str, str]:
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("bench pipeline: "), last
+    return dict(field.split("=", 1) for field in last.removeprefix("bench pipeline: ").split())
+
+
 @needs_librivox
 @pytest.mark.slow
-def test_spokenlm_bench_pipeline_prints_both_systems(tiny_bundle, capsys):
-    code = main(["bench", "pipeline", "--model", str(tiny_bundle), "--tsv", str(LIBRIVOX / "manifest.tsv"),
-                 "--max-new-tokens", "4", "--batch", "2"])  # fmt: skip
+def test_spokenlm_bench_pipeline_puts_the_bundle_beside_three_peers(tiny_bundle, capsys):
+    whisper = _tiny_en()
+    code = main(["bench", "pipeline", "--model", str(tiny_bundle), "--whisper", str(whisper),
+                 "--tsv", str(LIBRIVOX / "manifest.tsv"), "--max-new-tokens", "4", "--batch", "2", "--threads", "1"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0 and "UNTRAINED" in out
-    last = out.strip().splitlines()[-1]
-    m = re.fullmatch(
-        r"bench pipeline: clips=5 audio_min=\S+ ours_wer=(\S+) ours_rtf=(\S+) pocketsphinx_wer=(\S+) "
-        r"pocketsphinx_rtf=(\S+) ratio=(\S+)",
-        last,
-    )
-    assert m, last
-    ours_wer, ours_rtf, peer_wer, peer_rtf, ratio = map(float, m.groups())
-    assert peer_wer < 50 and ours_rtf > 0 and peer_rtf > 0
-    assert ratio == pytest.approx(peer_wer / ours_wer, abs=0.01)
+    for name in ("ours", "pocketsphinx", "whisper_hf", "faster_whisper"):
+        assert re.search(rf"^\| {name} \| [\d.]+ \| [\d.]+ \| \d+ \| -?\d+ \| ", out, re.M), name
+    line = _last_line(out)
+    assert list(line) == [
+        "clips", "audio_min",
+        "ours_wer", "ours_rtf", "ours_rss_mb", "pocketsphinx_wer", "pocketsphinx_rtf", "pocketsphinx_rss_mb",
+        "whisper_hf_wer", "whisper_hf_rtf", "whisper_hf_rss_mb",
+        "faster_whisper_wer", "faster_whisper_rtf", "faster_whisper_rss_mb", "ratio_is", "ratio",
+    ]  # fmt: skip
+    v = {k: float(x) for k, x in line.items() if k != "ratio_is"}
+    assert v["clips"] == 5 and line["ratio_is"] == "faster_whisper_rtf/ours_rtf"
+    assert v["pocketsphinx_wer"] < 50  # percent; measured 27
+    assert v["whisper_hf_wer"] <= 10 and v["faster_whisper_wer"] <= 10  # issue 14: WER <= 0.10; measured 4.2
+    assert all(v[f"{n}_rtf"] > 0 and v[f"{n}_rss_mb"] > 100 for n in ("ours", "pocketsphinx", "whisper_hf", "faster_whisper"))
+    assert v["ratio"] == pytest.approx(v["faster_whisper_rtf"] / v["ours_rtf"], rel=0.02, abs=0.01)
+
+
+@pytest.mark.slow
+def test_bench_pipeline_without_a_bundle_compares_the_peers_and_says_so(tiny_whisper, example_clips, capsys):
+    code = main(["bench", "pipeline", "--peers-only", "--whisper", str(tiny_whisper["ct2_int8"]),
+                 "--tsv", str(example_clips[0].parent / "manifest.tsv"), "--threads", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "note: --peers-only: comparing the peers only" in out
+    line = _last_line(out)
+    assert line["clips"] == "2" and line["ours"] == "none" and "ours_wer" not in line
+    assert line["ratio_is"] == "faster_whisper_rtf/whisper_hf_rtf"
+    ratio = float(line["faster_whisper_rtf"]) / float(line["whisper_hf_rtf"])
+    assert float(line["ratio"]) == pytest.approx(ratio, rel=0.02, abs=0.01)
+
+
+def test_bench_pipeline_refuses_what_is_not_a_bundle(tmp_path, capsys):
+    assert main(["bench", "pipeline", "--model", str(tmp_path), "--tsv", "x.tsv"]) == 2
+    assert f"--model {tmp_path}: no spokenlm.json there, so not a bundle" in capsys.readouterr().err
+    assert main(["bench", "pipeline", "--model", str(tmp_path), "--peers-only", "--tsv", "x.tsv"]) == 2
+    assert "give --model or --peers-only, not both" in capsys.readouterr().err
+    assert main(["bench", "pipeline", "--peers-only"]) == 2
+    assert "no clips: give --manifest and/or --tsv" in capsys.readouterr().err

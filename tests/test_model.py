@@ -204,3 +204,31 @@ def test_ctc_draft_decoding_gives_the_same_results(tiny_bundle, example_clips):
     plain = model.run(wavs, _requests(), GenerationConfig(max_new_tokens=8))
     drafted = model.run(wavs, _requests(), GenerationConfig(max_new_tokens=8, ctc_draft=True))
     assert [o.result for o in drafted] == [o.result for o in plain]
+
+
+def test_a_hybrid_prompt_bundle_puts_the_ctc_transcript_in_its_prompts(tmp_path, tiny_bundle, example_clips):
+    """The bundle records how its LLM was prompted; every loader and `request_prompts` follow it."""
+    import json
+    import shutil
+
+    from spokenlm.audio import load_audio
+    from spokenlm.model import load_bundle, load_bundle_llm, request_prompts, save_bundle
+    from spokenlm.tasks import TRANSCRIPT_HINT, TaskRequest
+
+    model = load_bundle(tiny_bundle)
+    assert not model.llm.prompt_transcript
+    model.llm.prompt_transcript = True
+    hybrid = save_bundle(model, tmp_path / "hybrid")
+    assert json.loads((hybrid / "spokenlm.json").read_text())["llm"]["prompt_transcript"] is True
+    llm = load_bundle_llm(hybrid)
+    assert llm.prompt_transcript
+    chars = [[("h", 0.0, 0.1), ("i", 0.1, 0.2)]]
+    (prompt,) = request_prompts(llm, [TaskRequest(task="asr")], chars)
+    assert f"{TRANSCRIPT_HINT}hi\n" in prompt
+    with pytest.raises(ValueError, match="trained with the CTC transcript in its prompt, but the compressor gave none"):
+        request_prompts(llm, [TaskRequest(task="asr")], None)
+    # and the whole graph runs with it
+    reloaded = load_bundle(hybrid)
+    (out,) = reloaded.run([load_audio(example_clips[0])], [TaskRequest(task="asr")])
+    assert isinstance(out.result.text, str)
+    shutil.rmtree(hybrid)

@@ -123,3 +123,14 @@ def test_dialog_act_target_and_parser_agree():
 def test_every_parser_tolerates_malformed_output(task, text):
     result = parse_output(_request(task), text)
     assert result.raw == (" ".join(text.split()) if task == "ner" else text)
+
+
+def test_hybrid_prompt_carries_the_transcript_after_the_speech():
+    from spokenlm.tasks import AUDIO_MARKER, TRANSCRIPT_HINT, TaskRequest, build_prompt
+
+    plain = build_prompt(TaskRequest(task="asr"))
+    hybrid = build_prompt(TaskRequest(task="asr"), transcript="  the  cat sat ")
+    assert plain == f"{AUDIO_MARKER}\nTranscribe the speech."
+    assert hybrid == f"{AUDIO_MARKER}\n{TRANSCRIPT_HINT}the cat sat\nTranscribe the speech."
+    qa = build_prompt(TaskRequest(task="qa", question="who?"), transcript="")
+    assert qa == f"{AUDIO_MARKER}\n{TRANSCRIPT_HINT}\nAnswer the question about the speech. Question: who?"

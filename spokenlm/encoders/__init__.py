@@ -1,4 +1,5 @@
-"""Speech encoders behind the `SpeechEncoder` seam, and one place that builds, saves and loads them.
+"""Speech encoders (wav2vec 2.0, DinoSR, Sylber, Whisper) behind the `SpeechEncoder` seam, and one
+place that builds, saves and loads them.
 
 Each kind registers its config type, builder, saver and loader here; `SpeechLM` and the bundle code
 call only `build_encoder` / `save_encoder` / `load_encoder`, so a new encoder plugs in with no other
@@ -29,6 +30,13 @@ from spokenlm.encoders.sylber import (
     load_sylber_encoder,
     save_sylber_encoder,
 )
+from spokenlm.encoders.whisper import (
+    WhisperEncoder,
+    WhisperEncoderConfig,
+    build_whisper_encoder,
+    load_whisper_encoder,
+    save_whisper_encoder,
+)
 from spokenlm.encoders.wav2vec2 import (
     Wav2Vec2Encoder,
     Wav2Vec2EncoderConfig,
@@ -37,7 +45,10 @@ from spokenlm.encoders.wav2vec2 import (
     save_wav2vec2_encoder,
 )
 
-__all__ = ["EncoderOutput", "SpeechEncoder", "build_encoder", "load_encoder", "save_encoder", "ENCODER_KINDS"]
+__all__ = [
+    "EncoderOutput", "SpeechEncoder", "build_encoder", "load_encoder", "save_encoder", "with_config", "with_overrides",
+    "ENCODER_KINDS",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,9 @@ ENCODER_KINDS: dict[str, EncoderKind] = {
     "sylber": EncoderKind(
         SylberEncoderConfig, SylberEncoder, build_sylber_encoder, save_sylber_encoder, load_sylber_encoder
     ),
+    "whisper": EncoderKind(
+        WhisperEncoderConfig, WhisperEncoder, build_whisper_encoder, save_whisper_encoder, load_whisper_encoder
+    ),
 }
 
 
@@ -77,11 +91,64 @@ def save_encoder(encoder: nn.Module, path: str | Path) -> None:
 
 
 def load_encoder(path: str | Path) -> nn.Module:
-    """Load an encoder directory written by `save_encoder` (its kind is in encoder.json)."""
+    """Load an encoder directory written by `save_encoder` (its kind is in encoder.json), or a
+    checkpoint directory in a form users hold: a CTranslate2 Whisper dir (model.bin), or a Hugging Face
+    Whisper / Wav2Vec2 dir (config.json names the model_type)."""
     manifest = Path(path) / "encoder.json"
     if not manifest.is_file():
-        raise ValueError(f"{path} is not a saved encoder: encoder.json is missing")
+        kind = _foreign_kind(Path(path))
+        if kind is None:
+            raise ValueError(
+                f"{path} is not a saved encoder (encoder.json is missing), nor a CTranslate2 or "
+                "Hugging Face Whisper / Wav2Vec2 directory"
+            )
+        return ENCODER_KINDS[kind].load(Path(path))
     kind = json.loads(manifest.read_text()).get("kind")
     if kind not in ENCODER_KINDS:
         raise ValueError(f"{manifest}: unknown encoder kind {kind!r}; expected one of {', '.join(ENCODER_KINDS)}")
     return ENCODER_KINDS[kind].load(Path(path))
+
+
+def _foreign_kind(path: Path) -> str | None:
+    """The encoder kind of a checkpoint directory saved by another tool, or None."""
+    if (path / "model.bin").is_file():
+        return "whisper"  # CTranslate2 (faster-whisper's format); its reader checks the spec
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        return {"whisper": "whisper", "wav2vec2": "wav2vec2"}.get(model_type)
+    return None
+
+
+def with_overrides(config: Any, overrides: dict) -> Any:
+    """An encoder `config` with `overrides` replaced; YAML lists become tuples where the field holds a tuple."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown encoder_overrides for {type(config).__name__}: {', '.join(unknown)}")
+    values = {k: _as_tuples(v) if isinstance(getattr(config, k), tuple) else v for k, v in overrides.items()}
+    return dataclasses.replace(config, **values)
+
+
+def with_config(encoder: nn.Module, overrides: dict, *, source: str = "the encoder") -> nn.Module:
+    """`encoder` rebuilt with some config fields replaced and its weights kept: only fields that do
+    not change the weights' shapes (dropout, layer_drop, Whisper's bf16, ...); ValueError naming
+    `source` (where the encoder came from) otherwise."""
+    if not overrides:
+        return encoder
+    rebuilt = build_encoder(with_overrides(encoder.config, overrides))
+    try:
+        rebuilt.load_state_dict(encoder.state_dict(), strict=True)
+    except RuntimeError as e:
+        keys = ", ".join(sorted(overrides))
+        raise ValueError(f"encoder_overrides ({keys}) change the weights of {source}: {e}") from e
+    return rebuilt.train(encoder.training)
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
