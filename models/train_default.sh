@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Train the default bundle end to end (issue 4): corpus, then every recipe in order.
+# Train the default bundle end to end (issue 15): corpus, then the two recipes over the pinned bases
+# (Whisper tiny.en encoder, SmolLM2-135M-Instruct; `spokenlm bases fetch`, which `make setup` runs).
 # Every step is resumable: rerun this script after an interruption and each stage continues from its
-# checkpoints (finished stages return at once). Run from the repository root; the corpus goes to
-# ../corpus (what configs/*.yaml read). Log per stage under runs/<stage>.log.
-#   bash models/train_default.sh            # everything
-#   STAGES="ctc speechlm" bash models/train_default.sh
+# checkpoints (finished stages return at once; the encoder feature cache keeps every finished shard).
+# Run from the repository root; the corpus goes to ../corpus and ../corpus-fsdd (what configs/*.yaml
+# read). Log per stage under runs/<stage>.log, stage times in runs/chain.log.
+#   bash models/train_default.sh                       # corpus, fsdd, ctc, speechlm
+#   STAGES="speechlm" bash models/train_default.sh
+#   STAGES="ctc-dinosr speechlm-speech-only" bash models/train_default.sh   # ablations (encoder-ssl first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 CORPUS=${CORPUS:-../corpus}
-HOURS=${HOURS:-12}
-STAGES=${STAGES:-"corpus text-lm encoder-ssl ctc speechlm sylber ctc-scratch speechlm-full"}
+HOURS=${HOURS:-20}
+STAGES=${STAGES:-"corpus fsdd ctc speechlm"}
 mkdir -p runs
 
 stamp() { date -u +%FT%TZ; }
@@ -24,14 +27,18 @@ run_stage() {  # name, command...
 
 for stage in $STAGES; do
   case $stage in
-    corpus)        run_stage corpus "$BIN/spokenlm" data synth --out "$CORPUS" --hours "$HOURS" --seed 0 --workers 2 ;;
-    text-lm)       run_stage text-lm "$BIN/spokenlm" train text-lm --config configs/text_lm.yaml ;;
-    encoder-ssl)   run_stage encoder-ssl "$BIN/spokenlm" train encoder-ssl --config configs/encoder_ssl.yaml ;;
+    corpus)        run_stage corpus "$BIN/spokenlm" data synth --out "$CORPUS" --hours "$HOURS" --seed 0 --workers 2 --no-progress ;;
+    fsdd)          run_stage fsdd "$BIN/spokenlm" data fsdd --out ../corpus-fsdd ;;
     ctc)           run_stage ctc "$BIN/spokenlm" train ctc --config configs/ctc.yaml ;;
     speechlm)      run_stage speechlm "$BIN/spokenlm" train speechlm --config configs/speechlm.yaml ;;
-    sylber)        run_stage sylber "$BIN/spokenlm" train sylber --config configs/sylber.yaml ;;
-    ctc-scratch)   run_stage ctc-scratch "$BIN/spokenlm" train ctc --config configs/ctc_scratch.yaml ;;
+    # ablations and the from-scratch path (DESIGN.md §4)
+    speechlm-speech-only) run_stage speechlm-speech-only "$BIN/spokenlm" train speechlm --config configs/speechlm_speech_only.yaml ;;
     speechlm-full) run_stage speechlm-full "$BIN/spokenlm" train speechlm --config configs/speechlm_full.yaml ;;
+    text-lm)       run_stage text-lm "$BIN/spokenlm" train text-lm --config configs/text_lm.yaml ;;
+    encoder-ssl)   run_stage encoder-ssl "$BIN/spokenlm" train encoder-ssl --config configs/encoder_ssl.yaml ;;
+    sylber)        run_stage sylber "$BIN/spokenlm" train sylber --config configs/sylber.yaml ;;
+    ctc-dinosr)    run_stage ctc-dinosr "$BIN/spokenlm" train ctc --config configs/ctc_dinosr.yaml ;;
+    ctc-scratch)   run_stage ctc-scratch "$BIN/spokenlm" train ctc --config configs/ctc_scratch.yaml ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

@@ -9,7 +9,11 @@ its greedy (argmax) CTC label; the labels decide which encoder *features* reach 
   token, span ``[run start, run end)``; blank runs are dropped. Token ``i`` is then exactly character
   ``i`` of the greedy transcript (``char_alignment``).
 
-The output is encoder features (``output_dim == input_dim``), not logits. The head is trained with
+With ``num_layers > 0`` a few Transformer layers sit between the encoder and the head (our addition
+for frozen pretrained encoders such as Whisper's); the head reads their output and the compressor
+pools that instead of the raw encoder features.
+
+The output is features (``output_dim == input_dim``), not logits. The head is trained with
 ``ctc_loss``; the selection itself (an argmax) passes no gradient to the head, only to the features.
 
 All-blank utterances: an item whose argmax is blank on every valid frame (untrained head, silence)
@@ -47,6 +51,16 @@ class CTCCompressorConfig:
     alphabet: str = DEFAULT_ALPHABET
     """Characters of the CTC vocabulary (blank = 0 is added in front); see ``CharVocab``."""
 
+    num_layers: int = 0
+    """Pre-LN Transformer layers between the encoder and the head (0: a linear head on the encoder's
+    features, as Speech-LLaMA). In front of a frozen pretrained encoder (Whisper, trained for its own
+    decoder and not for CTC) a few layers let CTC re-read the features; the compressor then pools
+    *their* output, the representation its head reads characters from."""
+
+    num_heads: int = 4  # attention heads of those layers
+    ffn_dim: int = 0  # their feed-forward width; 0: 4 * input_dim
+    dropout: float = 0.1  # in those layers, training only
+
     def validate(self) -> None:
         if isinstance(self.input_dim, bool) or not isinstance(self.input_dim, int) or self.input_dim < 1:
             raise ValueError(f"CTCCompressorConfig.input_dim must be a positive int, got {self.input_dim!r}")
@@ -55,6 +69,19 @@ class CTCCompressorConfig:
                 f"CTCCompressorConfig.mode must be 'blank_removal' or 'frame_averaging', got {self.mode!r}"
             )
         CharVocab(self.alphabet)  # raises on an empty, duplicated or uppercase alphabet
+        for name in ("num_layers", "ffn_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"CTCCompressorConfig.{name} must be an int >= 0, got {value!r}")
+        if self.num_layers:
+            if isinstance(self.num_heads, bool) or not isinstance(self.num_heads, int) or self.num_heads < 1:
+                raise ValueError(f"CTCCompressorConfig.num_heads must be a positive int, got {self.num_heads!r}")
+            if self.input_dim % self.num_heads:
+                raise ValueError(
+                    f"CTCCompressorConfig.input_dim {self.input_dim} is not divisible by num_heads {self.num_heads}"
+                )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"CTCCompressorConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
 
 @dataclass(frozen=True)
@@ -75,16 +102,30 @@ class CTCCompressor(nn.Module):
         self.config = config
         self.vocab = CharVocab(config.alphabet)
         self.output_dim = config.input_dim
+        self.context = _context_layers(config) if config.num_layers else None
         self.head = nn.Linear(config.input_dim, self.vocab.size)
 
-    def ctc_log_probs(self, encoded: EncoderOutput) -> Tensor:
-        """(B, T, V) float32 log-probabilities; rows at or beyond lengths are meaningless."""
-        return self.head(encoded.features).float().log_softmax(dim=-1)
+    def features(self, encoded: EncoderOutput) -> Tensor:
+        """(B, T, D) what the head reads and the compressor pools: the encoder's features, or the
+        context layers' output over them (padded frames masked out of attention)."""
+        if self.context is None:
+            return encoded.features
+        _check_lengths(encoded.lengths, encoded.features.shape[1])
+        frames = torch.arange(encoded.features.shape[1], device=encoded.features.device)
+        padded = frames >= encoded.lengths.to(frames.device)[:, None]  # (B, T)
+        return self.context(encoded.features, src_key_padding_mask=padded)
+
+    def ctc_log_probs(self, encoded: EncoderOutput, features: Tensor | None = None) -> Tensor:
+        """(B, T, V) float32 log-probabilities; rows at or beyond lengths are meaningless.
+        ``features``: ``self.features(encoded)`` when the caller has it already."""
+        features = self.features(encoded) if features is None else features
+        return self.head(features).float().log_softmax(dim=-1)
 
     def forward(self, encoded: EncoderOutput) -> CompressedOutput:
-        features, lengths = encoded.features, encoded.lengths
-        _check_lengths(lengths, features.shape[1])
-        log_probs = self.ctc_log_probs(encoded)  # (B, T, V)
+        lengths = encoded.lengths
+        _check_lengths(lengths, encoded.features.shape[1])
+        features = self.features(encoded)
+        log_probs = self.ctc_log_probs(encoded, features)  # (B, T, V)
         keep, starts = _segments(
             log_probs.argmax(dim=-1), lengths, per_frame=self.config.mode == "blank_removal", all_blank_fallback=True
         )
@@ -153,6 +194,16 @@ class CTCCompressor(nn.Module):
         return [
             [CharSpan(self.vocab.alphabet[labels[b][s] - 1], s, e) for s, e in item] for b, item in enumerate(spans)
         ]
+
+
+def _context_layers(config: CTCCompressorConfig) -> nn.Module:
+    layer = nn.TransformerEncoderLayer(
+        config.input_dim, config.num_heads, config.ffn_dim or 4 * config.input_dim, config.dropout,
+        activation="gelu", batch_first=True, norm_first=True,
+    )  # fmt: skip
+    # pre-LN layers end un-normalised: a final LayerNorm, as pre-LN Transformers have
+    norm = nn.LayerNorm(config.input_dim)
+    return nn.TransformerEncoder(layer, config.num_layers, norm=norm, enable_nested_tensor=False)
 
 
 def _check_lengths(lengths: Tensor, frames: int) -> None:

@@ -35,10 +35,13 @@ from torch import Tensor, nn
 
 from spokenlm.audio import SAMPLE_RATE
 from spokenlm.compress import CTCCompressor, CTCCompressorConfig, CharVocab, save_compressor
-from spokenlm.encoders import load_encoder, save_encoder
+from spokenlm.encoders import load_encoder, save_encoder, with_config, with_overrides
+from spokenlm.encoders.base import EncoderOutput
 from spokenlm.train.data import AudioCache, Utterance, duration_batches, read_manifest, total_hours
+from spokenlm.train.features import FeatureCache
 from spokenlm.train.loop import (
     Checkpointer,
+    barrier,
     MetricsLog,
     OptimConfig,
     WallClock,
@@ -68,15 +71,36 @@ def encoder_presets() -> dict[str, Callable[[], Any]]:
 @dataclass(frozen=True, kw_only=True)
 class CTCTrainConfig:
     out_dir: str
-    manifest: str  # the corpus manifest.jsonl (`spokenlm data synth`)
+    manifest: str | tuple[str, ...]  # the corpus manifest.jsonl (`spokenlm data synth`), or several
 
     encoder_dir: str | None = None
-    """A saved encoder (`save_encoder`), e.g. runs/encoder-ssl/encoder. Exactly one of this and
-    encoder_preset."""
+    """A saved encoder (`save_encoder`), e.g. runs/encoder-ssl/encoder, or any checkpoint directory
+    `load_encoder` reads (a CTranslate2 or HF Whisper dir, an HF Wav2Vec2 dir). Exactly one of this,
+    encoder_preset and encoder_base."""
 
     encoder_preset: str | None = None
     """A preset function name (`encoder_presets()`: "dinosr_tiny", "wav2vec2_tiny", ...), randomly
     initialised: training from scratch."""
+
+    encoder_base: str | None = None
+    """A pretrained base pinned in spokenlm/bases.py (`KNOWN_BASES`: "whisper-tiny.en"), resolved
+    from the installed package or the cache (`spokenlm bases fetch`)."""
+
+    freeze_encoder: bool = False
+    """The encoder never trains: its features are computed once per utterance and cached under
+    `feature_cache` (spokenlm/train/features.py), and SpecAugment masks act on those features in
+    front of the compressor's context layers. OUT/encoder/ is then not written: the bundle
+    references the encoder it was given."""
+
+    feature_cache: str | None = None
+    """Root of the feature cache (default <cache>/features; shared with the speechlm recipe)."""
+
+    compressor_layers: int = 0
+    """Transformer layers of the CTC compressor in front of its head (CTCCompressorConfig.num_layers);
+    with a frozen encoder these are what CTC trains."""
+
+    compressor_heads: int = 4
+    compressor_dropout: float = 0.1
 
     encoder_overrides: dict = field(default_factory=dict)
     """Config fields replaced (dataclasses.replace) on the preset, or on the saved encoder's config
@@ -112,9 +136,24 @@ class CTCTrainConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=200, max_steps=3000))
 
     def validate(self) -> None:
-        if (self.encoder_dir is None) == (self.encoder_preset is None):
-            got = "both" if self.encoder_dir is not None else "neither"
-            raise ValueError(f"ctc needs exactly one of encoder_dir and encoder_preset, got {got}")
+        sources = [name for name in ("encoder_dir", "encoder_preset", "encoder_base") if getattr(self, name) is not None]
+        if len(sources) != 1:
+            got = " and ".join(sources) if sources else "none"
+            raise ValueError(f"ctc needs exactly one of encoder_dir, encoder_preset and encoder_base, got {got}")
+        if self.encoder_base is not None:
+            from spokenlm.bases import KNOWN_BASES
+
+            if self.encoder_base not in KNOWN_BASES:
+                raise ValueError(f"unknown encoder_base {self.encoder_base!r}; expected one of {', '.join(KNOWN_BASES)}")
+        if self.freeze_encoder and self.freeze_encoder_steps:
+            raise ValueError("freeze_encoder already keeps the encoder frozen; set freeze_encoder_steps to 0")
+        if self.compressor_layers < 0 or self.compressor_heads < 1:
+            raise ValueError(
+                f"compressor_layers must be >= 0 and compressor_heads >= 1, got {self.compressor_layers}, "
+                f"{self.compressor_heads}"
+            )
+        if not 0.0 <= self.compressor_dropout < 1.0:
+            raise ValueError(f"compressor_dropout must be in [0, 1), got {self.compressor_dropout}")
         if self.encoder_preset is not None:
             presets = encoder_presets()
             if self.encoder_preset not in presets:
@@ -143,36 +182,23 @@ class CTCTrainConfig:
         self.optim.validate()
 
 
-def with_overrides(config: Any, overrides: dict) -> Any:
-    """`config` with `overrides` replaced; YAML lists become tuples where the field holds a tuple."""
-    fields = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown encoder_overrides for {type(config).__name__}: {', '.join(unknown)}")
-    values = {k: _as_tuples(v) if isinstance(getattr(config, k), tuple) else v for k, v in overrides.items()}
-    return dataclasses.replace(config, **values)
-
-
-def _as_tuples(value: Any) -> Any:
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 def build_start_encoder(config: CTCTrainConfig) -> nn.Module:
     """The encoder training starts from: loaded from encoder_dir, or the preset at random init."""
     from spokenlm.encoders import build_encoder
 
     if config.encoder_preset is not None:
         return build_encoder(with_overrides(encoder_presets()[config.encoder_preset](), config.encoder_overrides))
-    encoder = load_encoder(config.encoder_dir)
-    if config.encoder_overrides:
-        rebuilt = build_encoder(with_overrides(encoder.config, config.encoder_overrides))
-        try:
-            rebuilt.load_state_dict(encoder.state_dict(), strict=True)
-        except RuntimeError as e:
-            keys = ", ".join(sorted(config.encoder_overrides))
-            raise ValueError(f"encoder_overrides ({keys}) change the weights of {config.encoder_dir}: {e}") from e
-        encoder = rebuilt
-    return encoder
+    source = encoder_source(config)
+    return with_config(load_encoder(source), config.encoder_overrides, source=source)
+
+
+def encoder_source(config: CTCTrainConfig) -> str:
+    """The directory the encoder loads from: encoder_dir, or the resolved encoder_base."""
+    if config.encoder_base is not None:
+        from spokenlm.bases import KNOWN_BASES, resolve_base
+
+        return str(resolve_base(KNOWN_BASES[config.encoder_base]))
+    return str(config.encoder_dir)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -290,6 +316,17 @@ class CTCModel(nn.Module):
         return self.compressor.ctc_loss(encoded, texts)
 
 
+class CompressorCTC(nn.Module):
+    """The CTC compressor alone over precomputed (cached) encoder features, as one module for DDP."""
+
+    def __init__(self, compressor: CTCCompressor) -> None:
+        super().__init__()
+        self.compressor = compressor
+
+    def forward(self, encoded: EncoderOutput, texts: list[str]) -> Tensor:
+        return self.compressor.ctc_loss(encoded, texts)
+
+
 @dataclass(frozen=True)
 class EvalTotals:
     """Sums over one worker's share of the dev utterances (add across workers, then divide)."""
@@ -314,9 +351,11 @@ def evaluate(
     max_batch_s: float,
     bf16: bool = False,
     num_examples: int = 0,
+    features: FeatureCache | None = None,
 ) -> EvalTotals:
     """Greedy CTC decoding of `utts` against their vocabulary-normalized transcripts, in eval mode;
-    tokens per second in both modes (the same head), for the compression table."""
+    tokens per second in both modes (the same head), for the compression table. With `features`
+    the encoder's output is read from that cache instead of computed."""
     import jiwer
 
     was_training = encoder.training
@@ -325,15 +364,18 @@ def evaluate(
     mode = compressor.config.mode
     twins = {m: CTCCompressor(dataclasses.replace(compressor.config, mode=m)) for m in CTC_MODES if m != mode}
     for twin in twins.values():
-        twin.head = compressor.head  # shared, not copied
+        twin.head, twin.context = compressor.head, compressor.context  # shared, not copied
     hyps: dict[str, str] = {}
     loss = 0.0
     tokens_per_second = dict.fromkeys(CTC_MODES, 0.0)
     for idx in duration_batches(utts, max_batch_s=max_batch_s, seed=0, shuffle=False):
         batch_utts = [utts[i] for i in idx]
-        audio = cache.batch(batch_utts)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            encoded = encoder(audio.wav, audio.lengths)
+            if features is not None:
+                encoded = features.batch(batch_utts)
+            else:
+                audio = cache.batch(batch_utts)
+                encoded = encoder(audio.wav, audio.lengths)
             out = compressor(encoded)
             loss += float(compressor.ctc_loss(encoded, [u.labels["text"] for u in batch_utts])) * len(idx)
             outs = {mode: out, **{m: twin(encoded) for m, twin in twins.items()}}
@@ -381,6 +423,17 @@ def reduce_totals(totals: EvalTotals, mode: str) -> dict[str, float]:
     }
 
 
+def _cache_progress(out: Path) -> Callable[[int, int], None]:
+    log = out / "feature_cache.log"
+
+    def report(done: int, total: int) -> None:
+        if is_main():
+            with log.open("a") as f:
+                f.write(f"{done}/{total}\n")
+
+    return report
+
+
 # --- the recipe ----------------------------------------------------------------------------------
 
 
@@ -390,8 +443,15 @@ def train(config: CTCTrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     encoder = build_start_encoder(config)
-    compressor = CTCCompressor(CTCCompressorConfig(input_dim=encoder.output_dim, mode=config.mode))
-    if config.mask_time_prob > 0 or config.mask_channel_prob > 0:
+    compressor = CTCCompressor(
+        CTCCompressorConfig(
+            input_dim=encoder.output_dim, mode=config.mode, num_layers=config.compressor_layers,
+            num_heads=config.compressor_heads, dropout=config.compressor_dropout,
+        )
+    )  # fmt: skip
+    if config.freeze_encoder:
+        encoder.requires_grad_(False)
+    elif config.mask_time_prob > 0 or config.mask_channel_prob > 0:
         frame_projection(encoder)  # fail now, not at the first step
 
     def split(splits: tuple[str, ...]) -> tuple[list[Utterance], int]:
@@ -420,14 +480,22 @@ def train(config: CTCTrainConfig) -> dict:
         epoch, i = divmod(step, per_worker)
         return [train_utts[j] for j in epoch_batches(epoch)[i * world_size() + rank()]]
 
-    model = wrap_ddp(CTCModel(encoder, compressor))
+    features = None
+    if config.freeze_encoder:  # encode once; the encoder takes no further part in training
+        from spokenlm.bases import cache_dir
+
+        features = FeatureCache(config.feature_cache or cache_dir() / "features", encoder)
+        features.build(train_utts + dev_utts, AudioCache(), progress=_cache_progress(out), part=(rank(), world_size()))
+        barrier()  # every worker's shards are on disk
+        features.load(train_utts + dev_utts)
+    model = wrap_ddp(CompressorCTC(compressor) if config.freeze_encoder else CTCModel(encoder, compressor))
     o = config.optim
-    optimizer = torch.optim.AdamW(
-        [{"params": list(compressor.parameters())}, {"params": list(encoder.parameters())}],  # head, encoder
-        lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
-    )  # fmt: skip
+    groups = [{"params": list(compressor.parameters())}]  # head (+ context layers), then the encoder
+    if not config.freeze_encoder:
+        groups.append({"params": list(encoder.parameters())})
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     checkpoints, metrics = Checkpointer(out), MetricsLog(out)
-    modules = {"encoder": encoder, "compressor": compressor}
+    modules = {"compressor": compressor} if config.freeze_encoder else {"encoder": encoder, "compressor": compressor}
     state = checkpoints.restore(modules, optimizer) or {"step": 0, "wall_s": 0.0, "audio_s": 0.0}
     step, clock, audio_s = state["step"], WallClock(state["wall_s"]), state["audio_s"]
     cache = AudioCache()
@@ -443,8 +511,8 @@ def train(config: CTCTrainConfig) -> dict:
 
     def run_eval() -> tuple[dict[str, float], list[dict]]:
         totals = evaluate(
-            encoder, compressor, my_dev, cache,
-            max_batch_s=config.max_batch_s, bf16=config.bf16, num_examples=config.num_examples,
+            encoder, compressor, my_dev, cache, max_batch_s=config.max_batch_s, bf16=config.bf16,
+            num_examples=config.num_examples, features=features,
         )  # fmt: skip
         return reduce_totals(totals, config.mode), totals.examples
 
@@ -466,23 +534,34 @@ def train(config: CTCTrainConfig) -> dict:
         if o.max_minutes > 0 and elapsed_s >= o.max_minutes * 60:
             break
         utts = batch_at(step)
-        audio = cache.batch(utts)
-        frozen = step < config.freeze_encoder_steps
+        texts = [u.labels["text"] for u in utts]
         head_lr, encoder_lr = learning_rates(step, elapsed_s)
-        optimizer.param_groups[0]["lr"], optimizer.param_groups[1]["lr"] = head_lr, encoder_lr
+        for group, lr in zip(optimizer.param_groups, (head_lr, encoder_lr)):
+            group["lr"] = lr
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 1009 + rank())
-        with frame_masking(encoder, audio.lengths, config, generator):
+        if features is not None:
+            encoded = features.batch(utts)
+            # SpecAugment on the cached features: the compressor's context layers must fill the gaps
+            encoded = dataclasses.replace(encoded, features=mask_frames(encoded.features, encoded.lengths, config, generator))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                # DDP needs a gradient for every parameter, so there a frozen encoder's is computed and dropped
-                loss = model(audio.wav, audio.lengths, [u.labels["text"] for u in utts],
-                             train_encoder=not frozen or world_size() > 1)  # fmt: skip
+                loss = model(encoded, texts)
+            batch_s = float(encoded.lengths.sum()) / encoder.frame_rate_hz
+            frozen = True
+        else:
+            audio = cache.batch(utts)
+            frozen = step < config.freeze_encoder_steps
+            with frame_masking(encoder, audio.lengths, config, generator):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                    # DDP needs a gradient for every parameter, so there a frozen encoder's is computed and dropped
+                    loss = model(audio.wav, audio.lengths, texts, train_encoder=not frozen or world_size() > 1)
+            batch_s = float(audio.lengths.sum()) / SAMPLE_RATE
         loss.backward()
-        if frozen:
+        if frozen and not config.freeze_encoder:
             for p in encoder.parameters():
                 p.grad = None  # AdamW skips parameters without a gradient: no update, no moment drift
         grad_norm = clip_and_step(optimizer, model.parameters(), o)
         step += 1
-        audio_s += float(audio.lengths.sum()) / SAMPLE_RATE * world_size()
+        audio_s += batch_s * world_size()
         window.append(loss.item())
         if step % LOG_EVERY == 0:
             if is_main():
@@ -502,7 +581,8 @@ def train(config: CTCTrainConfig) -> dict:
 
     summary: dict[str, Any] = {
         "stage": "ctc",
-        "encoder": config.encoder_dir or config.encoder_preset,
+        "encoder": config.encoder_dir or config.encoder_preset or f"base:{config.encoder_base}",
+        "encoder_frozen": config.freeze_encoder,
         "encoder_kind": type(encoder).__name__,
         "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
         "mode": config.mode,
@@ -526,7 +606,8 @@ def train(config: CTCTrainConfig) -> dict:
     summary.update({f"dev_{k[4:]}": round(v, 4) for k, v in scores.items()})
     summary["examples"] = [{"ref": e["ref"], "hyp": e["hyp"]} for e in examples]
     if is_main():
-        save_encoder(encoder, out / "encoder")
+        if not config.freeze_encoder:  # a frozen encoder is referenced where it came from, not copied
+            save_encoder(encoder, out / "encoder")
         save_compressor(compressor, out / "compressor")
         metrics.write_summary(summary)
         metrics.plot(title=f"ctc ({summary['encoder']})")

@@ -8,15 +8,18 @@ tokens per second; an MLP adapter maps them into the LLM's embedding space, wher
 prompt's `<audio>` marker; only the adapter and LoRA (Hu et al., 2021) on the LLM's projections learn.
 `mode: full` trains every LLM weight instead of LoRA, the comparison DESIGN.md §4 asks for.
 
-1. Load the frozen parts (`encoder_dir`, `compressor_dir`: the ctc recipe's outputs) and the LLM
-   (`llm_dir`: the text-lm recipe's); add LoRA (mode "lora") or unfreeze the LLM (mode "full").
-2. Speech tokens are computed ONCE per utterance, not per step: the encoder and compressor are frozen,
-   so their output never changes. `SpeechLM.encode_recordings` (the same chunking as inference) runs
-   over every utterance of the used splits and the (N, D) tokens are kept in memory as float16 and on
-   disk as safetensors shards under OUT/cache/<fingerprint of encoder, compressor, max_chunk_s>/ —
-   a rerun or resume reads them back. On this CPU that removes the encoder from the training step
-   entirely (it would otherwise cost more than the small LLM), and the float16 rounding (~5e-4
-   relative) is far below what the adapter can resolve. With N workers each encodes 1/N of them.
+1. Load the frozen parts (`encoder_dir` or the pinned `encoder_base`; `compressor_dir`: the ctc
+   recipe's output) and the LLM (`llm_dir`: the text-lm recipe's, a .gguf file, or `llm_base`); add
+   LoRA (mode "lora") or unfreeze the LLM (mode "full").
+2. The encoder runs ONCE per utterance, not per step: it is frozen, so its output never changes. Its
+   features (cut into chunks as at inference) go to the feature cache (spokenlm/train/features.py,
+   shared with the ctc recipe: a Whisper encoder's features from that stage are reused), and the
+   frozen compressor turns them into (N, D) speech tokens and CTC transcripts on every start, as
+   `SpeechLM.encode_recordings` joins chunks. On this CPU that removes the encoder from the training
+   step entirely (it would otherwise cost more than the small LLM), and the float16 rounding of the
+   features is far below what the adapter can resolve. With N workers each encodes 1/N of them.
+   Optionally the prompt is hybrid (`prompt_transcript`: the CTC transcript as text after the speech),
+   and the first `text_warmup_steps` train the LoRA on text alone (noisy label transcripts, no speech).
 3. Each step draws `batch_size` (utterance, task) pairs: a task by `task_weights` among the tasks the
    train split has, then an utterance that carries it; prompt `build_prompt(TaskRequest)`, target
    `TASKS[task].target(labels)`, loss `SpeechLLM.loss` (target tokens only).
@@ -35,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import string
@@ -50,7 +52,8 @@ from torch import Tensor, nn
 
 from spokenlm.tasks import TASK_NAMES, TASKS, TaskRequest, build_prompt, parse_output
 from spokenlm.train.config import to_dict
-from spokenlm.train.data import Utterance, read_manifest
+from spokenlm.train.data import AudioCache, Utterance, read_manifest
+from spokenlm.train.features import FeatureCache
 from spokenlm.train.loop import (
     Checkpointer,
     MetricsLog,
@@ -68,16 +71,29 @@ from spokenlm.train.loop import (
 
 MODES = ("lora", "full")
 LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-CACHE_SHARD_UTTERANCES = 2000  # utterances per cache file: a killed run loses at most one shard of work
 
 
 @dataclass(frozen=True, kw_only=True)
 class SpeechLMTrainConfig:
     out_dir: str
-    manifest: str  # the corpus manifest.jsonl (spokenlm data synth)
-    encoder_dir: str  # frozen: a save_encoder dir (the ctc recipe's OUT/encoder)
+    manifest: str | tuple[str, ...]  # the corpus manifest.jsonl (`spokenlm data synth`), or several
     compressor_dir: str  # frozen: a save_compressor dir (the ctc recipe's OUT/compressor)
-    llm_dir: str  # a Hugging Face causal-LM dir with its tokenizer (the text-lm recipe's OUT/llm)
+    encoder_dir: str | None = None  # frozen: any dir load_encoder reads (the ctc recipe's OUT/encoder, a Whisper dir)
+    encoder_base: str | None = None  # or a pinned base (spokenlm/bases.py KNOWN_BASES: "whisper-tiny.en")
+    encoder_overrides: dict = field(default_factory=dict)  # config fields that keep the weights, e.g. {bf16: true}
+    llm_dir: str | None = None  # an HF causal-LM dir with its tokenizer (text-lm's OUT/llm) or a .gguf file
+    llm_base: str | None = None  # or a pinned base ("smollm2-135m-instruct")
+    feature_cache: str | None = None  # root of the encoder feature cache (default <cache>/features, shared with ctc)
+
+    prompt_transcript: bool = False
+    """The hybrid prompt: the CTC compressor's greedy transcript goes into the prompt as text after the
+    speech (`build_prompt(request, transcript)`), as DeSTA2 gives its LLM the recognizer's words."""
+
+    text_warmup_steps: int = 0
+    """Steps of text-only warm-up before any speech: the prompt carries no speech tokens and, as its
+    transcript, the label text with CTC-like character errors (`ctc_like_noise`); needs prompt_transcript."""
+
+    warmup_cer: float = 0.2  # character error rate of that synthetic noise (the CTC stage's dev CER, roughly)
 
     mode: Literal["lora", "full"] = "lora"  # "lora": the LLM stays frozen; "full": every LLM weight trains
     lora_rank: int = 16
@@ -97,6 +113,7 @@ class SpeechLMTrainConfig:
     max_duration_s: float = 60.0  # longer training utterances are left out (context length of a small LLM)
 
     batch_size: int = 16  # (utterance, task) pairs per step per worker
+    bf16: bool = False  # bfloat16 autocast for the training forward (FEASIBILITY: 2.3x faster LoRA here); eval stays fp32
     log_every: int = 20  # steps between logged (mean) training losses
     eval_every: int = 250
     dev_items_per_task: int = 32  # per task, for the periodic dev evaluation
@@ -109,9 +126,22 @@ class SpeechLMTrainConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=200, max_steps=6000))
 
     def validate(self) -> None:
-        for name in ("out_dir", "manifest", "encoder_dir", "compressor_dir", "llm_dir"):
+        for name in ("out_dir", "manifest", "compressor_dir"):
             if not getattr(self, name):
                 raise ValueError(f"speechlm needs {name}")
+        from spokenlm.bases import KNOWN_BASES
+
+        for part in ("encoder", "llm"):
+            given = [f"{part}_{k}" for k in ("dir", "base") if getattr(self, f"{part}_{k}")]
+            if len(given) != 1:
+                raise ValueError(f"speechlm needs exactly one of {part}_dir and {part}_base, got {given or 'none'}")
+            base = getattr(self, f"{part}_base")
+            if base is not None and base not in KNOWN_BASES:
+                raise ValueError(f"unknown {part}_base {base!r}; expected one of {', '.join(KNOWN_BASES)}")
+        if self.text_warmup_steps < 0 or not 0.0 <= self.warmup_cer < 1.0:
+            raise ValueError(f"need text_warmup_steps >= 0 and warmup_cer in [0, 1), got {self.text_warmup_steps}, {self.warmup_cer}")
+        if self.text_warmup_steps and not self.prompt_transcript:
+            raise ValueError("text_warmup_steps needs prompt_transcript: the warm-up prompt is the transcript alone")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "lora" and (self.lora_rank < 1 or self.lora_alpha <= 0 or not self.lora_targets):
@@ -194,75 +224,60 @@ def tasks_of(utts: list[Utterance]) -> list[str]:
 
 
 def heldout_items(utts: list[Utterance], per_task: int) -> dict[str, list[Item]]:
-    """Per task, the first `per_task` items (0: all) in id order: the same items on every call."""
+    """Per task, the first `per_task` items (0: all) in id-hash order: the same items on every call."""
     out = {}
+    # in id-hash order: a fixed sample that mixes the sources (ids of one corpus share a prefix)
+    ordered = sorted(utts, key=lambda u: hashlib.sha1(u.id.encode()).hexdigest())
     for task in tasks_of(utts):
-        items = [i for u in sorted(utts, key=lambda u: u.id) if task in u.tasks for i in items_of(u, task)]
+        items = [i for u in ordered if task in u.tasks for i in items_of(u, task)]
         out[task] = items[:per_task] if per_task else items
     return out
 
 
-# --- the speech-token cache ----------------------------------------------------------------------
+# --- speech tokens from the encoder feature cache ------------------------------------------------
 
 
-def cache_fingerprint(encoder_dir: Path, compressor_dir: Path, max_chunk_s: float) -> str:
-    """A hash of the frozen parts' files: tokens cached for other weights are never reused."""
-    digest = hashlib.sha1(f"max_chunk_s={max_chunk_s}".encode())
-    for root in (encoder_dir, compressor_dir):
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+@torch.no_grad()
+def speech_tokens(compressor: nn.Module, features: FeatureCache, utts: list[Utterance], *,
+                  batch_size: int) -> tuple[dict[str, Tensor], dict[str, str | None]]:  # fmt: skip
+    """id -> (N, D) float16 compressed speech tokens, and id -> the CTC transcript (None without a CTC
+    head), from cached encoder features: each recording's chunks are compressed and joined exactly as
+    `SpeechLM.encode_recordings` does at inference (`join_chunks`). The compressor is cheap next to the
+    encoder (seconds per audio-hour), so tokens are recomputed from the features on every start."""
+    from spokenlm.model import join_chunks
 
-
-def speech_token_cache(model, utts: list[Utterance], cache_dir: Path, *, batch_size: int) -> dict[str, Tensor]:
-    """id -> (N, D) float16 compressed speech tokens of every utterance, encoded at most once.
-
-    Shards already in `cache_dir` are read; the missing utterances are split across workers, encoded
-    in duration order (little padding) and written as new shards (tmp file + rename: never half-written).
-    """
-    from safetensors.torch import load_file, save_file
-
-    from spokenlm.audio import load_audio
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
     tokens: dict[str, Tensor] = {}
-    loaded: set[Path] = set()
+    transcripts: dict[str, str | None] = {}
+    order = sorted(utts, key=lambda u: u.duration_s)  # similar lengths together: little padding
+    for first in range(0, len(order), batch_size):
+        group = order[first : first + batch_size]
+        joined = join_chunks(compressor, features.chunk_batches(group), [u.duration_s for u in group])
+        for j, utt in enumerate(group):
+            # .clone() outside inference mode: a plain tensor the adapter's autograd may save
+            tokens[utt.id] = joined.embeddings[j, : int(joined.lengths[j])].to(torch.float16).clone()
+            transcripts[utt.id] = joined.transcripts[j] if joined.transcripts is not None else None
+    return tokens, transcripts
 
-    def read_shards() -> None:
-        for shard in sorted(cache_dir.glob("tokens-*.safetensors")):
-            if shard not in loaded:
-                tokens.update(load_file(str(shard)))
-                loaded.add(shard)
 
-    def write_shard(part: dict[str, Tensor]) -> None:
-        name = hashlib.sha1("\n".join(sorted(part)).encode()).hexdigest()[:16]
-        tmp = cache_dir / f".tmp-{name}-{os.getpid()}.safetensors"
-        save_file(part, str(tmp))
-        os.replace(tmp, cache_dir / f"tokens-{name}.safetensors")
+_NOISE_ALPHABET = "abcdefghijklmnopqrstuvwxyz '"
 
-    read_shards()
-    barrier()  # nobody writes until every worker has read: all agree on what is missing
-    missing = [u for u in utts if u.id not in tokens][rank() :: world_size()]
-    missing.sort(key=lambda u: u.duration_s)
-    part: dict[str, Tensor] = {}
-    for first in range(0, len(missing), batch_size):
-        group = missing[first : first + batch_size]
-        speech = model.encode_recordings([load_audio(u.audio) for u in group], max_chunks_per_batch=batch_size)
-        for j, u in enumerate(group):
-            part[u.id] = speech.embeddings[j, : int(speech.lengths[j])].to(torch.float16).contiguous()
-        if len(part) >= CACHE_SHARD_UTTERANCES:
-            write_shard(part)
-            tokens.update(part)
-            part = {}
-        if is_main() and (first // batch_size) % 50 == 49:
-            print(f"speechlm: encoded {first + len(group)}/{len(missing)} utterances", flush=True)
-    if part:
-        write_shard(part)
-        tokens.update(part)
-    barrier()
-    read_shards()  # the other workers' shards
-    return {u.id: tokens[u.id] for u in utts}
+
+def ctc_like_noise(text: str, cer: float, rng: random.Random) -> str:
+    """`text` with character errors at rate ~`cer`, split evenly into deletions, substitutions and
+    insertions of letters, space and apostrophe: the kind of mistakes a greedy character CTC makes
+    (no word-level knowledge). Used to warm up the LoRA on text before it hears speech."""
+    out = []
+    for char in text:
+        r = rng.random()
+        if r < cer / 3:
+            continue
+        if r < 2 * cer / 3:
+            out.append(rng.choice(_NOISE_ALPHABET))
+        elif r < cer:
+            out += [char, rng.choice(_NOISE_ALPHABET)]
+        else:
+            out.append(char)
+    return " ".join("".join(out).split())
 
 
 def speech_batch(tokens: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -371,10 +386,17 @@ def headline(per_task: dict[str, dict]) -> dict[str, float]:
     return flat
 
 
+def prompt_of(item: Item, transcripts: dict[str, str | None] | None) -> str:
+    """The item's prompt: plain, or hybrid with its utterance's CTC transcript (transcripts given)."""
+    return build_prompt(item.request, None if transcripts is None else transcripts[item.utt.id] or "")
+
+
 @torch.no_grad()
 def evaluate(adapter: nn.Module, llm, tokens: dict[str, Tensor], by_task: dict[str, list[Item]], *,
-             batch_size: int, max_new_tokens: int, num_examples: int) -> dict:  # fmt: skip
-    """Greedy generation over each task's items, parsed and scored; the loss is teacher-forced."""
+             batch_size: int, max_new_tokens: int, num_examples: int,
+             transcripts: dict[str, str | None] | None = None) -> dict:  # fmt: skip
+    """Greedy generation over each task's items, parsed and scored; the loss is teacher-forced.
+    With `transcripts`, prompts are hybrid (`prompt_of`)."""
     from spokenlm.lm import GenerationConfig
 
     generation = GenerationConfig(strategy="greedy", max_new_tokens=max_new_tokens)
@@ -390,14 +412,14 @@ def evaluate(adapter: nn.Module, llm, tokens: dict[str, Tensor], by_task: dict[s
             batch = [items[k] for k in order[first : first + batch_size]]
             speech, lengths = speech_batch([tokens[i.utt.id] for i in batch])
             projected = adapter(speech)
-            prompts = [build_prompt(i.request) for i in batch]
+            prompts = [prompt_of(i, transcripts) for i in batch]
             losses.append((float(llm.loss(prompts, projected, lengths, [i.target for i in batch])), len(batch)))
             for k, out in zip(order[first : first + batch_size], llm.generate(prompts, projected, lengths, generation)):
                 texts[k] = out.text
         results = [parse_output(i.request, t) for i, t in zip(items, texts)]
         per_task[task] = {"items": len(items), **score_task(task, items, results)}
         examples[task] = [
-            {"id": i.utt.id, "prompt": build_prompt(i.request), "reference": i.target, "output": t}
+            {"id": i.utt.id, "prompt": prompt_of(i, transcripts), "reference": i.target, "output": t}
             for i, t in zip(items[:num_examples], texts)
         ]  # fmt: skip
     adapter.train()
@@ -410,20 +432,53 @@ def evaluate(adapter: nn.Module, llm, tokens: dict[str, Tensor], by_task: dict[s
 
 
 def _check_inputs(config: SpeechLMTrainConfig) -> None:
-    for name, marker, hint in (
-        ("encoder_dir", "encoder.json", "the ctc recipe's OUT/encoder"),
-        ("compressor_dir", "compressor.json", "the ctc recipe's OUT/compressor"),
-        ("llm_dir", "config.json", "the text-lm recipe's OUT/llm"),
-    ):
+    checks = [("compressor_dir", "compressor.json", "the ctc recipe's OUT/compressor")]
+    if config.encoder_dir:
+        checks.append(("encoder_dir", None, "the ctc recipe's OUT/encoder, or a Whisper / Wav2Vec2 checkpoint dir"))
+    if config.llm_dir and not config.llm_dir.endswith(".gguf"):
+        checks.append(("llm_dir", "config.json", "the text-lm recipe's OUT/llm, or a .gguf file"))
+    for name, marker, hint in checks:
         path = Path(getattr(config, name))
-        if not (path / marker).is_file():
-            raise FileNotFoundError(f"{name} {path} has no {marker}; expected {hint}")
+        if not path.is_dir() or (marker is not None and not (path / marker).is_file()):
+            what = f"has no {marker}" if path.is_dir() else "is not a directory"
+            raise FileNotFoundError(f"{name} {path} {what}; expected {hint}")
+
+
+def part_source(config: SpeechLMTrainConfig, part: str) -> str:
+    """Where the encoder or LLM loads from: `<part>_dir`, or the resolved `<part>_base`."""
+    base = getattr(config, f"{part}_base")
+    if base is None:
+        return str(getattr(config, f"{part}_dir"))
+    from spokenlm.bases import KNOWN_BASES, resolve_base
+
+    return str(resolve_base(KNOWN_BASES[base]))
 
 
 def _upstream(path: Path) -> dict:
     """What made an input directory: its recipe's metrics.json beside it, where there is one."""
     metrics = path.parent / "metrics.json"
     return {"dir": str(path), "metrics": json.loads(metrics.read_text()) if metrics.is_file() else None}
+
+
+def ctc_stage_scores(utts: list[Utterance], ctc_text: dict[str, str | None]) -> dict[str, float]:
+    """The CTC compressor's own transcripts scored as ASR (slue-toolkit WER, percent): the stage
+    before the LLM, so a report shows what the LLM adds. Empty without a CTC head."""
+    from spokenlm.slue import metrics as m
+
+    pairs = [(u.labels["text"], ctc_text[u.id]) for u in utts if "text" in u.labels and ctc_text.get(u.id) is not None]
+    if not pairs:
+        return {}
+    wer = m.word_error_rate([m.normalize_asr_text(r) for r, _ in pairs], [m.normalize_asr_text(h) for _, h in pairs])
+    return {"ctc_wer": wer.wer}
+
+
+def _input(config: SpeechLMTrainConfig, part: str) -> dict:
+    base = getattr(config, f"{part}_base")
+    if base is not None:
+        from spokenlm.bases import KNOWN_BASES
+
+        return {"base": base, **KNOWN_BASES[base].to_json()}
+    return _upstream(Path(getattr(config, f"{part}_dir")))
 
 
 def _split_stats(utts: list[Utterance], tokens: dict[str, Tensor]) -> dict:
@@ -439,7 +494,7 @@ def _split_stats(utts: list[Utterance], tokens: dict[str, Tensor]) -> dict:
 def train(config: SpeechLMTrainConfig) -> dict:
     from spokenlm.adapter import AdapterConfig, build_adapter
     from spokenlm.compress import load_compressor
-    from spokenlm.encoders import load_encoder
+    from spokenlm.encoders import load_encoder, with_config
     from spokenlm.lm import add_lora, load_llm
     from spokenlm.model import BundleInfo, SpeechLM, save_bundle
 
@@ -462,24 +517,36 @@ def train(config: SpeechLMTrainConfig) -> dict:
 
     # 1. parts: frozen encoder + compressor, the LLM with LoRA (or unfrozen), a fresh adapter
     torch.manual_seed(config.seed)
-    encoder, compressor = load_encoder(config.encoder_dir).eval(), load_compressor(config.compressor_dir).eval()
+    source = part_source(config, "encoder")
+    encoder = with_config(load_encoder(source), config.encoder_overrides, source=source).eval()
+    compressor = load_compressor(config.compressor_dir).eval()
     for p in [*encoder.parameters(), *compressor.parameters()]:
         p.requires_grad_(False)
-    llm = load_llm(config.llm_dir)
+    llm = load_llm(part_source(config, "llm"))
     if config.mode == "lora":
         llm = add_lora(llm, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
                        target_modules=config.lora_targets)  # fmt: skip
+    llm.prompt_transcript = config.prompt_transcript  # the bundle records how its LLM is prompted
     adapter = build_adapter(AdapterConfig(input_dim=compressor.output_dim, output_dim=llm.model_dim,
                                           hidden_dim=config.adapter_hidden_dim, kind=config.adapter_kind))  # fmt: skip
     speechlm = SpeechLM(
         encoder=encoder, compressor=compressor, adapter=adapter, llm=llm, max_chunk_s=config.max_chunk_s
     )
 
-    # 2. speech tokens, once per utterance (see the module docstring)
+    # 2. speech tokens from encoder features computed once per utterance (see the module docstring)
+    from spokenlm.bases import cache_dir
+
     started = time.monotonic()
-    fingerprint = cache_fingerprint(Path(config.encoder_dir), Path(config.compressor_dir), config.max_chunk_s)
     used = train_utts + [u for u in utts if u.split != config.train_split]
-    tokens = speech_token_cache(speechlm, used, out / "cache" / fingerprint, batch_size=config.encode_batch_size)
+    features = FeatureCache(config.feature_cache or cache_dir() / "features", encoder, max_chunk_s=config.max_chunk_s)
+    features.build(used, AudioCache(), part=(rank(), world_size()))
+    barrier()  # every worker's shards are on disk
+    features.load(used)
+    tokens, ctc_text = speech_tokens(compressor, features, used, batch_size=config.encode_batch_size)
+    del features  # the tokens are all training reads
+    transcripts = ctc_text if config.prompt_transcript else None
+    if transcripts is not None and any(t is None for t in transcripts.values()):
+        raise ValueError("prompt_transcript needs a compressor with a CTC head (its greedy transcript goes in the prompt)")
     cache_minutes = (time.monotonic() - started) / 60
     dev_utts = [u for u in utts if u.split == config.dev_split]
     dev_sample = heldout_items(dev_utts, config.dev_items_per_task)
@@ -514,7 +581,7 @@ def train(config: SpeechLMTrainConfig) -> dict:
         """Teacher-forced loss and greedy metrics on the dev sample (main worker; the others wait)."""
         if is_main() and dev_sample:
             result = evaluate(adapter, llm, tokens, dev_sample, batch_size=config.eval_batch_size,
-                              max_new_tokens=config.max_new_tokens, num_examples=0)  # fmt: skip
+                              max_new_tokens=config.max_new_tokens, num_examples=0, transcripts=transcripts)  # fmt: skip
             metrics.log(step, val_loss=result["loss"], **{f"dev_{k}": v for k, v in result["metrics"].items()})
             print(f"speechlm: step {step} val_loss {result['loss']:.3f} {json.dumps(result['metrics'])}", flush=True)
         barrier()
@@ -530,10 +597,17 @@ def train(config: SpeechLMTrainConfig) -> dict:
         for _ in range(config.batch_size):
             task = rng.choices(tasks, weights)[0]
             batch.append(rng.choice(items_of(rng.choice(by_task[task]), task)))
-        speech, lengths = speech_batch([tokens[i.utt.id] for i in batch])
         for group in optimizer.param_groups:
             group["lr"] = lr_now(step, clock.seconds, optim) * group["lr_scale"]
-        loss = model([build_prompt(i.request) for i in batch], speech, lengths, [i.target for i in batch])
+        if step < config.text_warmup_steps:  # text only: a noisy transcript in the prompt, no speech tokens
+            noisy = [ctc_like_noise(i.labels["text"], config.warmup_cer, rng) for i in batch]
+            prompts = [build_prompt(i.request, t) for i, t in zip(batch, noisy)]
+            speech, lengths = speech_batch([tokens[i.utt.id][:0] for i in batch])
+        else:
+            prompts = [prompt_of(i, transcripts) for i in batch]
+            speech, lengths = speech_batch([tokens[i.utt.id] for i in batch])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            loss = model(prompts, speech, lengths, [i.target for i in batch])
         loss.backward()
         clip_and_step(optimizer, trainable, optim)
         step += 1
@@ -554,16 +628,21 @@ def train(config: SpeechLMTrainConfig) -> dict:
         "cache_minutes": round(cache_minutes, 2), "workers": world_size(), "tasks": tasks,
     }  # fmt: skip
     if is_main():
-        provenance = _finish(config, out, utts, train_utts, tokens, adapter, llm, metrics, trainable, summary)
+        provenance = _finish(config, out, utts, train_utts, tokens, ctc_text, adapter, llm, metrics, trainable, summary)
         metrics.write_summary(summary)
         metrics.plot(title=f"speechlm ({config.mode})")
         speechlm.info = BundleInfo(trained=True, tasks=tuple(tasks), provenance=provenance)
-        save_bundle(speechlm, out / "bundle")
+        from spokenlm.bases import KNOWN_BASES
+
+        # a pinned base that stayed frozen is named, not copied: the bundle holds only what trained
+        encoder_base = KNOWN_BASES[config.encoder_base] if config.encoder_base else None
+        llm_base = KNOWN_BASES[config.llm_base] if config.llm_base and config.mode == "lora" else None
+        save_bundle(speechlm, out / "bundle", encoder_base=encoder_base, llm_base=llm_base)
     barrier()
     return summary
 
 
-def _finish(config, out, utts, train_utts, tokens, adapter, llm, metrics, trainable, summary: dict) -> dict:
+def _finish(config, out, utts, train_utts, tokens, ctc_text, adapter, llm, metrics, trainable, summary: dict) -> dict:
     """Evaluate dev and test splits in full (eval_<split>.json), complete `summary` in place, write
     OUT/config.yaml; returns the bundle's provenance."""
     step = summary["steps"]
@@ -572,10 +651,12 @@ def _finish(config, out, utts, train_utts, tokens, adapter, llm, metrics, traina
         split_utts = [u for u in utts if u.split == split]
         if not split_utts:
             continue
+        transcripts = ctc_text if config.prompt_transcript else None
         result = evaluate(adapter, llm, tokens, heldout_items(split_utts, config.final_items_per_task),
                           batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
-                          num_examples=config.num_examples)  # fmt: skip
+                          num_examples=config.num_examples, transcripts=transcripts)  # fmt: skip
         result = {"split": split, "step": step, "utterances": len(split_utts), **result}
+        result["metrics"].update(ctc_stage_scores(split_utts, ctc_text))
         (out / f"eval_{split}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         evals[split] = result
     if config.dev_split in evals:
@@ -610,7 +691,7 @@ def _finish(config, out, utts, train_utts, tokens, adapter, llm, metrics, traina
         "config": resolved,
         "metrics": {k: v for k, v in summary.items() if k != "data"},
         "data": data,
-        "inputs": {"encoder": _upstream(Path(config.encoder_dir)), "compressor": _upstream(Path(config.compressor_dir)),
-                   "llm": _upstream(Path(config.llm_dir))},  # fmt: skip
+        "inputs": {"encoder": _input(config, "encoder"), "compressor": _upstream(Path(config.compressor_dir)),
+                   "llm": _input(config, "llm")},  # fmt: skip
         "speech_token_rate_hz": data[config.train_split]["speech_tokens_per_second"],
     }

@@ -60,7 +60,7 @@ def _convert(hint: Any, value: Any, *, where: str) -> Any:
     for option in options:
         if dataclasses.is_dataclass(option) and isinstance(value, dict):
             return from_dict(option, value, where=where)
-    if typing.get_origin(hint) is tuple and isinstance(value, list):
+    if isinstance(value, list) and any(typing.get_origin(option) is tuple for option in options):
         return tuple(value)
     return value
 

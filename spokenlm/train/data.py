@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +31,20 @@ class Utterance:
     voice: dict = field(default_factory=dict, repr=False)
 
 
-def read_manifest(path: str | Path, *, splits: tuple[str, ...] | None = None, tasks: tuple[str, ...] | None = None,
-                  max_duration_s: float | None = None) -> list[Utterance]:  # fmt: skip
-    """Utterances of `path`, keeping those in `splits`, having any of `tasks`, not longer than max."""
+def read_manifest(path: str | Path | Sequence[str | Path], *, splits: tuple[str, ...] | None = None,
+                  tasks: tuple[str, ...] | None = None, max_duration_s: float | None = None) -> list[Utterance]:  # fmt: skip
+    """Utterances of `path`, keeping those in `splits`, having any of `tasks`, not longer than max.
+
+    `path` may be several manifests (the synthetic corpus and the FSDD recordings, say): their
+    utterances are concatenated in order, and an id found in two of them is an error."""
+    if not isinstance(path, (str, Path)):
+        utts = [u for p in path for u in read_manifest(p, splits=splits, tasks=tasks, max_duration_s=max_duration_s)]
+        seen: set[str] = set()
+        for u in utts:
+            if u.id in seen:
+                raise ValueError(f"utterance id {u.id} appears in more than one of the manifests {list(map(str, path))}")
+            seen.add(u.id)
+        return utts
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
@@ -77,6 +89,10 @@ class AudioCache:
 
     def batch(self, utts: list[Utterance]) -> AudioBatch:
         return batch_audio([self.get(u) for u in utts])
+
+    def drop(self, utt: Utterance) -> None:
+        """Forget one utterance's audio (e.g. once its encoder features are cached)."""
+        self._wavs.pop(utt.id, None)
 
 
 def duration_batches(utts: list[Utterance], *, max_batch_s: float, seed: int, shuffle: bool = True) -> list[list[int]]:

@@ -279,6 +279,10 @@ def test_save_load_round_trip(tmp_path, mode: str) -> None:
         "input_dim": 8,
         "mode": mode,
         "alphabet": "ab c",
+        "num_layers": 0,
+        "num_heads": 4,
+        "ffn_dim": 0,
+        "dropout": 0.1,
     }
     loaded = load_compressor(tmp_path / "compressor")
     assert isinstance(loaded, CTCCompressor) and loaded.config == compressor.config
@@ -298,3 +302,50 @@ def test_load_rejects_unknown_kind_and_keys(tmp_path) -> None:
     (tmp_path / "compressor.json").write_text(json.dumps({**config, "blank": 0}))
     with pytest.raises(ValueError, match=r"unknown ctc compressor config keys \['blank'\]$"):
         load_compressor(tmp_path)
+
+
+# ------------------------------------------------------------------------------ context layers
+
+
+def _with_context(mode: str = "frame_averaging") -> CTCCompressor:
+    torch.manual_seed(0)
+    config = CTCCompressorConfig(input_dim=8, mode=mode, num_layers=2, num_heads=2, ffn_dim=16, dropout=0.0)
+    return build_compressor(config).eval()
+
+
+def test_context_layers_batched_equals_single_and_pool_their_output() -> None:
+    compressor = _with_context()
+    torch.manual_seed(1)
+    a, b = torch.randn(12, 8), torch.randn(7, 8)
+    batch = encoded(a, b)
+    with torch.no_grad():
+        context = compressor.features(batch)
+        out = compressor(batch)
+        for i, x in enumerate((a, b)):
+            single = compressor.features(encoded(x))
+            torch.testing.assert_close(context[i, : len(x)], single[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(context[0], a)  # the layers change the features
+    # token 0 is the mean of the context output over its span, not of the encoder features
+    start, end = out.spans[0][0]
+    torch.testing.assert_close(out.embeddings[0, 0], context[0, start:end].mean(0), atol=1e-5, rtol=0)
+
+
+def test_context_layers_train_and_round_trip(tmp_path) -> None:
+    compressor = _with_context()
+    compressor.train()
+    torch.manual_seed(2)
+    batch = encoded(torch.randn(30, 8), torch.randn(25, 8))
+    compressor.ctc_loss(batch, ["abc", "ba"]).backward()
+    grads = [p.grad for p in compressor.context.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    save_compressor(compressor.eval(), tmp_path / "c")
+    loaded = load_compressor(tmp_path / "c").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(batch).embeddings, compressor(batch).embeddings)
+
+
+def test_context_layer_config_errors() -> None:
+    with pytest.raises(ValueError, match=r"CTCCompressorConfig.input_dim 8 is not divisible by num_heads 3"):
+        CTCCompressorConfig(input_dim=8, num_layers=1, num_heads=3).validate()
+    with pytest.raises(ValueError, match=r"CTCCompressorConfig.num_layers must be an int >= 0, got -1"):
+        CTCCompressorConfig(input_dim=8, num_layers=-1).validate()

@@ -22,8 +22,8 @@ from spokenlm.recipes.ctc import (
     frame_projection,
     train,
     usable_utterances,
-    with_overrides,
 )
+from spokenlm.encoders import with_overrides
 from spokenlm.train.loop import OptimConfig
 
 # ~108K parameters: 2 layers of dim 64 on a 16-channel fbank frontend, 50 Hz, no dropout
@@ -222,8 +222,9 @@ def test_usable_utterances_drops_texts_ctc_cannot_align():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"encoder_preset": None}, "ctc needs exactly one of encoder_dir and encoder_preset, got neither"),
-        ({"encoder_dir": "runs/x"}, "ctc needs exactly one of encoder_dir and encoder_preset, got both"),
+        ({"encoder_preset": None}, "ctc needs exactly one of encoder_dir, encoder_preset and encoder_base, got none"),
+        ({"encoder_dir": "runs/x"},
+         "ctc needs exactly one of encoder_dir, encoder_preset and encoder_base, got encoder_dir and encoder_preset"),
         ({"encoder_preset": "dinosr_huge"}, "unknown encoder_preset 'dinosr_huge'; expected one of dinosr_tiny, "
          "dinosr_tiny_conformer, "
          "dinosr_base, wav2vec2_tiny, wav2vec2_base, sylber_tiny, sylber_base"),
@@ -271,10 +272,12 @@ def test_the_shipped_configs_parse():
     from spokenlm.train.config import load_config
 
     root = Path(__file__).resolve().parents[2] / "configs"
-    real = load_config(root / "ctc.yaml", CTCTrainConfig)
+    default = load_config(root / "ctc.yaml", CTCTrainConfig)
+    dinosr = load_config(root / "ctc_dinosr.yaml", CTCTrainConfig)
     scratch = load_config(root / "ctc_scratch.yaml", CTCTrainConfig)
-    assert real.encoder_dir == "runs/encoder-ssl/encoder" and real.mode == "frame_averaging"
-    assert real.optim.max_minutes == 60 and real.out_dir == "runs/ctc"
+    assert default.encoder_base == "whisper-tiny.en" and default.freeze_encoder and default.compressor_layers == 2
+    assert default.mode == "frame_averaging" and default.out_dir == "runs/ctc"
+    assert dinosr.encoder_dir == "runs/encoder-ssl/encoder" and dinosr.optim.max_minutes == 60
     assert scratch.encoder_preset == "dinosr_tiny_conformer" and scratch.encoder_dir is None
 
 
@@ -297,3 +300,63 @@ def test_ctc_runs_under_ray_train_with_two_workers(tiny_corpus, tmp_path):
     assert metrics["dev_loss"] < metrics["dev_loss_start"]
     assert (tmp_path / "out" / "encoder" / "model.safetensors").is_file()
     assert (tmp_path / "out" / "compressor" / "model.safetensors").is_file()
+
+
+# --- a frozen encoder read from the feature cache (the Whisper path of the default bundle) ------
+
+
+@pytest.fixture(scope="module")
+def frozen_whisper_run(tiny_corpus, tmp_path_factory):
+    from spokenlm.encoders.whisper import build_whisper_encoder, save_whisper_encoder, whisper_test
+
+    root = tmp_path_factory.mktemp("ctc-frozen")
+    torch.manual_seed(0)
+    encoder = build_whisper_encoder(replace(whisper_test(), arch=whisper_test().arch | {"d_model": 32}))
+    save_whisper_encoder(encoder, root / "whisper")
+    config = _config(
+        root / "out", tiny_corpus, encoder_preset=None, encoder_overrides={}, encoder_dir=str(root / "whisper"),
+        freeze_encoder=True, feature_cache=str(root / "features"), compressor_layers=1, compressor_heads=2,
+        compressor_dropout=0.0, mask_time_prob=0.1, mask_channel_prob=0.05, mode="blank_removal",
+        optim=OptimConfig(lr=3e-3, warmup_steps=10, max_steps=120),
+    )  # fmt: skip
+    return config, train(config), root
+
+
+def test_frozen_encoder_trains_the_compressor_over_cached_features(frozen_whisper_run):
+    from spokenlm.compress import load_compressor
+    from spokenlm.encoders import load_encoder
+
+    config, summary, root = frozen_whisper_run
+    out = Path(config.out_dir)
+    assert summary["encoder_frozen"] and summary["steps"] == 120
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0]
+    assert summary["dev_loss"] < 0.5 * summary["dev_loss_start"]
+    assert not (out / "encoder").exists()  # the bundle references the frozen encoder instead
+    compressor = load_compressor(out / "compressor")
+    assert compressor.config.num_layers == 1 and compressor.context is not None
+    shards = sorted((root / "features").glob("*/shard-*.safetensors"))
+    assert shards and len(shards) <= 22  # one file per id-hash shard that holds an utterance
+    # the encoder itself did not move
+    saved, start = load_encoder(root / "whisper"), build_start_encoder(config)
+    for (k, a), (_, b) in zip(saved.state_dict().items(), start.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_frozen_encoder_resume_reuses_the_cache(frozen_whisper_run):
+    config, _, root = frozen_whisper_run
+    shards = sorted((root / "features").glob("*/shard-*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    summary = train(replace(config, optim=replace(config.optim, max_steps=130)))
+    assert summary["steps"] == 130
+    assert [p.stat().st_mtime_ns for p in shards] == stamps  # nothing re-encoded
+
+
+def test_encoder_source_errors(tiny_corpus, tmp_path):
+    with pytest.raises(ValueError, match=r"exactly one of encoder_dir, encoder_preset and encoder_base, got encoder_preset and encoder_base"):
+        _config(tmp_path, tiny_corpus, encoder_base="whisper-tiny.en").validate()
+    with pytest.raises(ValueError, match=r"unknown encoder_base 'whisper-huge'; expected one of whisper-tiny.en"):
+        _config(tmp_path, tiny_corpus, encoder_preset=None, encoder_base="whisper-huge").validate()
+    with pytest.raises(ValueError, match=r"freeze_encoder already keeps the encoder frozen; set freeze_encoder_steps to 0"):
+        _config(tmp_path, tiny_corpus, freeze_encoder=True, freeze_encoder_steps=5).validate()

@@ -71,6 +71,7 @@ def _config(out: Path, manifest: Path, parts: dict[str, Path], **changes) -> Spe
         encoder_dir=str(parts["encoder"]),
         compressor_dir=str(parts["compressor"]),
         llm_dir=str(parts["llm"]),
+        feature_cache=str(out.parent / "features"),
         lora_rank=4,
         lora_alpha=8,
         adapter_hidden_dim=64,
@@ -104,12 +105,12 @@ def test_lora_run_learns_keeps_the_llm_frozen_resumes_and_ships_a_bundle(
     lora = load_file(str(out / "bundle" / "lora" / "adapter_model.safetensors"))
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in lora.items())  # B starts at zero
 
-    # the speech tokens were cached once; a resumed run reads them back and never touches the encoder
-    shards = sorted((out / "cache").rglob("tokens-*.safetensors"))
-    assert shards and sum(len(load_file(str(s))) for s in shards) == 22
-    from spokenlm.model import SpeechLM
+    # the encoder ran once per utterance; a resumed run reads its features back and never encodes
+    shards = sorted((tmp_path / "features").rglob("shard-*.safetensors"))
+    assert shards and sum(len(load_file(str(s))) for s in shards) == 22  # one chunk per clip
+    from spokenlm.train.features import FeatureCache
 
-    monkeypatch.setattr(SpeechLM, "encode_recordings", lambda *a, **k: pytest.fail("re-encoded a cached utterance"))
+    monkeypatch.setattr(FeatureCache, "_encode", lambda *a, **k: pytest.fail("re-encoded a cached utterance"))
     resumed = train(_config(out, tiny_corpus, frozen_parts, optim=OptimConfig(lr=3e-3, warmup_steps=5, max_steps=50)))
     monkeypatch.undo()
     assert resumed["steps"] == 50
@@ -167,18 +168,55 @@ def test_task_weights_choose_the_tasks_and_bad_configs_are_named(tmp_path, tiny_
     with pytest.raises(ValueError, match="lora mode needs lora_rank >= 1"):
         _config(out, tiny_corpus, frozen_parts, lora_rank=0).validate()
     missing = tmp_path / "nope"
-    with pytest.raises(FileNotFoundError, match=re.escape(f"encoder_dir {missing} has no encoder.json")):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"encoder_dir {missing} is not a directory")):
         train(_config(out, tiny_corpus, {**frozen_parts, "encoder": missing}))
+    with pytest.raises(ValueError, match=re.escape("speechlm needs exactly one of llm_dir and llm_base, got ['llm_dir', 'llm_base']")):
+        _config(out, tiny_corpus, frozen_parts, llm_base="smollm2-135m-instruct").validate()
+    with pytest.raises(ValueError, match=re.escape("unknown encoder_base 'wav2vec9'")):
+        _config(out, tiny_corpus, frozen_parts, encoder_dir=None, encoder_base="wav2vec9").validate()
+    with pytest.raises(ValueError, match="text_warmup_steps needs prompt_transcript"):
+        _config(out, tiny_corpus, frozen_parts, text_warmup_steps=5).validate()
 
 
-@pytest.mark.parametrize("name", ["speechlm.yaml", "speechlm_full.yaml"])
+def test_hybrid_prompt_and_text_warmup(tmp_path, tiny_corpus, frozen_parts):
+    from spokenlm.tasks import TRANSCRIPT_HINT
+
+    out = tmp_path / "hybrid"
+    summary = train(_config(out, tiny_corpus, frozen_parts, prompt_transcript=True, text_warmup_steps=10,
+                            eval_every=100, optim=OptimConfig(lr=3e-3, warmup_steps=2, max_steps=20)))  # fmt: skip
+    assert summary["steps"] == 20
+    evaluation = json.loads((out / "eval_dev.json").read_text())
+    prompt = evaluation["examples"]["asr"][0]["prompt"]
+    assert TRANSCRIPT_HINT in prompt  # the CTC transcript rides in the prompt
+    assert "dev_ctc_wer" in summary and summary["dev_ctc_wer"] >= 0  # the CTC stage scored on its own
+
+
+def test_ctc_like_noise_hits_its_rate():
+    import random
+
+    from spokenlm.recipes.speechlm import ctc_like_noise
+    from spokenlm.slue.metrics import word_error_rate
+
+    text = "the quick brown fox jumps over the lazy dog " * 40
+    assert ctc_like_noise(text, 0.0, random.Random(0)) == " ".join(text.split())
+    noisy = ctc_like_noise(text, 0.2, random.Random(0))
+    import jiwer
+
+    cer = jiwer.cer(" ".join(text.split()), noisy)
+    assert 0.12 < cer < 0.28  # ~20 % character errors (an insertion can land on a deletion)
+    assert word_error_rate([text], [noisy]).wer > 30
+
+
+@pytest.mark.parametrize("name", ["speechlm.yaml", "speechlm_full.yaml", "speechlm_speech_only.yaml"])
 def test_shipped_configs_parse(name):
     from spokenlm.train.config import load_config
 
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / name, SpeechLMTrainConfig)
-    assert config.mode == ("full" if "full" in name else "lora") and config.optim.max_minutes == 60
-    assert config.optim.lr_over_minutes
-    assert config.manifest == "../corpus/manifest.jsonl" and config.llm_dir == "runs/text-lm/llm"
+    assert config.mode == ("full" if "full" in name else "lora") and config.optim.max_minutes == 75
+    assert config.optim.lr_over_minutes and config.bf16
+    assert config.manifest == ("../corpus/manifest.jsonl", "../corpus-fsdd/manifest.jsonl")
+    assert config.encoder_base == "whisper-tiny.en" and config.llm_base == "smollm2-135m-instruct"
+    assert config.prompt_transcript == ("speech_only" not in name)
 
 
 def test_items_follow_the_labels():
@@ -231,6 +269,7 @@ def test_speechlm_runs_under_ray_train_with_two_workers(tmp_path, tiny_corpus, f
     config = tmp_path / "speechlm.yaml"
     config.write_text(yaml.safe_dump({
         "out_dir": str(out), "manifest": str(tiny_corpus), "encoder_dir": str(frozen_parts["encoder"]),
+        "feature_cache": str(tmp_path / "features"),
         "compressor_dir": str(frozen_parts["compressor"]), "llm_dir": str(frozen_parts["llm"]),
         "lora_rank": 4, "lora_alpha": 8, "adapter_hidden_dim": 64, "batch_size": 4, "log_every": 5,
         "eval_every": 10, "eval_batch_size": 4, "max_new_tokens": 8,
@@ -240,5 +279,5 @@ def test_speechlm_runs_under_ray_train_with_two_workers(tmp_path, tiny_corpus, f
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["workers"] == 2 and metrics["steps"] == 10
     assert (out / "bundle" / "spokenlm.json").is_file() and (out / "eval_dev.json").is_file()
-    shards = list((out / "cache").rglob("tokens-*.safetensors"))
-    assert len(shards) == 2 and sum(len(load_file(str(s))) for s in shards) == 22  # each worker encoded half
+    shards = list((tmp_path / "features").rglob("shard-*.safetensors"))
+    assert sum(len(load_file(str(s))) for s in shards) == 22  # each worker encoded its shards, none twice

@@ -1,0 +1,227 @@
+"""Encoder features computed once per utterance and kept on disk, for recipes over a frozen encoder.
+
+A frozen encoder gives the same features every epoch, and it is the expensive part: Whisper tiny.en
+runs at ~40x real time on 2 cores, so 20 h of audio cost ~30 min to encode, while a CTC head or an
+adapter over the features trains at thousands of audio-hours per hour. The ctc and speechlm recipes
+therefore encode each utterance once and read the cache afterwards, and the speechlm recipe reuses
+the ctc recipe's cache when the encoder is the same.
+
+Recordings are cut at pauses into chunks of at most ``max_chunk_s`` exactly as ``SpeechLM`` does at
+inference (``spokenlm.model.encode_chunks``), and each chunk's features are kept with its start time,
+so a recipe can compress chunk by chunk and join the tokens as ``join_chunks`` does (``chunk_batches``).
+
+Layout under the cache root (``<cache>/features`` by default, see ``spokenlm.bases.cache_dir``):
+
+    <fingerprint>/encoder.json              what the fingerprint covers (kind, config)
+    <fingerprint>/shard-NN.safetensors      {"<utterance id>#<chunk>@<start sample>": (T, D) float16}
+
+The fingerprint is the sha256 of the encoder's config and weights, so a different checkpoint, layer
+choice or fine-tuned copy never reads another's features. Shards are written atomically (a temp file,
+then rename): an interrupted build resumes with the shards it finished. Utterances are grouped into
+shards by id hash, so a shard's content does not depend on which other splits were cached with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from spokenlm.audio import MAX_CHUNK_S, SAMPLE_RATE
+from spokenlm.encoders.base import EncoderOutput
+from spokenlm.train.data import AudioCache, Utterance, duration_batches
+
+if TYPE_CHECKING:
+    from spokenlm.model import ChunkBatch
+
+NUM_SHARDS = 64  # utterances are spread over this many shards by id hash: ~300 per shard at 20 h
+CACHE_DTYPE = torch.float16  # Whisper's own weights are fp16; features keep ~3 significant digits
+
+
+def encoder_fingerprint(encoder: nn.Module) -> str:
+    """sha256 over the encoder's class, config and every parameter and buffer (bytes and names)."""
+    digest = hashlib.sha256(type(encoder).__name__.encode())
+    config = getattr(encoder, "config", None)
+    digest.update(repr(config).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _shard_of(utt_id: str) -> int:
+    return int(hashlib.sha1(utt_id.encode()).hexdigest()[:8], 16) % NUM_SHARDS
+
+
+@dataclass(frozen=True)
+class CachedChunk:
+    start_s: float  # offset of the chunk in its recording
+    features: Tensor  # (T, D) float16
+
+
+def _key(utt_id: str, index: int, start_sample: int) -> str:
+    return f"{utt_id}#{index}@{start_sample}"
+
+
+def _parse_key(key: str) -> tuple[str, int, int]:
+    utt_id, rest = key.rsplit("#", 1)
+    index, start = rest.split("@")
+    return utt_id, int(index), int(start)
+
+
+class FeatureCache:
+    """Encoder features per utterance (one entry per chunk), built once (`build`), then in memory."""
+
+    def __init__(self, root: str | Path, encoder: nn.Module, *, max_chunk_s: float = MAX_CHUNK_S) -> None:
+        self.encoder = encoder
+        self.max_chunk_s = max_chunk_s
+        digest = hashlib.sha256(f"{encoder_fingerprint(encoder)} max_chunk_s={max_chunk_s}".encode())
+        self.fingerprint = digest.hexdigest()
+        self.dir = Path(root) / self.fingerprint[:16]
+        self.frame_rate_hz = float(encoder.frame_rate_hz)
+        self._chunks: dict[str, list[CachedChunk]] = {}
+
+    def _shard_path(self, shard: int) -> Path:
+        return self.dir / f"shard-{shard:02d}.safetensors"
+
+    def build(
+        self,
+        utts: Sequence[Utterance],
+        audio: AudioCache,
+        *,
+        max_batch_s: float = 120.0,
+        progress: Callable[[int, int], None] | None = None,
+        part: tuple[int, int] = (0, 1),
+    ) -> None:
+        """Encode every utterance not on disk yet (one shard at a time) and hold all of them in memory.
+
+        part=(rank, workers): with several workers each encodes only the shards s with s % workers ==
+        rank and loads those; call `load` after a barrier to read the others' shards too."""
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        manifest = self.dir / "encoder.json"
+        if not manifest.is_file():
+            info = {"fingerprint": self.fingerprint, "kind": type(self.encoder).__name__,
+                    "config": repr(getattr(self.encoder, "config", None))}  # fmt: skip
+            manifest.write_text(json.dumps(info, indent=2) + "\n")
+        by_shard: dict[int, list[Utterance]] = {}
+        for utt in utts:
+            by_shard.setdefault(_shard_of(utt.id), []).append(utt)
+        rank, workers = part
+        done = 0
+        for shard, members in sorted(by_shard.items()):
+            if shard % workers != rank:
+                continue
+            path = self._shard_path(shard)
+            stored = self._read_shard(shard)
+            have = {_parse_key(k)[0] for k in stored}
+            missing = [u for u in members if u.id not in have]
+            if missing:
+                stored.update(self._encode(missing, audio, max_batch_s))
+                fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+                os.close(fd)
+                save_file({k: v.contiguous() for k, v in stored.items()}, tmp)
+                os.replace(tmp, path)  # atomic: a reader sees the old shard or the new one
+            self._keep(stored, members)
+            done += len(members)
+            if progress is not None:
+                progress(done, len(utts))
+
+    def load(self, utts: Sequence[Utterance]) -> None:
+        """Hold the cached features of `utts` in memory (after every worker's `build`)."""
+        by_shard: dict[int, list[Utterance]] = {}
+        for utt in utts:
+            if utt.id not in self._chunks:
+                by_shard.setdefault(_shard_of(utt.id), []).append(utt)
+        for shard, members in sorted(by_shard.items()):
+            self._keep(self._read_shard(shard), members)
+            missing = [u.id for u in members if u.id not in self._chunks]
+            if missing:
+                raise KeyError(f"no cached features for utterance {missing[0]} in {self._shard_path(shard)}")
+
+    def _read_shard(self, shard: int) -> dict[str, Tensor]:
+        from safetensors.torch import load_file
+
+        path = self._shard_path(shard)
+        return load_file(str(path)) if path.is_file() else {}
+
+    def _keep(self, stored: dict[str, Tensor], members: Sequence[Utterance]) -> None:
+        wanted = {u.id for u in members}
+        chunks: dict[str, list[tuple[int, CachedChunk]]] = {}
+        for key, value in stored.items():
+            utt_id, index, start = _parse_key(key)
+            if utt_id in wanted:
+                chunks.setdefault(utt_id, []).append((index, CachedChunk(start / SAMPLE_RATE, value)))
+        self._chunks.update((k, [c for _, c in sorted(v, key=lambda x: x[0])]) for k, v in chunks.items())
+
+    @torch.inference_mode()
+    def _encode(self, utts: list[Utterance], audio: AudioCache, max_batch_s: float) -> dict[str, Tensor]:
+        from spokenlm.model import encode_chunks
+
+        was_training = self.encoder.training
+        self.encoder.eval()
+        out: dict[str, Tensor] = {}
+        for idx in duration_batches(utts, max_batch_s=max_batch_s, seed=0, shuffle=False):
+            batch = [utts[i] for i in idx]
+            batches = encode_chunks(self.encoder, [audio.get(u) for u in batch], max_chunk_s=self.max_chunk_s,
+                                    max_chunks_per_batch=len(batch))  # fmt: skip
+            counts: dict[int, int] = {}
+            for chunk_batch in batches:
+                encoded = chunk_batch.encoded
+                for j, (item, start_s) in enumerate(zip(chunk_batch.items, chunk_batch.starts_s)):
+                    index = counts.get(item, 0)
+                    counts[item] = index + 1
+                    key = _key(batch[item].id, index, round(start_s * SAMPLE_RATE))
+                    out[key] = encoded.features[j, : int(encoded.lengths[j])].to(CACHE_DTYPE).clone()
+            for utt in batch:  # the waveform is no longer needed once its features are cached
+                audio.drop(utt)
+        self.encoder.train(was_training)
+        return out
+
+    def __contains__(self, utt_id: str) -> bool:
+        return utt_id in self._chunks
+
+    def chunks(self, utt: Utterance) -> list[CachedChunk]:
+        if utt.id not in self._chunks:
+            raise KeyError(f"no cached features for utterance {utt.id}; call build() with it first")
+        return self._chunks[utt.id]
+
+    def get(self, utt: Utterance) -> Tensor:
+        """(T, D) features of a recording that fit one chunk (the CTC recipe's clips of <= 30 s)."""
+        chunks = self.chunks(utt)
+        if len(chunks) != 1:
+            raise ValueError(f"utterance {utt.id} was cut into {len(chunks)} chunks; read them with chunks()")
+        return chunks[0].features
+
+    def chunk_batches(self, utts: Sequence[Utterance], dtype: torch.dtype = torch.float32) -> list[ChunkBatch]:
+        """The cached chunks of `utts` as the `ChunkBatch`es `encode_chunks` would give (one batch),
+        for `spokenlm.model.join_chunks`."""
+        from spokenlm.model import ChunkBatch
+
+        items, starts, feats = [], [], []
+        for i, utt in enumerate(utts):
+            for chunk in self.chunks(utt):
+                items.append(i)
+                starts.append(chunk.start_s)
+                feats.append(chunk.features)
+        return [ChunkBatch(items=items, starts_s=starts, encoded=self._pad(feats, dtype))]
+
+    def batch(self, utts: Sequence[Utterance], dtype: torch.dtype = torch.float32) -> EncoderOutput:
+        """The cached features of `utts`, right-padded: what the encoder would return (no hidden states)."""
+        return self._pad([self.get(u) for u in utts], dtype)
+
+    def _pad(self, feats: list[Tensor], dtype: torch.dtype) -> EncoderOutput:
+        return EncoderOutput(
+            features=nn.utils.rnn.pad_sequence(feats, batch_first=True).to(dtype),  # (B, T, D)
+            lengths=torch.tensor([f.shape[0] for f in feats], dtype=torch.long),
+            frame_rate_hz=self.frame_rate_hz,
+        )

@@ -1,0 +1,91 @@
+"""The encoder feature cache (spokenlm/train/features.py): what it stores equals what the encoder
+gives, chunked as SpeechLM chunks long recordings; it resumes without re-encoding; its key follows
+the weights."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from spokenlm.encoders.whisper import build_whisper_encoder, whisper_test
+from spokenlm.model import encode_chunks
+from spokenlm.train.data import AudioCache, Utterance
+from spokenlm.train.features import FeatureCache, encoder_fingerprint
+
+SECONDS = [1.5, 2.25, 0.8, 3.1]
+
+
+def _tone(seconds: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * 16_000)) / 16_000
+    return 0.2 * torch.sin(2 * torch.pi * (120 + 40 * seed) * t) + 0.01 * torch.randn(t.shape[0], generator=g)
+
+
+@pytest.fixture(scope="module")
+def utts(tmp_path_factory) -> list[Utterance]:
+    root = tmp_path_factory.mktemp("clips")
+    out = []
+    for i, seconds in enumerate(SECONDS):
+        path = root / f"c{i}.wav"
+        sf.write(path, _tone(seconds, i).numpy(), 16_000)
+        out.append(Utterance(id=f"c{i}", split="dev", audio=path, duration_s=seconds, labels={"text": "x"}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return build_whisper_encoder(whisper_test()).eval()
+
+
+def test_cached_features_equal_the_encoder(tmp_path, utts, encoder) -> None:
+    cache = FeatureCache(tmp_path, encoder)
+    cache.build(utts, AudioCache())
+    audio = AudioCache()
+    batch = cache.batch(utts)
+    for i, utt in enumerate(utts):
+        wav = audio.get(utt)
+        with torch.no_grad():
+            ref = encoder(wav[None], torch.tensor([wav.shape[0]]))
+        n = int(ref.lengths[0])
+        assert int(batch.lengths[i]) == n and cache.get(utt).dtype == torch.float16
+        torch.testing.assert_close(batch.features[i, :n], ref.features[0], atol=2e-3, rtol=2e-3)
+        assert torch.all(batch.features[i, n:] == 0)
+    assert batch.frame_rate_hz == 50.0
+
+
+def test_long_recordings_are_cached_as_speechlm_chunks_them(tmp_path, utts, encoder) -> None:
+    cache = FeatureCache(tmp_path, encoder, max_chunk_s=1.0)  # every clip over 1 s is cut
+    cache.build(utts, AudioCache())
+    audio = AudioCache()
+    expected = encode_chunks(encoder, [audio.get(u) for u in utts], max_chunk_s=1.0, max_chunks_per_batch=64)
+    (ref,) = expected
+    got = cache.chunk_batches(utts)[0]
+    assert got.items == ref.items and got.starts_s == pytest.approx(ref.starts_s)
+    assert got.encoded.lengths.tolist() == ref.encoded.lengths.tolist()
+    torch.testing.assert_close(got.encoded.features, ref.encoded.features, atol=2e-3, rtol=2e-3)
+    assert len(cache.chunks(utts[3])) >= 2
+    with pytest.raises(ValueError, match=r"utterance c3 was cut into \d+ chunks; read them with chunks\(\)"):
+        cache.get(utts[3])
+
+
+def test_build_resumes_and_the_key_follows_the_weights(tmp_path, utts, encoder) -> None:
+    cache = FeatureCache(tmp_path, encoder)
+    cache.build(utts[:2], AudioCache())
+    shards = {p: p.stat().st_mtime_ns for p in cache.dir.glob("shard-*.safetensors")}
+    again = FeatureCache(tmp_path, encoder)
+    again.build(utts[:2], AudioCache())
+    assert {p: p.stat().st_mtime_ns for p in again.dir.glob("shard-*.safetensors")} == shards  # nothing rewritten
+    again.build(utts, AudioCache())  # the other two are added
+    assert all(u.id in again for u in utts)
+    with pytest.raises(KeyError, match=r"no cached features for utterance other"):
+        again.get(replace(utts[0], id="other"))
+
+    other = build_whisper_encoder(whisper_test()).eval()  # different random weights
+    assert encoder_fingerprint(other) != encoder_fingerprint(encoder)
+    assert FeatureCache(tmp_path, other).dir != cache.dir
+    assert FeatureCache(tmp_path, encoder, max_chunk_s=10.0).dir != cache.dir
