@@ -26,13 +26,16 @@ metrics.json and scored as an empty prediction.
 What each suite runs: voxpopuli asr + ner; voxceleb asr + sentiment; hvb dialog-act; ted summarize;
 sqa5 qa on the document audio with the question's *text* (normalized_question_text; the bundle's
 `qa` task takes text questions), the answer timed in the audio by aligning it to the CTC transcript;
-nel ner, entities timed by the CTC alignment (SpeechLM.run's entity times).
+nel ner, entities timed by the CTC alignment (SpeechLM.run's entity and answer times).
+
+A worker calls `SpeechLM.run` once per utterance and stores each task's record as it is
+(`RunOutput.to_record`); scoring and the submission file are the library's (spokenlm.slue.scoring,
+spokenlm.slue.submission), and so is the row layout they read.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -43,22 +46,24 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.stages import _actor_device, _set_threads, ensure_ray, join_frames
-from spokenlm.model import decode_requests, encode_chunks, join_chunks
+from pipelines.stages import _actor_device, _set_threads, ensure_ray
+from spokenlm.slue.scoring import (
+    SUITE_TASKS,
+    entities,
+    entity_segments,
+    first_record,
+    json_safe,
+    prediction,
+    score,
+    ted_reference,
+)
+from spokenlm.slue.submission import write_submission
 
 PREDICTIONS = "predictions.jsonl"
 SUBMISSION = "submission.tsv"
 METRICS = "metrics.json"
 RUN_MANIFEST = "run.json"  # what OUT holds predictions of: a rerun must match it
-
-SUITE_TASKS: dict[str, tuple[str, ...]] = {
-    "voxpopuli": ("asr", "ner"),
-    "voxceleb": ("asr", "sentiment"),
-    "hvb": ("dialog-act",),
-    "ted": ("summarize",),
-    "sqa5": ("qa",),
-    "nel": ("ner",),
-}
+ROW_FORMAT = 2  # 2: one record per task (spokenlm.slue.scoring); 1 had flat per-task fields
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,115 +183,27 @@ class SlueWorker:
             return row | {"error": f"{type(e).__name__}: {e}"}
 
     def _predict(self, item: dict) -> dict:
-        import torch
-
         from spokenlm.audio import MIN_DURATION_S, SAMPLE_RATE, AudioError
         from spokenlm.slue.readers import load_clip
         from spokenlm.tasks import TaskRequest
 
-        row: dict = {}
         t0 = time.perf_counter()
         wav = load_clip(item["audio"], item.get("start_s"), item.get("end_s"))
         if wav.shape[-1] < MIN_DURATION_S * SAMPLE_RATE:  # a cut past the end of its recording
             raise AudioError(f"clip is {wav.shape[-1] / SAMPLE_RATE:.3f} s long, shorter than {MIN_DURATION_S} s")
-        t1 = time.perf_counter()
-        m = self.model
-        batches = encode_chunks(m.encoder, [wav], max_chunk_s=m.max_chunk_s)
-        t2 = time.perf_counter()
-        tokens = join_chunks(m.compressor, batches, [wav.shape[-1] / SAMPLE_RATE])
-        t3 = time.perf_counter()
-        with torch.inference_mode():
-            projected = m.adapter(tokens.embeddings)
-        t4 = time.perf_counter()
+        load_ms = (time.perf_counter() - t0) * 1e3
         requests = [
             TaskRequest(task=t, question=item.get("question") if t == "qa" else None) for t in SUITE_TASKS[self.suite]
         ]
-        results = decode_requests(
-            m.llm, requests, projected, tokens.lengths, self.generation,
-            char_times=tokens.char_times, recording=[0] * len(requests), draft=m.draft,
-        )  # fmt: skip
-        t5 = time.perf_counter()
-        frames = sum(int(b.encoded.lengths.sum()) for b in batches)
-        row |= {
-            "duration_s": round(tokens.durations_s[0], 3),
-            "encoder_frames": frames,
-            "frame_rate_hz": batches[0].encoded.frame_rate_hz,
-            "num_tokens": int(tokens.lengths[0]),
-            "tokens_per_second": round(tokens.tokens_per_second[0], 3),
-            "ctc_text": tokens.transcripts[0] if tokens.transcripts is not None else None,
-            "timing_ms": {
-                "load_audio": _ms(t0, t1), "encoder": _ms(t1, t2), "compress": _ms(t2, t3),
-                "adapter": _ms(t3, t4), "llm": _ms(t4, t5),
-            },  # fmt: skip
+        outputs = self.model.run([wav], requests, self.generation, recording=[0] * len(requests))
+        row: dict = {
+            "records": {o.request.task: o.with_audio(path=item["audio"], load_ms=load_ms).to_record() for o in outputs},
+            "frame_rate_hz": self.model.encoder.frame_rate_hz,
         }
-        for request, result in zip(requests, results):
-            row |= _result_fields(request.task, result, tokens.char_times[0] if tokens.char_times else None)
-        if self.uncompressed:
-            row["uncompressed_text"] = self._uncompressed_asr(batches, tokens.char_times)
+        if self.uncompressed:  # the LLM on every encoder frame (a hybrid-prompt LLM still reads the CTC text)
+            (asr,) = self.model.run([wav], [TaskRequest(task="asr")], self.generation, uncompressed=True)
+            row["uncompressed_text"] = asr.result.text
         return row
-
-    def _uncompressed_asr(self, batches, char_times) -> str:
-        import torch
-
-        from spokenlm.tasks import TaskRequest
-
-        frames, lengths = join_frames(batches, 1)
-        with torch.inference_mode():
-            projected = self.model.adapter(frames)
-        (result,) = decode_requests(  # char_times: a hybrid-prompt LLM reads the CTC transcript either way
-            self.model.llm, [TaskRequest(task="asr")], projected, lengths, self.generation,
-            char_times=char_times, draft=self.model.draft,
-        )  # fmt: skip
-        return result.text
-
-
-def _result_fields(task: str, result, char_times) -> dict:
-    """The prediction-row fields of one task result (the `spokenlm run --json` names where they exist)."""
-    if task == "asr":
-        return {"text": result.text}
-    if task == "ner":
-        entities = [
-            {"tag": e.tag, "text": e.text, "start_char": e.start_char, "end_char": e.end_char,
-             "start_s": e.start_s, "end_s": e.end_s}
-            for e in result.entities
-        ]  # fmt: skip
-        return {"ner_text": result.text, "entities": entities}
-    if task == "sentiment":
-        return {"sentiment": result.label}
-    if task == "dialog-act":
-        return {"dialog_acts": list(result.acts)}
-    if task == "summarize":
-        return {"summary": result.text}
-    if task == "qa":
-        return {"answer": result.text, "answer_span": locate_text(result.text, char_times)}
-    raise ValueError(f"no prediction fields for task {task!r}")
-
-
-def locate_text(text: str, char_times: list[tuple[str, float, float]] | None) -> list[float] | None:
-    """[start_s, end_s] of the stretch of the CTC transcript that best matches `text`, or None.
-
-    The longest common block (difflib) anchors the match; it is widened to the characters of `text`
-    matched within one answer-length of it, so a few CTC misspellings do not split the span.
-    """
-    import difflib
-
-    if not text or not char_times:
-        return None
-    ctc = "".join(c for c, _, _ in char_times)
-    matcher = difflib.SequenceMatcher(None, text.lower(), ctc, autojunk=False)
-    anchor = matcher.find_longest_match(0, len(text), 0, len(ctc))
-    if anchor.size == 0:
-        return None
-    lo, hi = anchor.b, anchor.b + anchor.size - 1
-    window = (anchor.b - len(text), anchor.b + anchor.size + len(text))  # CTC characters the answer may cover
-    for block in matcher.get_matching_blocks():
-        if block.size and window[0] <= block.b and block.b + block.size <= window[1]:
-            lo, hi = min(lo, block.b), max(hi, block.b + block.size - 1)
-    return [round(char_times[lo][1], 3), round(char_times[hi][2], 3)]
-
-
-def _ms(a: float, b: float) -> float:
-    return round((b - a) * 1e3, 2)
 
 
 # --- items and rows --------------------------------------------------------------------------------
@@ -341,6 +258,7 @@ def _check_manifest(out: Path, config: SlueEvalConfig, generation) -> None:
         "split": config.split,
         "model": str(Path(config.model_dir).resolve()),
         "generation": asdict(generation),
+        "row_format": ROW_FORMAT,
     }
     path = out / RUN_MANIFEST
     if path.is_file():
@@ -399,7 +317,7 @@ def run_slue_eval(
     rows = {r.id: done[r.id] for r in runnable}
     write_submission(out / SUBMISSION, config.suite, runnable, rows)
     metrics = score(config.suite, split, rows, model_dir=config.model_dir)
-    (out / METRICS).write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    (out / METRICS).write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
     if config.report:
         from pipelines.report import write_report
 
@@ -467,135 +385,6 @@ def _run_pool(config, generation, items, path, done, ids, worker, on_row) -> int
             ray.shutdown()
 
 
-# --- scoring ---------------------------------------------------------------------------------------
-
-
-def _entities(row: dict) -> list[tuple[str, str]]:
-    return [(e["tag"], e["text"]) for e in row.get("entities") or ()]
-
-
-def _segments(row: dict) -> list[tuple[float, float]]:
-    return [(e["start_s"], e["end_s"]) for e in row.get("entities") or () if e.get("start_s") is not None]
-
-
-def ted_reference(record) -> str:
-    """The summary a TED talk is scored against: its title and abstract (SLUE Phase-2 §3.3)."""
-    return f"{record.title} {record.abstract}".strip()
-
-
-def score(suite: str, split, rows: dict[str, dict], *, model_dir: str | None = None) -> dict:
-    """metrics.json: slue-toolkit metrics (spokenlm.slue.metrics) of `rows` against the split.
-
-    Scored: every record with audio; a row with `error` counts as an empty prediction. VoxPopuli WER
-    normalises both sides with `normalize_asr_text` (prepare_voxpopuli's reference clean-up);
-    VoxCeleb compares normalized_text as it is. Blind splits get no scores.
-    """
-    from spokenlm.slue import metrics as M
-
-    records = split.records_with_audio()
-    out: dict = {
-        "suite": suite, "split": split.split, "source": str(split.source), "model": model_dir,
-        "blind": split.blind, "num_records": len(split.records), "num_scored": 0 if split.blind else len(records),
-        "headline": {}, "details": {},
-        "missing_audio": [{"id": m.id, "path": str(m.path)} for m in split.missing_audio],
-        "skipped": list(split.skipped),
-        "failed": [{"id": r.id, "error": rows[r.id]["error"]} for r in records if rows[r.id].get("error")],
-    }  # fmt: skip
-    if split.blind or not records:
-        return out
-    pred = [rows[r.id] for r in records]
-    head, details = out["headline"], out["details"]
-    if suite == "voxpopuli":
-        wer = M.word_error_rate(
-            [M.normalize_asr_text(r.normalized_text) for r in records],
-            [M.normalize_asr_text(p.get("text") or "") for p in pred],
-        )
-        ner = M.ner_report([r.entities() for r in records], [_entities(p) for p in pred])
-        head |= {
-            "wer": wer.wer,
-            "ner_f1": ner["combined-standard"].micro.f1,  # SLUE's headline NER number
-            "ner_f1_raw": ner["raw-standard"].micro.f1,
-            "ner_label_f1": ner["combined-label"].micro.f1,
-        }
-        details |= {"wer": wer.to_dict(), "ner": {k: v.to_dict() for k, v in ner.items()}}
-    elif suite == "voxceleb":
-        wer = M.word_error_rate([r.normalized_text for r in records], [p.get("text") or "" for p in pred])
-        sentiment = M.sentiment_scores([r.sentiment for r in records], [p.get("sentiment") for p in pred])
-        head |= {"wer": wer.wer, "sentiment_f1": sentiment.macro.f1}
-        details |= {"wer": wer.to_dict(), "sentiment": sentiment.to_dict()}
-    elif suite == "hvb":
-        acts = M.dialog_act_scores([r.dialog_acts for r in records], [p.get("dialog_acts") for p in pred])
-        head |= {"dialog_act_f1": acts.macro.f1}
-        details |= {"dialog_acts": acts.to_dict()}
-    elif suite == "ted":
-        rouge = M.rouge_scores([ted_reference(r) for r in records], [p.get("summary") for p in pred])
-        head |= rouge.to_dict()
-        details |= {"rouge": rouge.to_dict()}
-    elif suite == "sqa5":
-        spans = [tuple(p["answer_span"]) if p.get("answer_span") else None for p in pred]
-        sqa = M.sqa_frame_f1([r.answer_spans for r in records], spans)
-        head |= {"frame_f1": sqa.frame_f1}
-        details |= {"sqa": sqa.to_dict()}
-    elif suite == "nel":
-        nel = M.nel_scores(list(records), {r.id: _segments(rows[r.id]) for r in records})
-        head |= {"frame_f1": nel.frame.f1, "word_f1": nel.word.f1}
-        details |= {"nel": nel.to_dict()}
-    return out
-
-
-def _json_safe(x):
-    """NaN (e.g. macro F1 over no tags) as null, so metrics.json is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
-# --- the submission file ---------------------------------------------------------------------------
-
-_PHASE2_COLUMNS = {
-    "hvb": ("pred_dialog_acts",),
-    "ted": ("pred_summary",),
-    "sqa5": ("pred_answer", "pred_start_second", "pred_end_second"),
-    "nel": ("pred_entity_spans",),
-}
-
-
-def write_submission(path: Path, suite: str, records, rows: dict[str, dict]) -> Path:
-    """The SLUE submission TSV (slue-toolkit how-to-submit): `id pred_text pred_ner pred_sentiment`,
-    `none` where a column does not apply, NER as a Python-literal list of [tag, phrase].
-
-    Phase-2 suites have no published submission format; their file has `id` plus the prediction
-    columns of `_PHASE2_COLUMNS` in the same style (Python literals, `none` when absent).
-    """
-    official = suite in ("voxpopuli", "voxceleb")
-    header = ("id", "pred_text", "pred_ner", "pred_sentiment") if official else ("id",) + _PHASE2_COLUMNS[suite]
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(header)
-        for r in records:
-            row = rows[r.id]
-            ok = not row.get("error")
-            if suite == "voxpopuli":
-                cells = [row.get("text") or "", repr([list(e) for e in _entities(row)]) if ok else "none", "none"]
-            elif suite == "voxceleb":
-                cells = [row.get("text") or "", "none", row.get("sentiment") or "none"]
-            elif suite == "hvb":
-                cells = [repr(row.get("dialog_acts") or [])]
-            elif suite == "ted":
-                cells = [row.get("summary") or "none"]
-            elif suite == "sqa5":
-                span = row.get("answer_span")
-                cells = [row.get("answer") or "none"] + ([str(t) for t in span] if span else ["none", "none"])
-            else:  # nel
-                cells = [repr([list(s) for s in _segments(row)])]
-            writer.writerow([r.id] + cells)
-    return path
-
-
 # --- the report's view of each utterance -----------------------------------------------------------
 
 
@@ -612,53 +401,56 @@ def _view(suite: str, record, row: dict, *, blind: bool = False):
         return "; ".join(f"{t}: {p}" for t, p in entities) or "no entities"
 
     transcript, asr, reference, hypothesis, error = None, None, "", "", 0.0
+    summary, answer = prediction(row, "summarize", "summary"), prediction(row, "qa", "answer")
     if blind:
-        asr = row.get("text")
-        reference, hypothesis = "(blind split)", asr or row.get("summary") or row.get("answer") or ""
+        asr = prediction(row, "asr", "text")
+        reference, hypothesis = "(blind split)", asr or summary or answer or ""
     elif suite == "voxpopuli":
         transcript = M.normalize_asr_text(record.normalized_text or "")
-        asr = M.normalize_asr_text(row.get("text") or "")
+        asr = M.normalize_asr_text(prediction(row, "asr", "text") or "")
         error = wer(transcript, asr)
         reference = f"{transcript} [{tags(record.entities() or [])}]"
-        hypothesis = f"{asr} [{tags(_entities(row))}]"
+        hypothesis = f"{asr} [{tags(entities(row))}]"
     elif suite == "voxceleb":
-        transcript, asr = record.normalized_text or "", row.get("text") or ""
+        transcript, asr = record.normalized_text or "", prediction(row, "asr", "text") or ""
         error = wer(transcript, asr)
-        reference, hypothesis = f"{transcript} [{record.sentiment}]", f"{asr} [{row.get('sentiment')}]"
+        sentiment = prediction(row, "sentiment", "sentiment")
+        reference, hypothesis = f"{transcript} [{record.sentiment}]", f"{asr} [{sentiment}]"
     elif suite == "hvb":
         transcript = record.text
-        ref, hyp = set(record.dialog_acts or ()), set(row.get("dialog_acts") or ())
+        ref, hyp = set(record.dialog_acts or ()), set(prediction(row, "dialog-act", "dialog_acts") or ())
         error = 100.0 * (1 - len(ref & hyp) / len(ref | hyp)) if ref | hyp else 0.0
         reference, hypothesis = ", ".join(sorted(ref)) or "(none)", ", ".join(sorted(hyp)) or "(none)"
     elif suite == "ted":
         transcript = record.transcript
-        reference, hypothesis = ted_reference(record), row.get("summary") or ""
+        reference, hypothesis = ted_reference(record), summary or ""
         error = 100.0 - M.rouge_scores([reference], [hypothesis]).rougeL
     elif suite == "sqa5":
         transcript = record.document_text
-        span = row.get("answer_span")
+        span = prediction(row, "qa", "answer_span_s")
         f1 = M.sqa_frame_f1([record.answer_spans], [tuple(span) if span else None]).frame_f1
         error = 100.0 - f1
         reference = "; ".join(f"{a.answer} @ {a.start_s:.2f}-{a.end_s:.2f}s" for a in record.answer_spans or ())
-        hypothesis = f"{row.get('answer') or ''}" + (f" @ {span[0]:.2f}-{span[1]:.2f}s" if span else " (not located)")
+        hypothesis = f"{answer or ''}" + (f" @ {span[0]:.2f}-{span[1]:.2f}s" if span else " (not located)")
     elif suite == "nel":
         transcript = " ".join(w.word for w in record.words if w.word)
-        error = 100.0 - M.nel_scores([record], {record.id: _segments(row)}).frame.f1
+        error = 100.0 - M.nel_scores([record], {record.id: entity_segments(row)}).frame.f1
         reference = "; ".join(f"{e.phrase} @ {e.start_s:.2f}-{e.end_s:.2f}s" for e in record.entities or ()) or "(none)"
-        timed = [e for e in row.get("entities") or () if e.get("start_s") is not None]
+        timed = [e for e in prediction(row, "ner", "entities") or () if e.get("start_s") is not None]
         hypothesis = "; ".join(f"{e['text']} @ {e['start_s']:.2f}-{e['end_s']:.2f}s" for e in timed) or "(none)"
     if row.get("error"):
         hypothesis = f"(failed: {row['error']})"
+    shared = first_record(row)  # duration, CTC text, token rate and timing are every task's
     return UtteranceView(
         id=record.id,
-        duration_s=row.get("duration_s"),
+        duration_s=shared.get("duration_s"),
         transcript=transcript or None,
-        ctc_text=row.get("ctc_text"),
+        ctc_text=shared.get("ctc_text"),
         asr_text=asr,
         uncompressed_text=row.get("uncompressed_text"),
-        tokens_per_second=row.get("tokens_per_second"),
+        tokens_per_second=shared.get("tokens_per_second"),
         frame_rate_hz=row.get("frame_rate_hz"),
-        timing_ms=row.get("timing_ms") or {},
+        timing_ms=shared.get("timing_ms") or {},
         reference=reference,
         hypothesis=hypothesis,
         error=error,

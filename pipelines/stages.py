@@ -3,18 +3,14 @@
     AudioStage (load, 16 kHz mono) -> EncoderStage (chunk at pauses, encode)
         -> CompressStage (compressor + adapter) -> DecodeStage (LLM, task parsing)
 
-`SpeechLM.run` (spokenlm/model.py) is the in-process reference and these stages compute the same
-thing, split at its seams (DESIGN.md §1): the same chunking at pauses (`split_on_silence`), the same
-encoder batches of at most `max_chunks_per_batch` chunks, the same joining of each recording's chunk
-tokens with their times, the same prompts and decoding, the same entity timing. Each actor loads only
-its part of the bundle directory (DESIGN.md §3) and holds the CPU / GPU fraction its `StageResources`
-asks for, so the encoder and the LLM can sit on different GPUs while audio decoding stays on CPUs,
-and consecutive files flow through the chain concurrently (file 2 is encoded while file 1 decodes).
-
-The stage *functions* live in the library (spokenlm/model.py: `encode_chunks`, `join_chunks`,
-`decode_requests`, `load_bundle_encoder` / `_compressor` / `_llm`), where `SpeechLM.run` is built from
-them; they take modules, not actors. The batch SLUE job (slue_eval.py) calls them in one process per
-pool worker, which gives it per-stage timing and the intermediate CTC transcripts the report needs.
+`SpeechLM.run` (spokenlm/model.py) is the in-process reference and these stages run the very functions
+it is made of, split at its seams (DESIGN.md §1): `encode_chunks` (chunking at pauses, encoder batches
+of at most `max_chunks_per_batch` chunks), `compress_speech` (each recording's chunk tokens joined
+with their times, the adapter) and `decode_speech` (prompts, decoding, entity timing), passing the
+library's `SpeechTokens` along. Each actor loads only its part of the bundle directory (DESIGN.md §3)
+and holds the CPU / GPU fraction its `StageResources` asks for, so the encoder and the LLM can sit on
+different GPUs while audio decoding stays on CPUs, and consecutive files flow through the chain
+concurrently (file 2 is encoded while file 1 decodes).
 
 Not here: request batching across clients (serve/), the SLUE job (slue_eval.py).
 """
@@ -28,31 +24,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from spokenlm.audio import SAMPLE_RATE, AudioError, load_audio
 from spokenlm.encoders.base import EncoderOutput
-from spokenlm.tasks import TaskRequest, build_prompt
-
 from spokenlm.model import (
-    ChunkBatch,
-    SpeechTokens,
-    decode_requests,
-    encode_chunks,
-    join_chunks,
+    decode_speech,
     load_bundle_compressor,
-    load_bundle_encoder,
     load_bundle_draft,
+    load_bundle_encoder,
     load_bundle_llm,
     read_bundle_meta,
-    run_outputs,
 )
+from spokenlm.speech import MAX_CHUNKS_PER_BATCH, ChunkBatch, SpeechTokens, compress_speech, encode_chunks
+from spokenlm.tasks import TaskRequest, build_prompt
 
 if TYPE_CHECKING:
     from spokenlm.lm import GenerationConfig
-    from spokenlm.model import RunOutput
-
-MAX_CHUNKS_PER_BATCH = 8  # SpeechLM.encode_recordings' default: same batches, same padding, same outputs
+    from spokenlm.output import RunOutput
 
 
 # --- config ----------------------------------------------------------------------------------------
@@ -88,7 +77,7 @@ class StagesConfig:
     """Files submitted ahead of the one being collected: bounds object-store use on long file lists."""
 
     max_chunks_per_batch: int = MAX_CHUNKS_PER_BATCH
-    """Chunks per encoder forward pass; keep SpeechLM's value for identical outputs."""
+    """Chunks per encoder forward pass; keep SpeechLM's value (spokenlm.speech) for identical outputs."""
 
     def validate(self) -> None:
         for name in ("audio", "encoder", "compress", "llm"):
@@ -125,16 +114,11 @@ class LoadedAudio:
 
 @dataclass(frozen=True)
 class EncodedSpeech:
+    """The encoder's output: chunk batches not yet compressed (SpeechTokens begin at the compressor)."""
+
     batches: list[ChunkBatch]
     durations_s: list[float]  # per recording
-    timing_ms: dict[str, float]  # this stage and the ones before it
-
-
-@dataclass(frozen=True)
-class CompressedSpeech:
-    tokens: SpeechTokens  # compressed speech before the adapter, with spans and CTC transcripts
-    projected: Tensor  # (B, N, D_llm) adapter output, right-padded like tokens.embeddings
-    timing_ms: dict[str, float]
+    timing_ms: list[dict[str, float]]  # per recording: this stage and the ones before it
 
 
 @dataclass(frozen=True)
@@ -144,24 +128,6 @@ class FileOutput:
     path: str
     output: RunOutput | None
     error: str | None = None  # the AudioError message; output is None then
-
-
-# --- stage functions: the pieces of SpeechLM.run -----------------------------------------------------
-
-
-@torch.inference_mode()
-def join_frames(batches: Sequence[ChunkBatch], num_recordings: int) -> tuple[Tensor, Tensor]:
-    """The *uncompressed* path: every valid encoder frame of each recording, chunks joined.
-
-    Returns (B, T, D) right-padded frames and (B,) lengths, the input an adapter would see with no
-    compressor (only meaningful when the compressor keeps the encoder's dim).
-    """
-    parts: list[list[Tensor]] = [[] for _ in range(num_recordings)]
-    for batch in batches:
-        for j, item in enumerate(batch.items):
-            parts[item].append(batch.encoded.features[j, : int(batch.encoded.lengths[j])])
-    frames = [torch.cat(p) for p in parts]
-    return nn.utils.rnn.pad_sequence(frames, batch_first=True), torch.tensor([f.shape[0] for f in frames])
 
 
 # --- the actors ------------------------------------------------------------------------------------
@@ -191,7 +157,8 @@ class EncoderStage:
             self.encoder, waves, max_chunk_s=self.max_chunk_s, max_chunks_per_batch=self.max_chunks_per_batch
         )
         batches = [replace(b, encoded=_to_cpu(b.encoded)) for b in batches]
-        timing = _merge([a.timing_ms for a in audio]) | {"encoder": _ms(t0)}
+        encoder_ms = _ms(t0)
+        timing = [a.timing_ms | {"encoder": encoder_ms} for a in audio]
         return EncodedSpeech(batches=batches, durations_s=[w.shape[-1] / SAMPLE_RATE for w in waves], timing_ms=timing)
 
 
@@ -202,16 +169,10 @@ class CompressStage:
         compressor, adapter = load_bundle_compressor(model_dir)
         self.compressor, self.adapter = compressor.to(self.device), adapter.to(self.device)
 
-    @torch.inference_mode()
-    def compress(self, encoded: EncodedSpeech) -> CompressedSpeech:
-        t0 = time.perf_counter()
+    def compress(self, encoded: EncodedSpeech) -> SpeechTokens:
         batches = [replace(b, encoded=_to_device(b.encoded, self.device)) for b in encoded.batches]
-        tokens = join_chunks(self.compressor, batches, encoded.durations_s)
-        t1 = time.perf_counter()
-        projected = self.adapter(tokens.embeddings)
-        timing = encoded.timing_ms | {"compress": (t1 - t0) * 1e3, "adapter": _ms(t1)}
-        tokens = replace(tokens, embeddings=tokens.embeddings.cpu(), lengths=tokens.lengths.cpu())
-        return CompressedSpeech(tokens=tokens, projected=projected.cpu(), timing_ms=timing)
+        speech = compress_speech(self.compressor, self.adapter, batches, encoded.durations_s, timing_ms=encoded.timing_ms)
+        return SpeechTokens.batch([speech.item(i) for i in range(len(encoded.durations_s))])  # on the CPU
 
 
 class DecodeStage:
@@ -222,16 +183,8 @@ class DecodeStage:
         draft = load_bundle_draft(model_dir)
         self.draft = None if draft is None else draft.to(device)
 
-    def decode(
-        self, speech: CompressedSpeech, requests: list[TaskRequest], generation: GenerationConfig
-    ) -> list[RunOutput]:
-        t0 = time.perf_counter()
-        tokens = speech.tokens
-        results = decode_requests(
-            self.llm, requests, speech.projected, tokens.lengths, generation,
-            char_times=tokens.char_times, draft=self.draft,
-        )  # fmt: skip
-        return run_outputs(requests, results, tokens, speech.timing_ms | {"llm": _ms(t0)})
+    def decode(self, speech: SpeechTokens, requests: list[TaskRequest], generation: GenerationConfig) -> list[RunOutput]:
+        return decode_speech(self.llm, speech, requests, generation, draft=self.draft)
 
 
 class StagePipeline:
@@ -322,7 +275,7 @@ def _collect(path: str, ref) -> FileOutput:
         if isinstance(cause, AudioError):  # raised by AudioStage, passed down the chain unchanged
             return FileOutput(path=path, output=None, error=str(cause))
         raise
-    return FileOutput(path=path, output=output)
+    return FileOutput(path=path, output=output.with_audio(path=path))
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -368,15 +321,6 @@ def _to_device(encoded: EncoderOutput, device: torch.device) -> EncoderOutput:
     return replace(
         encoded, features=encoded.features.to(device), lengths=encoded.lengths.to(device), hidden_states=hidden
     )
-
-
-def _merge(timings: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Per-stage times of several recordings of one batch, summed."""
-    out: dict[str, float] = {}
-    for t in timings:
-        for k, v in t.items():
-            out[k] = out.get(k, 0.0) + v
-    return out
 
 
 def _ms(t0: float) -> float:

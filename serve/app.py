@@ -9,9 +9,12 @@ Routes (FastAPI only here, at the edge; the models live in serve/deployments.py)
   accepted and ignored (the model takes no text context). Translations go into
   `target_language` (es|fr|de, an extra form field; default es), not into English as OpenAI's do.
 - `POST /v1/understand` (task ner|sentiment|dialog-act), `/v1/summarize`, `/v1/qa` (question):
-  the CLI's JSON record, with entities' char spans in `text` and time spans in the audio.
+  the library's record (`spokenlm.output.Record`, what `spokenlm run --json` prints), with entities'
+  char spans in `text` and time spans in the audio, in `{"object", "model", "batch_size"}`;
+  verbose_json carries the same record under `spokenlm` (serve/routes.py has the table).
 - `stream=true` on any POST route: server-sent events, one per decoded piece of text, then the
   result, then `data: [DONE]` (transcriptions use OpenAI's `transcript.text.delta` / `.done` events).
+  The stream is the library's `stream_speech`: the same tokens as the answer without it.
 - `GET /healthz` (process up), `/readyz` (both model deployments answer), `/v1/models`, `/openapi.json`.
 
 Errors are `{"error": {"message", "type", "param", "code"}}` with a 4xx for anything the client
@@ -39,14 +42,23 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.deployments import LLM, Encoder
-from serve.formats import RESPONSE_FORMATS, APIError, error_body, sse, transcription_body
+from serve.formats import (
+    RESPONSE_FORMATS,
+    APIError,
+    Result,
+    Transcription,
+    VerboseTranscription,
+    error_body,
+    sse,
+    transcription_body,
+)
+from serve.routes import QA, SUMMARIZE, TRANSCRIPTIONS, TRANSLATIONS, UNDERSTAND, UNDERSTAND_TASKS
 
 if TYPE_CHECKING:
     from ray.serve import Application
     from ray.serve.handle import DeploymentHandle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-UNDERSTAND_TASKS = ("ner", "sentiment", "dialog-act")
 ENGLISH = ("en", "eng", "english")
 
 
@@ -191,6 +203,18 @@ def _request(task: str, *, question: str | None = None, target_lang: str | None 
     return request
 
 
+@dataclass(frozen=True)
+class _Upload:
+    """An uploaded recording, decoded: what the model deployments get, and what the record says of it."""
+
+    wav: Any  # (S,) float32 mono at 16 kHz
+    name: str | None  # the upload's file name: the record's `path`
+    load_ms: float  # decoding it (the record's timing_ms["load_audio"])
+
+    def named(self, output):
+        return output.with_audio(path=self.name, load_ms=self.load_ms)
+
+
 # --- the ingress -----------------------------------------------------------------------------------
 
 
@@ -236,7 +260,7 @@ class Ingress:
 
     # ---- OpenAI audio routes
 
-    @api.post("/v1/audio/transcriptions")
+    @api.post(TRANSCRIPTIONS, response_model=Transcription | VerboseTranscription)
     async def transcriptions(
         self,
         file: UploadFile = File(..., description="audio: WAV, FLAC, OGG, MP3, M4A or WebM"),
@@ -249,9 +273,9 @@ class Ingress:
     ) -> Response:
         if language and language.strip().lower() not in ENGLISH:
             raise APIError(400, f"unsupported language {language!r}: this model transcribes English ('en')", param="language")
-        return await self._audio_route(file, response_format, temperature, stream, _request("asr"), "transcribe")
+        return await self._audio_route(file, response_format, temperature, stream, _request("asr"))
 
-    @api.post("/v1/audio/translations")
+    @api.post(TRANSLATIONS, response_model=Transcription | VerboseTranscription)
     async def translations(
         self,
         file: UploadFile = File(...),
@@ -264,29 +288,27 @@ class Ingress:
     ) -> Response:
         lang = target_language or self.settings.default_target_language
         request = _request("translate", target_lang=lang, param="target_language")
-        return await self._audio_route(file, response_format, temperature, stream, request, "translate")
+        return await self._audio_route(file, response_format, temperature, stream, request)
 
-    async def _audio_route(self, file, response_format, temperature, stream, request, task) -> Response:
+    async def _audio_route(self, file, response_format, temperature, stream, request) -> Response:
         if response_format not in RESPONSE_FORMATS:
             raise APIError(
                 400, f"unsupported response_format {response_format!r}; expected one of {', '.join(RESPONSE_FORMATS)}",
                 param="response_format",
             )  # fmt: skip
         generation = self._generation(temperature)
-        wav = await self._audio(file)
-        key = "text" if task == "transcribe" else "translation"
+        audio = await self._audio(file)
         if stream:
-            return self._stream(wav, request, generation, openai_key=key)
-        record = await self._run(wav, request, generation)
-        language = "english" if task == "transcribe" else request.target_lang
-        body, media_type = transcription_body(record, record[key] or "", response_format, task=task, language=language)
+            return self._stream(audio, request, generation, openai=True)
+        output, batch_size = await self._run(audio, request, generation)
+        body, media_type = transcription_body(output.to_record(), response_format, batch_size=batch_size)
         if isinstance(body, dict):
             return JSONResponse(body)
         return PlainTextResponse(body, media_type=media_type)
 
     # ---- spoken language understanding
 
-    @api.post("/v1/understand")
+    @api.post(UNDERSTAND, response_model=Result)
     async def understand(
         self,
         file: UploadFile = File(...),
@@ -298,13 +320,13 @@ class Ingress:
             raise APIError(400, f"unsupported task {task!r}; expected one of {', '.join(UNDERSTAND_TASKS)}", param="task")
         return await self._task_route(file, _request(task), temperature, stream)
 
-    @api.post("/v1/summarize")
+    @api.post(SUMMARIZE, response_model=Result)
     async def summarize(
         self, file: UploadFile = File(...), temperature: float = Form(0.0), stream: bool = Form(False)
     ) -> Response:
         return await self._task_route(file, _request("summarize"), temperature, stream)
 
-    @api.post("/v1/qa")
+    @api.post(QA, response_model=Result)
     async def qa(
         self,
         file: UploadFile = File(...),
@@ -316,11 +338,15 @@ class Ingress:
 
     async def _task_route(self, file, request, temperature, stream) -> Response:
         generation = self._generation(temperature)
-        wav = await self._audio(file)
+        audio = await self._audio(file)
         if stream:
-            return self._stream(wav, request, generation)
-        record = await self._run(wav, request, generation)
-        return JSONResponse({"object": "spokenlm.result", "model": self.settings.model_name} | record)
+            return self._stream(audio, request, generation)
+        output, batch_size = await self._run(audio, request, generation)
+        return JSONResponse(self._result(output, batch_size))
+
+    def _result(self, output, batch_size: dict) -> Result:
+        envelope = {"object": "spokenlm.result", "model": self.settings.model_name, "batch_size": batch_size}
+        return envelope | output.to_record()
 
     # ---- shared steps
 
@@ -333,7 +359,7 @@ class Ingress:
             return GenerationConfig(strategy="greedy", max_new_tokens=self.settings.max_new_tokens)
         return GenerationConfig(strategy="sample", temperature=temperature, max_new_tokens=self.settings.max_new_tokens)
 
-    async def _audio(self, file: UploadFile):
+    async def _audio(self, file: UploadFile) -> "_Upload":
         from spokenlm.audio import AudioError, load_audio
 
         if not isinstance(file, StarletteUploadFile):  # a plain form field named "file"
@@ -342,35 +368,42 @@ class Ingress:
         if len(data) > self.settings.max_upload_bytes:
             raise APIError(413, _too_large(len(data), self.settings), param="file")
         try:
-            return await asyncio.to_thread(load_audio, data, max_duration_s=self.settings.max_duration_s)
+            t0 = time.perf_counter()
+            wav = await asyncio.to_thread(load_audio, data, max_duration_s=self.settings.max_duration_s)
         except AudioError as e:
             raise APIError(400, f"could not use file {file.filename!r}: {e}", param="file") from None
+        return _Upload(wav=wav, name=file.filename, load_ms=(time.perf_counter() - t0) * 1e3)
 
-    async def _run(self, wav, request, generation) -> dict:
+    async def _run(self, audio: "_Upload", request, generation):
+        """(RunOutput, batch sizes) of `request` on the uploaded audio."""
         from ray.serve.exceptions import BackPressureError
 
         try:
-            return await self.llm.decode.remote(self.encoder.encode.remote(wav), request, generation)
+            output, batch_size = await self.llm.decode.remote(self.encoder.encode.remote(audio.wav), request, generation)
+            return audio.named(output), batch_size
         except BackPressureError:
             raise APIError(
                 503, f"server overloaded (model queue full); retry after {self.settings.retry_after_s} s",
                 type="server_overloaded", headers={"Retry-After": str(self.settings.retry_after_s)},
             ) from None  # fmt: skip
 
-    def _stream(self, wav, request, generation, *, openai_key: str | None = None) -> StreamingResponse:
-        chunks = self.llm.options(stream=True).stream.remote(self.encoder.encode.remote(wav), request, generation)
-        model = self.settings.model_name
+    def _stream(self, audio: "_Upload", request, generation, *, openai: bool = False) -> StreamingResponse:
+        from spokenlm.output import RESULT_FIELD
+
+        chunks = self.llm.options(stream=True).stream.remote(self.encoder.encode.remote(audio.wav), request, generation)
 
         async def events():
             try:
                 async for chunk in chunks:
-                    if "delta" in chunk:
-                        kind = "transcript.text.delta" if openai_key else "delta"
-                        yield sse({"type": kind, "delta": chunk["delta"]})
-                    elif openai_key:
-                        yield sse({"type": "transcript.text.done", "text": chunk["record"][openai_key] or ""})
+                    if isinstance(chunk, str):
+                        yield sse({"type": "transcript.text.delta" if openai else "delta", "delta": chunk})
+                        continue
+                    output, batch_size = chunk
+                    result = self._result(audio.named(output), batch_size)
+                    if openai:
+                        yield sse({"type": "transcript.text.done", "text": result[RESULT_FIELD[request.task]] or ""})
                     else:
-                        yield sse({"type": "done", "object": "spokenlm.result", "model": model} | chunk["record"])
+                        yield sse({"type": "done"} | result)
             except Exception as e:  # noqa: BLE001 — headers are sent: report in the stream
                 yield sse({"type": "error", "error": error_body(f"{type(e).__name__}: {e}", type="server_error")["error"]})
             yield sse("[DONE]")
@@ -382,20 +415,18 @@ class Ingress:
 
 
 def resolve_model_dir(model_dir: str | None) -> str:
-    """The bundle to serve: the argument, else $SPOKENLM_MODEL, else models/default, else an untrained
-    demo bundle built once in the cache (its outputs are noise; it shows the service working)."""
-    from spokenlm.demo import DEFAULT_BUNDLE, _cache_dir, build_untrained_bundle
+    """The bundle to serve: the argument, else $SPOKENLM_MODEL, else the library's default bundle
+    (models/default, else an untrained demo bundle: its outputs are noise; it shows the service working)."""
+    from spokenlm.demo import default_bundle
 
     model_dir = model_dir or os.environ.get("SPOKENLM_MODEL")
     if model_dir:
         return str(Path(model_dir).resolve())
-    if (DEFAULT_BUNDLE / "spokenlm.json").is_file():
-        return str(DEFAULT_BUNDLE)
-    path = _cache_dir() / "untrained-demo"
-    if not (path / "spokenlm.json").is_file():
+
+    def say(path: Path) -> None:
         print(f"spokenlm serve: no model given; building an UNTRAINED demo bundle in {path}", file=sys.stderr)
-        build_untrained_bundle(path)
-    return str(path)
+
+    return str(default_bundle(on_build=say))
 
 
 def build_app(args: dict) -> "Application":

@@ -4,7 +4,10 @@ Each batches concurrent requests with `@serve.batch` (Ray Serve's dynamic batchi
 one recording / one request; the replica runs whatever arrived within `batch_wait_timeout_s`, up to
 `max_batch_size`, as one forward pass. Both knobs come from the deployment's `user_config`
 (serve/config.yaml), so `max_batch_size: 1` gives the unbatched deployment bench/serve_load.py
-compares against. The stage functions are the library's (spokenlm/model.py), as in pipelines/stages.py.
+compares against. The two halves of the forward pass are the library's, the ones `SpeechLM.run` and
+`SpeechLM.stream` are made of: `spokenlm.speech.encode_speech` here gives each recording's
+`SpeechTokens`, `spokenlm.model.decode_speech` / `stream_speech` there give `RunOutput`s (the
+stream: text as it is decoded, with the bundle's draft model where it has one).
 
 Heavy imports (torch, spokenlm) happen inside the replicas; this module only imports ray.serve.
 Not here: HTTP, validation and response formats (serve/app.py).
@@ -13,8 +16,6 @@ Not here: HTTP, validation and response formats (serve/app.py).
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ray import serve
@@ -23,22 +24,11 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from spokenlm.lm import GenerationConfig
+    from spokenlm.output import RunOutput
+    from spokenlm.speech import SpeechTokens
     from spokenlm.tasks import TaskRequest
 
 DEFAULT_BATCH = {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}
-
-
-@dataclass(frozen=True)
-class EncodedItem:
-    """One recording after encoder, compressor and adapter: what the LLM deployment needs."""
-
-    projected: Tensor  # (N, D_llm) adapter output, CPU
-    transcript: str | None  # CTC transcript, where the compressor has a CTC head
-    char_times: list[tuple[str, float, float]] | None  # CTC characters with their times (s)
-    tokens_per_second: float
-    duration_s: float
-    timing_ms: dict[str, float]  # per stage, for the batch this item ran in
-    batch_size: int
 
 
 def _configure_batching(replica: Any, method_names: tuple[str, ...], config: dict) -> None:
@@ -65,31 +55,6 @@ def _init_torch() -> "Any":
     return torch.device("cuda") if ray.get_gpu_ids() else torch.device("cpu")
 
 
-def _lengths(values: list[int]) -> "Tensor":
-    import torch
-
-    return torch.tensor(values, dtype=torch.long)
-
-
-def _record(item: EncodedItem, request: TaskRequest, result, llm_timing: dict[str, float], batch_size: int) -> dict:
-    """The CLI's `--json` record (spokenlm.cli.output_record) minus the path, plus batch sizes."""
-    from spokenlm.cli import output_record
-    from spokenlm.model import RunOutput
-
-    output = RunOutput(
-        request=request,
-        result=result,
-        transcript=item.transcript,
-        tokens_per_second=item.tokens_per_second,
-        timing_ms=item.timing_ms | llm_timing,
-    )
-    record = output_record("", output)
-    del record["path"]
-    record["duration_s"] = round(item.duration_s, 3)
-    record["batch_size"] = {"encoder": item.batch_size, "llm": batch_size}
-    return record
-
-
 @serve.deployment(
     max_ongoing_requests=64,  # >= max_batch_size, else batches never fill
     ray_actor_options={"num_cpus": 0.25, "num_gpus": 0},
@@ -112,37 +77,16 @@ class Encoder:
         return True
 
     @serve.batch(max_batch_size=DEFAULT_BATCH["max_batch_size"], batch_wait_timeout_s=DEFAULT_BATCH["batch_wait_timeout_s"])
-    async def encode(self, waves: list[Tensor]) -> list[EncodedItem]:
+    async def encode(self, waves: list[Tensor]) -> list[tuple[SpeechTokens, int]]:
+        """Per recording: its SpeechTokens (B = 1, CPU) and the size of the batch it was encoded in."""
         # The forward pass runs in a thread so the next batch can gather while this one computes.
         return await asyncio.to_thread(self._encode, waves)
 
-    def _encode(self, waves: list[Tensor]) -> list[EncodedItem]:
-        import torch
+    def _encode(self, waves: list[Tensor]) -> list[tuple[SpeechTokens, int]]:
+        from spokenlm.speech import encode_speech
 
-        from spokenlm.audio import SAMPLE_RATE
-        from spokenlm.model import encode_chunks, join_chunks
-
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            batches = encode_chunks(self.encoder, waves, max_chunk_s=self.max_chunk_s)
-            speech = join_chunks(self.compressor, batches, [w.shape[-1] / SAMPLE_RATE for w in waves])
-            t1 = time.perf_counter()
-            projected = self.adapter(speech.embeddings.to(self.device)).cpu()  # (B, N, D_llm)
-            t2 = time.perf_counter()
-        timing = {"encode_compress": (t1 - t0) * 1e3, "adapter": (t2 - t1) * 1e3}
-        lengths = speech.lengths.tolist()
-        return [
-            EncodedItem(
-                projected=projected[i, : lengths[i]].clone(),
-                transcript=speech.transcripts[i] if speech.transcripts is not None else None,
-                char_times=speech.char_times[i] if speech.char_times is not None else None,
-                tokens_per_second=speech.tokens_per_second[i],
-                duration_s=speech.durations_s[i],
-                timing_ms=timing,
-                batch_size=len(waves),
-            )
-            for i in range(len(waves))
-        ]
+        speech = encode_speech(self.encoder, self.compressor, self.adapter, waves, max_chunk_s=self.max_chunk_s)
+        return [(speech.item(i), len(waves)) for i in range(len(waves))]
 
 
 @serve.deployment(
@@ -167,84 +111,35 @@ class LLM:
 
     @serve.batch(max_batch_size=DEFAULT_BATCH["max_batch_size"], batch_wait_timeout_s=DEFAULT_BATCH["batch_wait_timeout_s"])
     async def decode(
-        self, items: list[EncodedItem], requests: list[TaskRequest], generations: list[GenerationConfig]
-    ) -> list[dict]:
+        self, items: list[tuple[SpeechTokens, int]], requests: list[TaskRequest], generations: list[GenerationConfig]
+    ) -> list[tuple[RunOutput, dict[str, int]]]:
+        """Per request: its RunOutput and the batch sizes it ran in ({"encoder", "llm"})."""
         return await asyncio.to_thread(self._decode, items, requests, generations)
 
     def _decode(
-        self, items: list[EncodedItem], requests: list[TaskRequest], generations: list[GenerationConfig]
-    ) -> list[dict]:
-        from torch.nn.utils.rnn import pad_sequence
+        self, items: list[tuple[SpeechTokens, int]], requests: list[TaskRequest], generations: list[GenerationConfig]
+    ) -> list[tuple[RunOutput, dict[str, int]]]:
+        from spokenlm.model import decode_speech
+        from spokenlm.speech import SpeechTokens
 
-        from spokenlm.model import decode_requests
-
-        # One generate() per distinct GenerationConfig in the batch (they are frozen, hence hashable).
+        # One decode per distinct GenerationConfig in the batch (they are frozen, hence hashable).
         groups: dict[GenerationConfig, list[int]] = {}
         for i, generation in enumerate(generations):
             groups.setdefault(generation, []).append(i)
-        records: list[dict | None] = [None] * len(items)
+        answers: list[tuple[RunOutput, dict[str, int]] | None] = [None] * len(items)
         for generation, index in groups.items():
-            t0 = time.perf_counter()
-            projected = pad_sequence([items[i].projected for i in index], batch_first=True)  # (B, N, D)
-            lengths = _lengths([items[i].projected.shape[0] for i in index])
-            char_times = [items[i].char_times or [] for i in index]
-            results = decode_requests(
-                self.llm, [requests[i] for i in index], projected, lengths, generation,
-                char_times=char_times if all(items[i].char_times is not None for i in index) else None,
-                draft=self.draft,
-            )  # fmt: skip
-            llm_ms = (time.perf_counter() - t0) * 1e3
-            for i, result in zip(index, results):
-                records[i] = _record(items[i], requests[i], result, {"llm": llm_ms}, len(index))
-        return records  # type: ignore[return-value]
+            speech = SpeechTokens.batch([items[i][0] for i in index])
+            outputs = decode_speech(self.llm, speech, [requests[i] for i in index], generation, draft=self.draft)
+            for i, output in zip(index, outputs):
+                answers[i] = (output, {"encoder": items[i][1], "llm": len(index)})
+        return answers  # type: ignore[return-value]
 
     async def stream(
-        self, item: EncodedItem, request: TaskRequest, generation: GenerationConfig
-    ) -> AsyncIterator[dict]:
-        """Token streaming for one request (not batched): {"delta": text} per token, then {"record": ...}."""
-        import torch
+        self, item: tuple[SpeechTokens, int], request: TaskRequest, generation: GenerationConfig
+    ) -> AsyncIterator[str | tuple[RunOutput, dict[str, int]]]:
+        """One request (not batched), as it is decoded: text deltas, then (RunOutput, batch sizes)."""
+        from spokenlm.model import stream_speech
 
-        from spokenlm.lm import sample_next_token
-        from spokenlm.model import request_prompts
-        from spokenlm.tasks import Entities, parse_output
-
-        t0 = time.perf_counter()
-        llm = self.llm
-        tokenizer = llm.tokenizer
-        with torch.inference_mode():
-            speech = item.projected[None].to(self.device)  # (1, N, D)
-            prompts = request_prompts(llm, [request], None if item.char_times is None else [item.char_times])
-            embeds, mask = llm.embed_prompts(prompts, speech, _lengths([speech.shape[1]]).to(self.device))
-            logits, state = llm.prefill(embeds, mask)
-        generator = None
-        if generation.strategy == "sample" and generation.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(generation.seed)
-        ids: list[int] = []
-        text = ""
-        for step in range(generation.max_new_tokens):
-            with torch.inference_mode():
-                if generation.strategy == "sample":
-                    next_id = sample_next_token(logits, generation, generator)
-                else:  # greedy (beam search cannot stream: its best prefix changes)
-                    next_id = logits.argmax(dim=-1)
-            token = int(next_id[0])
-            if token in llm.eos_token_ids:
-                break
-            ids.append(token)
-            new_text = tokenizer.decode(ids, skip_special_tokens=True)
-            if new_text != text and not new_text.endswith("\ufffd"):  # hold back half a UTF-8 char
-                yield {"delta": new_text[len(text) :] if new_text.startswith(text) else new_text}
-                text = new_text
-            if step == generation.max_new_tokens - 1:
-                break
-            with torch.inference_mode():
-                step_logits, state = llm.decode_step(next_id[:, None], state)
-            logits = step_logits[:, -1]
-            await asyncio.sleep(0)  # let the replica serve other calls between tokens
-        full = tokenizer.decode(ids, skip_special_tokens=True)
-        result = parse_output(request, full)
-        if isinstance(result, Entities) and item.char_times is not None:
-            from spokenlm.model import locate_entities
-
-            result = locate_entities(result, item.char_times)
-        yield {"record": _record(item, request, result, {"llm": (time.perf_counter() - t0) * 1e3}, 1)}
+        events = stream_speech(self.llm, item[0], request, generation, draft=self.draft)
+        while (event := await asyncio.to_thread(next, events, None)) is not None:  # other calls run in between
+            yield event if isinstance(event, str) else (event, {"encoder": item[1], "llm": 1})

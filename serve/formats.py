@@ -1,6 +1,7 @@
-"""Response bodies of the HTTP API: OpenAI-style errors, the audio routes' response formats, SSE.
+"""Response bodies of the HTTP API: the response models (the library's `Record`, wrapped), OpenAI-style
+errors, the audio routes' response formats, SSE.
 
-Plain functions from a record (serve/deployments.py `_record`) to text or JSON; no Ray, no torch.
+Plain functions from a record (`spokenlm.output.RunOutput.to_record`) to text or JSON; no Ray, no torch.
 """
 
 from __future__ import annotations
@@ -8,7 +9,59 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing_extensions on Python < 3.12
+
+from spokenlm.output import RESULT_FIELD, Record
+
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+OPENAI_TASK = {"asr": "transcribe", "translate": "translate"}  # verbose_json's `task`
+
+
+class BatchSize(TypedDict):
+    encoder: int  # recordings in the encoder forward pass this request ran in
+    llm: int  # requests in its LLM batch
+
+
+class Result(Record):
+    """The answer of /v1/understand, /v1/summarize and /v1/qa (and the `done` event of their streams)."""
+
+    object: str  # "spokenlm.result"
+    model: str
+    batch_size: BatchSize
+
+
+class RecordWithBatch(Record):
+    batch_size: BatchSize
+
+
+class Segment(TypedDict):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+class Transcription(TypedDict):
+    """OpenAI's json response format (text and srt / vtt come as plain text)."""
+
+    text: str
+
+
+class VerboseTranscription(TypedDict):
+    """OpenAI's verbose_json, plus the whole record under `spokenlm`."""
+
+    task: str
+    language: str
+    duration: float
+    text: str
+    segments: list[Segment]
+    spokenlm: RecordWithBatch
 
 
 class APIError(Exception):
@@ -28,22 +81,25 @@ def error_body(message: str, *, type: str = "invalid_request_error", param: str 
     return {"error": {"message": message, "type": type, "param": param, "code": None}}
 
 
-def transcription_body(record: dict, text: str, response_format: str, *, task: str, language: str) -> tuple[Any, str]:
-    """(body, media type) of /v1/audio/transcriptions or /translations in `response_format`."""
+def transcription_body(record: Record, response_format: str, *, batch_size: BatchSize) -> tuple[Any, str]:
+    """(body, media type) of /v1/audio/transcriptions or /translations in `response_format`: the
+    transcript or the translation, in English ("english") or the target language."""
+    text = record[RESULT_FIELD[record["task"]]] or ""
     duration = record["duration_s"]
     if response_format == "json":
         return {"text": text}, "application/json"
     if response_format == "text":
         return text, "text/plain; charset=utf-8"
     if response_format == "verbose_json":
-        return {
-            "task": task,
-            "language": language,
+        body: VerboseTranscription = {
+            "task": OPENAI_TASK[record["task"]],
+            "language": record["target_lang"] or "english",
             "duration": duration,
             "text": text,
             "segments": [_segment(text, duration)],
-            "spokenlm": {k: record[k] for k in ("tokens_per_second", "timing_ms", "batch_size")},
-        }, "application/json"
+            "spokenlm": {**record, "batch_size": batch_size},
+        }
+        return body, "application/json"
     if response_format == "srt":
         return f"1\n{_timestamp(0.0, ',')} --> {_timestamp(duration, ',')}\n{text}\n\n", "text/plain; charset=utf-8"
     if response_format == "vtt":

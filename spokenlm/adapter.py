@@ -17,11 +17,11 @@ ADAPTER_KINDS = ("linear", "mlp")
 
 @dataclass(frozen=True, kw_only=True)
 class AdapterConfig:
-    input_dim: int
-    """D_enc: width of the compressor's embeddings."""
+    input_dim: int | None = None
+    """D_enc: width of the compressor's embeddings (None in a SpeechLMConfig: build_speechlm sets it)."""
 
-    output_dim: int
-    """D_llm: the LLM's ``model_dim`` (hidden size of its token embeddings)."""
+    output_dim: int | None = None
+    """D_llm: the LLM's ``model_dim``, hidden size of its token embeddings (None: as input_dim)."""
 
     hidden_dim: int = 2048
     """Width of the MLP's inner layer; unused by "linear"."""
@@ -34,6 +34,8 @@ class AdapterConfig:
             raise ValueError(f"kind must be one of {ADAPTER_KINDS}, got {self.kind!r}")
         for name in ("input_dim", "output_dim", "hidden_dim"):
             value = getattr(self, name)
+            if value is None:
+                raise ValueError(f"{name} is unset; build_speechlm sets it from the compressor and the LLM")
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
 

@@ -1,4 +1,10 @@
-"""The `spokenlm` command line: `run` tasks on audio files, and the `demo`.
+"""The `spokenlm` command line: `run` tasks on audio files (printing the library's record), `train`,
+`data`, `bases`, the `demo`; and the commands the surfaces register.
+
+The library imports no surface. `serve`, `eval slue`, `run --ray` and `train --workers` belong to
+serve/ and pipelines/, which register them as entry points of the group `spokenlm.surfaces`
+(pyproject.toml); this module finds them by name (`surface`), so spokenlm installs and runs without
+them, and they depend on it, never the other way round. `bench` runs a script of bench/ by its path.
 
     spokenlm run --model DIR --task TASK [--question Q] [--target-lang es] [--json] [--ray] FILES...
     spokenlm eval slue --suite SUITE --data DIR --model DIR --out OUT [--split dev] [--workers N]
@@ -17,9 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
-from spokenlm.tasks import TARGET_LANGUAGES, TASK_NAMES
+from pathlib import Path
 
+from spokenlm.tasks import TARGET_LANGUAGES, TASK_NAMES, TaskRequest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SURFACES = "spokenlm.surfaces"  # the entry-point group of the surfaces' commands
 EXIT_BAD_INPUT = 2
 # `spokenlm bench NAME` runs bench/<file> of the source checkout; each prints `bench NAME: ... ratio=...` last.
 BENCHES = {
@@ -150,84 +161,37 @@ def _run(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:  # one file at a time: a bad file costs only its own line
         try:
+            t0 = time.perf_counter()
             wav = load_audio(path)
+            load_ms = (time.perf_counter() - t0) * 1e3
         except AudioError as e:
             print(f"spokenlm: {path}: {e}", file=sys.stderr)
             status = EXIT_BAD_INPUT
             continue
         (output,) = model.run([wav], [request], generation)
-        if args.json:
-            print(json.dumps(output_record(path, output), ensure_ascii=False), flush=True)
-        else:
-            print(f"{path}\t{args.task}\t{describe(output)}", flush=True)
+        _print(args, output.with_audio(path=str(path), load_ms=load_ms))
     return status
 
 
+def _print(args: argparse.Namespace, output) -> None:
+    """One line per file: the record (--json) or `path<TAB>task<TAB>result`."""
+    if args.json:
+        print(json.dumps(output.to_record(), ensure_ascii=False), flush=True)
+    else:
+        print(f"{output.path}\t{output.request.task}\t{output.describe()}", flush=True)
+
+
 def _run_on_ray(args: argparse.Namespace, request, generation) -> int:
-    from pipelines.stages import run_files_on_ray
+    run_files_on_ray = surface("run-ray")
 
     status = 0
     for item in run_files_on_ray(args.model, args.files, request, generation):
         if item.error is not None:
             print(f"spokenlm: {item.path}: {item.error}", file=sys.stderr)
             status = EXIT_BAD_INPUT
-        elif args.json:
-            print(json.dumps(output_record(item.path, item.output), ensure_ascii=False), flush=True)
         else:
-            print(f"{item.path}\t{args.task}\t{describe(item.output)}", flush=True)
+            _print(args, item.output)
     return status
-
-
-def output_record(path: str, output) -> dict:
-    """The `--json` record of one file: every field present, null where the task does not apply."""
-    from spokenlm.tasks import Answer, DialogActs, Entities, Sentiment, Summary, Transcript, Translation
-
-    result = output.result
-    record: dict = {
-        "path": str(path),
-        "task": output.request.task,
-        "text": output.transcript,
-        "entities": None,
-        "sentiment": None,
-        "dialog_acts": None,
-        "translation": None,
-        "answer": None,
-        "summary": None,
-        "tokens_per_second": round(output.tokens_per_second, 3),
-        "timing_ms": {k: round(v, 1) for k, v in output.timing_ms.items()},
-    }
-    if isinstance(result, Transcript):
-        record["text"] = result.text
-    elif isinstance(result, Entities):
-        record["text"] = result.text
-        record["entities"] = [
-            {"tag": e.tag, "text": e.text, "start_char": e.start_char, "end_char": e.end_char,
-             "start_s": e.start_s, "end_s": e.end_s}
-            for e in result.entities
-        ]  # fmt: skip
-    elif isinstance(result, Sentiment):
-        record["sentiment"] = result.label
-    elif isinstance(result, DialogActs):
-        record["dialog_acts"] = list(result.acts)
-    elif isinstance(result, Translation):
-        record["translation"] = result.text
-    elif isinstance(result, Answer):
-        record["answer"] = result.text
-    elif isinstance(result, Summary):
-        record["summary"] = result.text
-    return record
-
-
-def describe(output) -> str:
-    """One human-readable line for a result."""
-    record = output_record("", output)
-    task = output.request.task
-    if task == "ner":
-        tags = ", ".join(f"{e['tag']}: {e['text']}" for e in record["entities"]) or "no entities"
-        return f"{record['text']!r} [{tags}]"
-    key = {"asr": "text", "translate": "translation", "sentiment": "sentiment", "dialog-act": "dialog_acts",
-           "qa": "answer", "summarize": "summary"}[task]  # fmt: skip
-    return repr(record[key])
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -245,8 +209,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides[key] = yaml.safe_load(value)
     config = load_config(args.config, config_type, overrides)
     if args.workers > 0:
-        from pipelines.ray_train import train_on_ray
-
+        train_on_ray = surface("train-ray")
         summary = train_on_ray(args.stage, config, num_workers=args.workers)
     else:
         summary = train(config)
@@ -255,23 +218,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serve import serve_main
-
+    serve_main = surface("serve")
     serve_main(args.model, host=args.host, port=args.port)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pipelines.slue_eval import eval_main
-
-    return eval_main(args.rest)
+    return surface("eval")(args.rest)
 
 
 def _bench(args: argparse.Namespace) -> int:
     import runpy
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "bench" / BENCHES[args.name]
+    script = REPO_ROOT / "bench" / BENCHES[args.name]
     if not script.is_file():
         raise FileNotFoundError(f"{script} not found: benchmarks run from a source checkout of spokenlm")
     sys.argv = [str(script), *args.rest]
@@ -294,13 +253,11 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _fsdd(argv: list[str]) -> int:
-    from pathlib import Path
-
     from spokenlm.data.fsdd import write_fsdd_manifest
 
     parser = argparse.ArgumentParser(prog="spokenlm data fsdd", description="FSDD recordings as a corpus manifest "
                                      "(held-out speaker and takes as dev/test; spokenlm/data/fsdd.py)")  # fmt: skip
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech" / "fsdd_train"
+    default = REPO_ROOT.parent / "shared" / "data" / "speech" / "fsdd_train"
     parser.add_argument("--source", default=str(default), help="an FSDD folder with manifest.tsv")
     parser.add_argument("--out", required=True, help="where manifest.jsonl goes (the audio stays where it is)")
     args = parser.parse_args(argv)
@@ -331,10 +288,73 @@ def _bases(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from spokenlm.demo import run_demo
+def surface(name: str):
+    """The function a surface registers as `name` in the entry-point group `spokenlm.surfaces`:
+    run-ray (pipelines.stages), train-ray (pipelines.ray_train), eval (pipelines.slue_eval), serve."""
+    from importlib.metadata import entry_points
 
+    found = entry_points(group=SURFACES, name=name)
+    if not found:
+        raise FileNotFoundError(
+            f"no {name!r} command: it comes with spokenlm's Ray surfaces (serve/, pipelines/); "
+            "install them with `pip install -e .[ray]` from a source checkout"
+        )
+    return next(iter(found)).load()
+
+
+def _demo(args: argparse.Namespace) -> int:
     return run_demo(model_dir=args.model, generation=_generation(args))
+
+
+
+DEMO_REQUESTS = [
+    TaskRequest(task="asr"),
+    TaskRequest(task="translate", target_lang="es"),
+    TaskRequest(task="ner"),
+    TaskRequest(task="sentiment"),
+    TaskRequest(task="dialog-act"),
+    TaskRequest(task="qa", question="who is the speaker talking about?"),
+    TaskRequest(task="summarize"),
+]
+
+
+def run_demo(*, model_dir: str | None, generation) -> int:
+    """`spokenlm demo`: every task on the example clips, with the default bundle (spokenlm.demo): the
+    untrained demo bundle until models/default/ exists, which the demo says plainly."""
+    from spokenlm.audio import SAMPLE_RATE, load_audio
+    from spokenlm.demo import EXAMPLES, default_bundle
+    from spokenlm.model import load_bundle
+
+    if model_dir is None:
+        model_dir = str(default_bundle(on_build=lambda path: print(f"building an untrained demo bundle in {path} ...",
+                                                                   flush=True)))  # fmt: skip
+    model = load_bundle(model_dir)
+    if not model.info.trained:
+        print(
+            "NOTE: this bundle is UNTRAINED (random weights): the outputs below are noise. "
+            "They show the full graph running end to end (audio -> wav2vec 2.0 -> CTC compressor -> "
+            "adapter -> LLM -> task parser), not speech understanding.",
+            flush=True,
+        )
+    clips = sorted(Path(EXAMPLES).glob("*.wav"))
+    if not clips:
+        print(f"spokenlm: no example clips in {EXAMPLES}", file=sys.stderr)
+        return 1
+    print(f"model: {model_dir}")
+    for clip in clips:
+        wav = load_audio(clip)
+        print(f"\n{clip.name} ({wav.shape[-1] / SAMPLE_RATE:.1f} s)")
+        start = time.perf_counter()
+        outputs = model.run([wav], DEMO_REQUESTS, generation, recording=[0] * len(DEMO_REQUESTS))  # all tasks in one batch
+        if outputs[0].transcript is not None:  # the CTC compressor's own greedy reading of the audio
+            print(f"  {'(ctc)':<11} {outputs[0].transcript!r}")
+        for output in outputs:
+            print(f"  {output.request.task:<11} {output.describe()}")
+        print(
+            f"  ({outputs[0].tokens_per_second:.1f} speech tokens/s into the LLM, "
+            f"{(time.perf_counter() - start):.2f} s for all tasks)"
+        )
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,15 +1,13 @@
-"""`spokenlm demo`: every task on the example clips, with the embedded default bundle.
+"""The embedded default bundle and the untrained demo bundle that stands in for it.
 
-Until a trained default bundle exists under models/default/, the demo builds a small bundle with
-random weights (`build_untrained_bundle`), runs the full graph on it, and says plainly that its
-output is untrained noise: it shows the graph works end to end, not that it understands speech.
+`default_bundle()` is the bundle every surface uses when given none (`spokenlm demo`, `spokenlm
+serve`, the UI): models/default/ of a source checkout when it exists, else a small bundle with random
+weights built once in the cache (`build_untrained_bundle`), whose outputs are untrained noise: it
+shows the graph works end to end, not that it understands speech. EXAMPLES are the clips the demo runs.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -32,9 +30,20 @@ _TOKENIZER_TEXT = [
 ]  # fmt: skip
 
 
-def _cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return root / "spokenlm"
+def default_bundle(*, on_build: Callable[[Path], None] | None = None) -> Path:
+    """models/default when it holds a bundle, else the untrained demo bundle in the cache
+    (`<cache>/untrained-demo`, spokenlm.bases.cache_dir), built on first use; `on_build(path)` is
+    called before building it (it takes a few seconds), so a surface can say so."""
+    from spokenlm.bases import cache_dir
+
+    if (DEFAULT_BUNDLE / "spokenlm.json").is_file():
+        return DEFAULT_BUNDLE
+    path = cache_dir() / "untrained-demo"
+    if not (path / "spokenlm.json").is_file():
+        if on_build is not None:
+            on_build(path)
+        build_untrained_bundle(path)
+    return path
 
 
 def build_untrained_bundle(
@@ -45,12 +54,14 @@ def build_untrained_bundle(
 ) -> Path:
     """Build and save a small random-weight bundle: `encoder` (default: tiny wav2vec 2.0), the
     compressor `compressor(encoder.model_dim)` returns (default: CTC frame averaging), tiny Llama."""
+    import torch
+
+    from spokenlm.adapter import AdapterConfig
     from spokenlm.compress.ctc import CTCCompressorConfig
     from spokenlm.encoders.wav2vec2 import wav2vec2_tiny
+    from spokenlm.lm import LoRAConfig
     from spokenlm.model import LLMConfig, SpeechLMConfig, build_speechlm, save_bundle
     from spokenlm.tokenizer import train_bpe_tokenizer
-
-    import torch
 
     out_dir = Path(out_dir)
     tokenizer_dir = out_dir / "_tokenizer"
@@ -68,61 +79,10 @@ def build_untrained_bundle(
                 "max_position_embeddings": 2048, "tie_word_embeddings": True,
             },  # fmt: skip
             tokenizer=str(tokenizer_dir),
-            lora_rank=4,
+            lora=LoRAConfig(rank=4, alpha=8),
         ),
-        adapter_hidden_dim=64,
+        adapter=AdapterConfig(hidden_dim=64),
     )
     model = build_speechlm(config)
     save_bundle(model, out_dir)
     return out_dir
-
-
-def run_demo(*, model_dir: str | None, generation) -> int:
-    from spokenlm.audio import load_audio
-    from spokenlm.cli import describe
-    from spokenlm.model import load_bundle
-    from spokenlm.tasks import TaskRequest
-
-    if model_dir is None and (DEFAULT_BUNDLE / "spokenlm.json").is_file():
-        model_dir = str(DEFAULT_BUNDLE)
-    if model_dir is None:
-        model_dir = str(_cache_dir() / "untrained-demo")
-        if not (Path(model_dir) / "spokenlm.json").is_file():
-            print(f"building an untrained demo bundle in {model_dir} ...", flush=True)
-            build_untrained_bundle(model_dir)
-    model = load_bundle(model_dir)
-    if not model.info.trained:
-        print(
-            "NOTE: this bundle is UNTRAINED (random weights): the outputs below are noise. "
-            "They show the full graph running end to end (audio -> wav2vec 2.0 -> CTC compressor -> "
-            "adapter -> LLM -> task parser), not speech understanding.",
-            flush=True,
-        )
-    clips = sorted(EXAMPLES.glob("*.wav"))
-    if not clips:
-        print(f"spokenlm: no example clips in {EXAMPLES}", file=sys.stderr)
-        return 1
-    requests = [
-        TaskRequest(task="asr"),
-        TaskRequest(task="translate", target_lang="es"),
-        TaskRequest(task="ner"),
-        TaskRequest(task="sentiment"),
-        TaskRequest(task="dialog-act"),
-        TaskRequest(task="qa", question="who is the speaker talking about?"),
-        TaskRequest(task="summarize"),
-    ]
-    print(f"model: {model_dir}")
-    for clip in clips:
-        wav = load_audio(clip)
-        print(f"\n{clip.name} ({wav.shape[-1] / 16000:.1f} s)")
-        start = time.perf_counter()
-        outputs = model.run([wav] * len(requests), requests, generation)  # all tasks in one batch
-        if outputs[0].transcript is not None:  # the CTC compressor's own greedy reading of the audio
-            print(f"  {'(ctc)':<11} {outputs[0].transcript!r}")
-        for output in outputs:
-            print(f"  {output.request.task:<11} {describe(output)}")
-        print(
-            f"  ({outputs[0].tokens_per_second:.1f} speech tokens/s into the LLM, "
-            f"{(time.perf_counter() - start):.2f} s for all tasks)"
-        )
-    return 0

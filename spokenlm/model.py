@@ -1,9 +1,16 @@
-"""SpeechLM: encoder -> compressor -> adapter -> decoder LLM, its one builder, and the bundle format.
+"""SpeechLM: encoder -> compressor -> adapter -> decoder LLM, its forward pass, its one builder, and
+the bundle format.
 
-`SpeechLM` receives its parts; `build_speechlm(config)` is the only code that reads a
-`SpeechLMConfig`; `save_bundle` / `load_bundle` write and read the directory layout of DESIGN.md §3:
+`SpeechLM` receives its parts, typed by their seams (`SpeechEncoder`, `Compressor`, `Adapter`,
+`SpeechLLM`). Its forward pass is written once, in two halves that run in one process
+(`SpeechLM.run` / `stream`) or in two (the Serve deployments, the Ray stage actors):
+`spokenlm.speech.encode_speech` (recordings -> adapted `SpeechTokens`) and `decode_speech` /
+`stream_speech` here (SpeechTokens + task requests -> `RunOutput`s, or text as it is decoded).
 
-    DIR/spokenlm.json        format version, component configs, task list, provenance
+`build_speechlm(config)` is the only code that reads a `SpeechLMConfig`; `save_bundle` /
+`load_bundle` write and read the directory layout of DESIGN.md §3:
+
+    DIR/spokenlm.json        format version, the SpeechLMConfig, component metadata, task list, provenance
     DIR/encoder/             encoder.json + model.safetensors (an HF Wav2Vec2 dir for that backend)
     DIR/compressor/          compressor.json + model.safetensors
     DIR/adapter.safetensors
@@ -16,11 +23,6 @@ The encoder and the LLM may instead be named by the pretrained base they are (sp
 `"llm": {"base": {"package", "version", "path", "sha256"}, "lora": "lora"}`, `"encoder": {"base": {...},
 "kind": "whisper", "layer": "last"}`; then the bundle holds only what was trained (CTC head, adapter,
 LoRA), and loading finds the base with `resolve_base`, verified by its hash.
-
-Long recordings are cut at pauses into chunks of at most `max_chunk_s`; each chunk is encoded and
-compressed on its own and the compressed tokens are concatenated in order, with their times kept.
-The LLM thus sees the whole recording without any attention over its raw frames (the restricted
-self-attention idea of long-form speech summarization, Sharma et al., 2022).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import dataclasses
 import difflib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -38,15 +41,29 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from spokenlm.adapter import Adapter, AdapterConfig, build_adapter
-from spokenlm.audio import SAMPLE_RATE, batch_audio, split_on_silence
 from spokenlm.bases import BaseError, BaseRef, resolve_base
-from spokenlm.compress import build_compressor, load_compressor, save_compressor
-from spokenlm.compress.base import CompressedOutput
-from spokenlm.compress.ctc import CTCCompressor, CTCCompressorConfig
+from spokenlm.compress import (
+    build_compressor,
+    compressor_config_from_json,
+    compressor_config_to_json,
+    load_compressor,
+    save_compressor,
+)
+from spokenlm.compress.base import Compressor
+from spokenlm.compress.ctc import CTCCompressorConfig
 from spokenlm.compress.stack import StackCompressorConfig
 from spokenlm.compress.syllable import SyllableCompressorConfig
-from spokenlm.encoders import ENCODER_KINDS, build_encoder, load_encoder, save_encoder
-from spokenlm.encoders.base import EncoderOutput
+from spokenlm.decoding import stream_tokens
+from spokenlm.encoders import (
+    build_encoder,
+    encoder_config_from_json,
+    encoder_config_to_json,
+    encoder_kind,
+    load_encoder,
+    save_encoder,
+    with_config,
+)
+from spokenlm.encoders.base import SpeechEncoder
 from spokenlm.encoders.dinosr import DinoSREncoderConfig
 from spokenlm.encoders.sylber import SylberEncoderConfig
 from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig, load_wav2vec2_encoder
@@ -55,6 +72,7 @@ from spokenlm.lm import (
     DraftLM,
     GenerationConfig,
     LookupDraft,
+    LoRAConfig,
     SpeechLLM,
     add_lora,
     build_llm,
@@ -63,7 +81,22 @@ from spokenlm.lm import (
     save_llm,
     save_lora,
 )
-from spokenlm.tasks import TASK_NAMES, Entities, TaskRequest, TaskResult, build_prompt, parse_output
+from spokenlm.output import RunOutput
+from spokenlm.speech import (  # the speech half; re-exported: the feature cache and recipes import them from here
+    ChunkBatch,
+    SpeechTokens,
+    encode_chunks,
+    encode_speech,
+    join_chunks,
+)
+from spokenlm.tasks import TASK_NAMES, Answer, Entities, TaskRequest, TaskResult, build_prompt, parse_output
+
+__all__ = [
+    "BundleError", "BundleInfo", "ChunkBatch", "LLMConfig", "Pretrained", "RunOutput", "SpeechLM", "SpeechLMConfig",
+    "SpeechTokens", "build_speechlm", "bundle_bases", "decode_speech", "encode_chunks", "join_chunks",
+    "load_bundle", "load_bundle_compressor", "load_bundle_draft", "load_bundle_encoder", "load_bundle_llm",
+    "locate_entities", "locate_text", "read_bundle_meta", "request_prompts", "save_bundle", "stream_speech",
+]  # fmt: skip
 
 BUNDLE_FORMAT_VERSION = 1
 # The encoder kinds a bundle may name by base: their loaders also read foreign checkpoint dirs (HF,
@@ -74,65 +107,104 @@ EncoderConfig = Wav2Vec2EncoderConfig | DinoSREncoderConfig | SylberEncoderConfi
 CompressorConfig = CTCCompressorConfig | StackCompressorConfig | SyllableCompressorConfig
 
 
+# --- configs ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pretrained:
+    """A part loaded from a directory (its own config and weights), instead of built from a config."""
+
+    path: str
+    """An encoder directory `load_encoder` reads (ours, HF Whisper / Wav2Vec2, CTranslate2), or a
+    `save_compressor` directory."""
+
+    overrides: dict = field(default_factory=dict)
+    """Encoder config fields replaced with the weights kept (e.g. {"bf16": true}); see `with_config`."""
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ValueError("Pretrained needs a path")
+
+
 @dataclass(frozen=True, kw_only=True)
 class LLMConfig:
     """Where the decoder LLM comes from: a checkpoint directory, or an architecture to initialise."""
 
-    path: str | None = None  # a Hugging Face causal-LM dir (weights + tokenizer)
-    architecture: dict | None = None  # an HF config dict (with model_type) for a random init
-    tokenizer: str | None = None  # tokenizer dir; required with `architecture`
-    lora_rank: int = 0  # > 0: freeze the LLM and train LoRA adapters of this rank
+    path: str | None = None
+    """A Hugging Face causal-LM dir (weights + tokenizer) or a .gguf file."""
+
+    architecture: dict | None = None
+    """An HF config dict (with model_type) for a random init."""
+
+    tokenizer: str | None = None
+    """Tokenizer dir; required with `architecture`."""
+
+    lora: LoRAConfig | None = None
+    """Freeze the LLM and train LoRA adapters (None: no LoRA)."""
+
+    prompt_transcript: bool = False
+    """The hybrid prompt: the CTC transcript as text after the speech (`build_prompt(request, transcript)`)."""
 
     def validate(self) -> None:
         if (self.path is None) == (self.architecture is None):
             raise ValueError("LLMConfig needs exactly one of path or architecture")
         if self.architecture is not None and self.tokenizer is None:
             raise ValueError("LLMConfig with an architecture needs a tokenizer directory")
-        if self.lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if self.lora is not None:
+            self.lora.validate()
 
 
 @dataclass(frozen=True, kw_only=True)
 class SpeechLMConfig:
-    encoder: EncoderConfig
-    compressor: CompressorConfig
+    encoder: EncoderConfig | Pretrained
+    compressor: CompressorConfig | Pretrained
     llm: LLMConfig
-    adapter_hidden_dim: int = 256  # hidden width of the MLP adapter
-    max_chunk_s: float = 30.0  # long audio is split at pauses into chunks no longer than this
+    adapter: AdapterConfig = AdapterConfig()
+    """Its input_dim / output_dim are the compressor's and the LLM's: build_speechlm sets them."""
+
+    max_chunk_s: float = 30.0
+    """Long audio is split at pauses into chunks no longer than this."""
 
     def validate(self) -> None:
         self.encoder.validate()
         self.compressor.validate()
         self.llm.validate()
-        if self.adapter_hidden_dim <= 0:
-            raise ValueError(f"adapter_hidden_dim must be > 0, got {self.adapter_hidden_dim}")
+        dataclasses.replace(self.adapter, input_dim=self.adapter.input_dim or 1,
+                            output_dim=self.adapter.output_dim or 1).validate()  # fmt: skip
         if not 1.0 <= self.max_chunk_s <= 600.0:
             raise ValueError(f"max_chunk_s must be within [1, 600] seconds, got {self.max_chunk_s}")
 
 
-@dataclass(frozen=True)
-class SpeechTokens:
-    """Compressed speech of whole recordings, chunks joined, before the adapter."""
+def config_to_json(config: SpeechLMConfig) -> dict:
+    """The SpeechLMConfig as spokenlm.json holds it (`config_from_json` reads it back)."""
 
-    embeddings: Tensor  # (B, N, D_enc) right-padded
-    lengths: Tensor  # (B,) tokens per recording
-    spans_s: list[list[tuple[float, float]]]  # per recording, per token: seconds in the recording
-    durations_s: list[float]
-    transcripts: list[str] | None  # greedy CTC transcripts when the compressor has a CTC head
-    char_times: list[list[tuple[str, float, float]]] | None  # per recording: (char, start_s, end_s)
+    def part(value, to_json) -> dict:
+        return {"pretrained": dataclasses.asdict(value)} if isinstance(value, Pretrained) else to_json(value)
 
-    @property
-    def tokens_per_second(self) -> list[float]:
-        return [n / d for n, d in zip(self.lengths.tolist(), self.durations_s)]
+    return {
+        "encoder": part(config.encoder, encoder_config_to_json),
+        "compressor": part(config.compressor, compressor_config_to_json),
+        "llm": dataclasses.asdict(config.llm),
+        "adapter": dataclasses.asdict(config.adapter),
+        "max_chunk_s": config.max_chunk_s,
+    }
 
 
-@dataclass(frozen=True)
-class RunOutput:
-    request: TaskRequest
-    result: TaskResult
-    transcript: str | None  # the CTC transcript of the speech, where there is a CTC head
-    tokens_per_second: float  # compressed tokens per second of audio fed to the LLM
-    timing_ms: dict[str, float]  # per stage, for the whole batch
+def config_from_json(data: dict) -> SpeechLMConfig:
+    def part(value: dict, from_json):
+        return Pretrained(**value["pretrained"]) if "pretrained" in value else from_json(value)
+
+    llm = dict(data["llm"])
+    if llm.get("lora") is not None:
+        lora = llm["lora"]
+        llm["lora"] = LoRAConfig(**(lora | {"target_modules": tuple(lora["target_modules"])}))
+    return SpeechLMConfig(
+        encoder=part(data["encoder"], encoder_config_from_json),
+        compressor=part(data["compressor"], compressor_config_from_json),
+        llm=LLMConfig(**llm),
+        adapter=AdapterConfig(**data["adapter"]),
+        max_chunk_s=float(data["max_chunk_s"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -143,17 +215,21 @@ class BundleInfo:
     provenance: dict = field(default_factory=dict)  # how it was made: recipe, data, metrics
 
 
+# --- the model ---------------------------------------------------------------------------------------
+
+
 class SpeechLM(nn.Module):
     def __init__(
         self,
         *,
-        encoder: nn.Module,
-        compressor: nn.Module,
+        encoder: SpeechEncoder,
+        compressor: Compressor,
         adapter: Adapter,
         llm: SpeechLLM,
         max_chunk_s: float = 30.0,
         info: BundleInfo | None = None,
         draft: DraftLM | None = None,
+        config: SpeechLMConfig | None = None,
     ):
         super().__init__()
         if compressor.output_dim != adapter.config.input_dim:
@@ -168,147 +244,151 @@ class SpeechLM(nn.Module):
         self.draft = draft  # used by greedy and sampling decoding unless GenerationConfig.draft_tokens == 0
         self.max_chunk_s = max_chunk_s
         self.info = info or BundleInfo()
+        self.config = config  # what build_speechlm built it from (None: assembled by hand); the bundle saves it
 
     @torch.inference_mode()
-    def encode_recordings(self, waves: list[Tensor], *, max_chunks_per_batch: int = 8) -> SpeechTokens:
-        """Cut each recording at pauses, compress every chunk, join each recording's tokens."""
-        batches = encode_chunks(self.encoder, waves, max_chunk_s=self.max_chunk_s, max_chunks_per_batch=max_chunks_per_batch)
-        return join_chunks(self.compressor, batches, [wav.shape[-1] / SAMPLE_RATE for wav in waves])
+    def encode_recordings(self, waves: Sequence[Tensor], *, uncompressed: bool = False) -> SpeechTokens:
+        """Cut each recording (S,) at pauses, compress every chunk, join each recording's tokens, adapt
+        them (`spokenlm.speech.encode_speech`)."""
+        return encode_speech(self.encoder, self.compressor, self.adapter, waves, max_chunk_s=self.max_chunk_s,
+                             uncompressed=uncompressed)  # fmt: skip
 
     @torch.inference_mode()
     def run(
         self,
-        waves: list[Tensor],
-        requests: list[TaskRequest],
+        waves: Sequence[Tensor],
+        requests: Sequence[TaskRequest],
         generation: GenerationConfig | None = None,
+        *,
+        recording: Sequence[int] | None = None,
+        uncompressed: bool = False,
     ) -> list[RunOutput]:
-        """Run one task request per recording (each a mono 16 kHz waveform (S,))."""
-        if len(waves) != len(requests):
+        """Run task requests on mono 16 kHz recordings (S,): request i on recording i, or on
+        `recording[i]` (several tasks on one recording: it is encoded once). uncompressed: the LLM
+        reads every encoder frame (`encode_recordings`)."""
+        if recording is None and len(waves) != len(requests):
             raise ValueError(f"got {len(waves)} recordings but {len(requests)} requests")
-        if not waves:
+        if not requests:
             return []
         for request in requests:  # validate every request before any work
             build_prompt(request)
-        generation = generation or GenerationConfig()
-        t0 = time.perf_counter()
-        speech = self.encode_recordings(waves)
-        t1 = time.perf_counter()
-        projected = self.adapter(speech.embeddings)
-        t2 = time.perf_counter()
-        results = decode_requests(
-            self.llm, requests, projected, speech.lengths, generation, char_times=speech.char_times, draft=self.draft
-        )
-        t3 = time.perf_counter()
-        timing = {"encode_compress": (t1 - t0) * 1e3, "adapter": (t2 - t1) * 1e3, "llm": (t3 - t2) * 1e3}
-        return run_outputs(requests, results, speech, timing)
+        _check_recording(recording, len(requests), len(waves))
+        speech = self.encode_recordings(waves, uncompressed=uncompressed)
+        return decode_speech(self.llm, speech, requests, generation or GenerationConfig(), draft=self.draft,
+                             recording=recording)  # fmt: skip
+
+    def stream(
+        self, wave: Tensor, request: TaskRequest, generation: GenerationConfig | None = None
+    ) -> Iterator[str | RunOutput]:
+        """`run` of one request on one recording, as it is decoded: text deltas, then the RunOutput
+        (`stream_speech`); the deltas join to the output's text."""
+        build_prompt(request)
+        speech = self.encode_recordings([wave])
+        return stream_speech(self.llm, speech, request, generation or GenerationConfig(), draft=self.draft)
 
 
-# --- the stages of SpeechLM.run, also run one per Ray actor (pipelines/stages.py) -------------------
+# --- the LLM half of the forward pass -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ChunkBatch:
-    """One encoder forward pass: up to max_chunks_per_batch chunks from one or more recordings."""
-
-    items: list[int]  # recording index of each chunk, in batch order
-    starts_s: list[float]  # offset of each chunk in its recording
-    encoded: EncoderOutput  # features (B, T, D), lengths (B,); hidden_states dropped unless kept
-
-
-@torch.inference_mode()
-def encode_chunks(
-    encoder: nn.Module,
-    waves: Sequence[Tensor],
-    *,
-    max_chunk_s: float,
-    max_chunks_per_batch: int = 8,
-    keep_hidden_states: bool = False,
-) -> list[ChunkBatch]:
-    """Cut each recording (S,) at pauses into chunks of at most max_chunk_s and encode them in batches."""
-    device = next(encoder.parameters()).device
-    chunks = [(i, c) for i, wav in enumerate(waves) for c in split_on_silence(wav, max_chunk_s=max_chunk_s)]
-    batches = []
-    for first in range(0, len(chunks), max_chunks_per_batch):
-        group = chunks[first : first + max_chunks_per_batch]
-        audio = batch_audio([c.wav.to(device) for _, c in group])
-        encoded: EncoderOutput = encoder(audio.wav, audio.lengths)
-        if not keep_hidden_states:  # (L, B, T, D) is large and no later stage reads it
-            encoded = dataclasses.replace(encoded, hidden_states=None)
-        batches.append(ChunkBatch(items=[i for i, _ in group], starts_s=[c.start_s for _, c in group], encoded=encoded))
-    return batches
-
-
-@torch.inference_mode()
-def join_chunks(compressor: nn.Module, batches: Sequence[ChunkBatch], durations_s: Sequence[float]) -> SpeechTokens:
-    """Compress every chunk batch and join each recording's tokens in time order (its CTC text too)."""
-    parts: list[list[tuple[Tensor, list, str | None, list]]] = [[] for _ in durations_s]
-    for batch in batches:
-        out = compressor(batch.encoded)
-        texts, alignments = _ctc_text(compressor, out, batch.encoded.lengths)
-        for j, (item, start_s) in enumerate(zip(batch.items, batch.starts_s)):
-            n = int(out.lengths[j])
-            spans = [(start_s + s, start_s + e) for s, e in out.span_seconds(j)]
-            chars = [(ch, start_s + s, start_s + e) for ch, s, e in alignments[j]] if alignments else []
-            parts[item].append((out.embeddings[j, :n], spans, texts[j] if texts else None, chars))
-
-    embeddings = [torch.cat([p[0] for p in item_parts]) for item_parts in parts]
-    has_ctc = all(p[2] is not None for item_parts in parts for p in item_parts)
-    return SpeechTokens(
-        embeddings=nn.utils.rnn.pad_sequence(embeddings, batch_first=True),  # (B, N, D_enc)
-        lengths=torch.tensor([e.shape[0] for e in embeddings], dtype=torch.long),
-        spans_s=[[s for p in item_parts for s in p[1]] for item_parts in parts],
-        durations_s=list(durations_s),
-        transcripts=[" ".join(t for p in ps if (t := p[2])) for ps in parts] if has_ctc else None,
-        char_times=[_join_char_times(ps) for ps in parts] if has_ctc else None,
-    )
-
-
-def _ctc_text(compressor: nn.Module, out: CompressedOutput, frames: Tensor) -> tuple[list[str] | None, list | None]:
-    """Greedy CTC text and per-character times (s, within the chunk), where there is a CTC head."""
-    if not isinstance(compressor, CTCCompressor) or out.ctc_log_probs is None:
-        return None, None
-    alignments = compressor.char_alignment(out.ctc_log_probs, frames)
-    rate = out.frame_rate_hz
-    texts = ["".join(c.char for c in a) for a in alignments]
-    return texts, [[(c.char, c.start_frame / rate, c.end_frame / rate) for c in a] for a in alignments]
-
-
-@torch.inference_mode()
-def decode_requests(
+def decode_speech(
     llm: SpeechLLM,
+    speech: SpeechTokens,
     requests: Sequence[TaskRequest],
-    projected: Tensor,
-    lengths: Tensor,
     generation: GenerationConfig,
     *,
-    char_times: Sequence[list[tuple[str, float, float]]] | None = None,
-    recording: Sequence[int] | None = None,
     draft: DraftLM | None = None,
-) -> list[TaskResult]:
-    """Decode one request per entry of `recording` (default: request i on recording i) and parse it.
+    recording: Sequence[int] | None = None,
+) -> list[RunOutput]:
+    """Decode request i on recording i of adapted `speech` (or on `recording[i]`) and parse it.
 
-    projected: (B, N, D_llm) adapter output; lengths: (B,). Entities get audio times from the CTC
-    `char_times` of their recording. With a `draft` (or `generation.ctc_draft` and `char_times`: a
-    LookupDraft of each recording's CTC transcript), decoding is speculative (same output, faster).
+    Entities and answers get audio times from the CTC characters of their recording. With a `draft` (or
+    `generation.ctc_draft` and a CTC transcript: a LookupDraft of each recording's transcript),
+    decoding is speculative (same output, faster). The LLM follows the prompt it was trained with
+    (`request_prompts`).
     """
+    t0 = time.perf_counter()
+    prompts, projected, lengths, draft, recording = _decoding_inputs(llm, speech, requests, generation, recording, draft)
+    texts = [o.text for o in llm.generate(prompts, projected, lengths, generation, draft=draft)]
+    return _run_outputs(requests, texts, speech, recording, (time.perf_counter() - t0) * 1e3)
+
+
+def stream_speech(
+    llm: SpeechLLM,
+    speech: SpeechTokens,
+    request: TaskRequest,
+    generation: GenerationConfig,
+    *,
+    draft: DraftLM | None = None,
+    recording: int = 0,
+) -> Iterator[str | RunOutput]:
+    """`decode_speech` of one request, as it is decoded: each new piece of text (a UTF-8 character is
+    never split), then the RunOutput. Beam search gives its text at the end (its best prefix changes)."""
+    t0 = time.perf_counter()
+    prompts, projected, lengths, draft, rec = _decoding_inputs(llm, speech, [request], generation, [recording], draft)
+    ids: list[int] = []
+    text = ""
+    for (new,) in stream_tokens(llm, prompts, projected, lengths, generation, draft):
+        ids += new
+        decoded = llm.tokenizer.decode(ids, skip_special_tokens=True)
+        if decoded != text and not decoded.endswith("\ufffd"):  # hold back half a UTF-8 character
+            yield decoded[len(text) :] if decoded.startswith(text) else decoded
+            text = decoded
+    full = llm.tokenizer.decode(ids, skip_special_tokens=True)
+    yield _run_outputs([request], [full], speech, rec, (time.perf_counter() - t0) * 1e3)[0]
+
+
+def _decoding_inputs(llm, speech: SpeechTokens, requests, generation: GenerationConfig, recording, draft):
+    """Prompts, (B, N, D_llm) speech and (B,) lengths on the LLM's device, one row per request, the
+    draft (a CTC LookupDraft where asked for), and the recording index of each request."""
+    generation.validate()
+    if speech.projected is None:
+        raise ValueError("decoding needs adapted speech (SpeechTokens.projected); run the adapter first (adapt)")
     recording = list(range(len(requests))) if recording is None else list(recording)
-    if len(recording) != len(requests):
-        raise ValueError(f"got {len(requests)} requests for {len(recording)} recording indices")
-    prompts = request_prompts(llm, requests, char_times, recording)  # validates every request first
+    _check_recording(recording, len(requests), len(speech.durations_s))
+    prompts = request_prompts(llm, requests, speech.char_times, recording)  # validates every request
+    projected, lengths = speech.projected, speech.lengths
     if recording != list(range(projected.shape[0])):
         index = torch.tensor(recording, device=projected.device)
         projected, lengths = projected[index], lengths.to(projected.device)[index]
     device = next(llm.parameters()).device
-    if draft is None and generation.ctc_draft and char_times is not None:
-        draft = LookupDraft(["".join(c for c, _, _ in char_times[item]) for item in recording])
-    texts = [o.text for o in llm.generate(prompts, projected.to(device), lengths.to(device), generation, draft=draft)]
-    results = []
+    if draft is None and generation.ctc_draft and speech.char_times is not None:
+        draft = LookupDraft(["".join(c for c, _, _ in speech.char_times[item]) for item in recording])
+    return prompts, projected.to(device), lengths.to(device), draft, recording
+
+
+def _run_outputs(requests, texts, speech: SpeechTokens, recording, llm_ms: float) -> list[RunOutput]:
+    outputs = []
     for request, text, item in zip(requests, texts, recording):
-        result = parse_output(request, text)
-        if isinstance(result, Entities) and char_times is not None:
-            result = locate_entities(result, char_times[item])
-        results.append(result)
-    return results
+        result: TaskResult = parse_output(request, text)
+        if isinstance(result, Entities) and speech.char_times is not None:
+            result = locate_entities(result, speech.char_times[item])
+        if isinstance(result, Answer) and speech.char_times is not None:
+            span = locate_text(result.text, speech.char_times[item])
+            if span is not None:
+                result = dataclasses.replace(result, start_s=span[0], end_s=span[1])
+        timing = speech.timing_ms[item] if speech.timing_ms else {}
+        outputs.append(
+            RunOutput(
+                request=request,
+                result=result,
+                transcript=speech.transcripts[item] if speech.transcripts is not None else None,
+                duration_s=speech.durations_s[item],
+                spans_s=tuple(speech.spans_s[item]),
+                tokens_per_second=speech.tokens_per_second[item],
+                timing_ms=timing | {"llm": llm_ms},
+            )
+        )
+    return outputs
+
+
+def _check_recording(recording: Sequence[int] | None, num_requests: int, num_recordings: int) -> None:
+    if recording is None:
+        return
+    if len(recording) != num_requests:
+        raise ValueError(f"got {num_requests} requests for {len(recording)} recording indices")
+    bad = [i for i in recording if not 0 <= i < num_recordings]
+    if bad:
+        raise ValueError(f"recording indices {bad} are not among the {num_recordings} recordings")
 
 
 def request_prompts(
@@ -325,31 +405,6 @@ def request_prompts(
     if char_times is None:
         raise ValueError("this LLM was trained with the CTC transcript in its prompt, but the compressor gave none")
     return [build_prompt(r, "".join(c for c, _, _ in char_times[i])) for r, i in zip(requests, recording)]
-
-
-def run_outputs(
-    requests: Sequence[TaskRequest], results: Sequence[TaskResult], speech: SpeechTokens, timing_ms: dict[str, float]
-) -> list[RunOutput]:
-    """One RunOutput per request (request i on recording i)."""
-    return [
-        RunOutput(
-            request=request,
-            result=result,
-            transcript=speech.transcripts[i] if speech.transcripts is not None else None,
-            tokens_per_second=speech.tokens_per_second[i],
-            timing_ms=dict(timing_ms),
-        )
-        for i, (request, result) in enumerate(zip(requests, results))
-    ]
-
-
-def _join_char_times(parts) -> list[tuple[str, float, float]]:
-    joined: list[tuple[str, float, float]] = []
-    for _, _, _, chars in parts:
-        if joined and chars:  # chunks are joined by a space, as their transcripts are
-            joined.append((" ", joined[-1][2], chars[0][1]))
-        joined.extend(chars)
-    return joined
 
 
 def locate_entities(result: Entities, char_times: list[tuple[str, float, float]]) -> Entities:
@@ -373,28 +428,58 @@ def locate_entities(result: Entities, char_times: list[tuple[str, float, float]]
     return dataclasses.replace(result, entities=tuple(located))
 
 
+def locate_text(text: str, char_times: list[tuple[str, float, float]] | None) -> list[float] | None:
+    """[start_s, end_s] of the stretch of the CTC transcript that best matches `text`, or None.
+
+    The longest common block (difflib) anchors the match; it is widened to the characters of `text`
+    matched within one answer-length of it, so a few CTC misspellings do not split the span.
+    """
+    if not text or not char_times:
+        return None
+    ctc = "".join(c for c, _, _ in char_times)
+    matcher = difflib.SequenceMatcher(None, text.lower(), ctc, autojunk=False)
+    anchor = matcher.find_longest_match(0, len(text), 0, len(ctc))
+    if anchor.size == 0:
+        return None
+    lo, hi = anchor.b, anchor.b + anchor.size - 1
+    window = (anchor.b - len(text), anchor.b + anchor.size + len(text))  # CTC characters the answer may cover
+    for block in matcher.get_matching_blocks():
+        if block.size and window[0] <= block.b and block.b + block.size <= window[1]:
+            lo, hi = min(lo, block.b), max(hi, block.b + block.size - 1)
+    return [round(char_times[lo][1], 3), round(char_times[hi][2], 3)]
+
+
 # --- building and the bundle ---------------------------------------------------------------------
 
 
 def build_speechlm(config: SpeechLMConfig) -> SpeechLM:
-    """Build every part from `config`: the one place that reads a SpeechLMConfig."""
+    """Build (or load, for `Pretrained` parts and an LLM path) every part from `config`: the one place
+    that reads a SpeechLMConfig. The parts are made in a fixed order (encoder, compressor, LLM, LoRA,
+    adapter), so a seeded call gives the same random weights."""
     config.validate()
-    encoder = build_encoder(config.encoder)
-    compressor = build_compressor(config.compressor)
+    if isinstance(config.encoder, Pretrained):
+        source = config.encoder.path
+        encoder = with_config(load_encoder(source), config.encoder.overrides, source=source)
+    else:
+        encoder = build_encoder(config.encoder)
+    if isinstance(config.compressor, Pretrained):
+        compressor = load_compressor(config.compressor.path)
+    else:
+        compressor = build_compressor(config.compressor)
     if config.llm.path is not None:
         llm = load_llm(config.llm.path)
     else:
         from transformers import AutoTokenizer
 
         llm = build_llm(config.llm.architecture, AutoTokenizer.from_pretrained(config.llm.tokenizer))
-    if config.llm.lora_rank:
-        llm = add_lora(llm, rank=config.llm.lora_rank, alpha=2 * config.llm.lora_rank)
+    if config.llm.lora is not None:
+        llm = add_lora(llm, config.llm.lora)
+    llm.prompt_transcript = config.llm.prompt_transcript
     adapter = build_adapter(
-        AdapterConfig(
-            input_dim=compressor.output_dim, output_dim=llm.model_dim, hidden_dim=config.adapter_hidden_dim
-        )
+        dataclasses.replace(config.adapter, input_dim=compressor.output_dim, output_dim=llm.model_dim)
     )
-    return SpeechLM(encoder=encoder, compressor=compressor, adapter=adapter, llm=llm, max_chunk_s=config.max_chunk_s)
+    return SpeechLM(encoder=encoder, compressor=compressor, adapter=adapter, llm=llm, max_chunk_s=config.max_chunk_s,
+                    config=config)  # fmt: skip
 
 
 def save_bundle(
@@ -444,6 +529,7 @@ def save_bundle(
         "trained": model.info.trained,
         "tasks": list(model.info.tasks),
         "provenance": model.info.provenance,
+        "config": None if model.config is None else config_to_json(model.config),
     }
     (path / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
@@ -452,10 +538,10 @@ def save_bundle(
 ENCODER_LAYER_WEIGHTS = "encoder_layer_weights.safetensors"  # a base encoder's trained layer mix
 
 
-def _save_encoder_reference(encoder: nn.Module, base: BaseRef, path: Path) -> dict:
+def _save_encoder_reference(encoder: SpeechEncoder, base: BaseRef, path: Path) -> dict:
     """The spokenlm.json entry naming `base` as the encoder (and its trained layer mix, if any)."""
     base.validate()
-    kind = next((name for name, k in ENCODER_KINDS.items() if isinstance(encoder, k.module_type)), None)
+    kind = encoder_kind(encoder)
     if kind not in BASE_ENCODER_LOADERS:
         kinds = " or ".join(BASE_ENCODER_LOADERS)
         raise ValueError(f"a {type(encoder).__name__} cannot be named by a base; bases are {kinds} encoders")
@@ -510,7 +596,7 @@ def _base_ref(path: str | Path, meta: dict, name: str) -> BaseRef:
         raise BundleError(f"{Path(path) / 'spokenlm.json'}: {name}.base: {e}") from e
 
 
-def load_bundle_encoder(path: str | Path) -> tuple[nn.Module, float]:
+def load_bundle_encoder(path: str | Path) -> tuple[SpeechEncoder, float]:
     """The encoder of a bundle, in eval mode, and the bundle's max_chunk_s."""
     meta = read_bundle_meta(path)
     part = _part(path, meta, "encoder")
@@ -530,7 +616,7 @@ def load_bundle_encoder(path: str | Path) -> tuple[nn.Module, float]:
     return encoder.eval(), float(meta["max_chunk_s"])
 
 
-def load_bundle_compressor(path: str | Path) -> tuple[nn.Module, Adapter]:
+def load_bundle_compressor(path: str | Path) -> tuple[Compressor, Adapter]:
     """The compressor and adapter of a bundle, in eval mode."""
     meta = read_bundle_meta(path)
     compressor = load_compressor(Path(path) / meta["compressor"]["dir"])
@@ -568,6 +654,7 @@ def load_bundle_draft(path: str | Path) -> DraftLM | None:
 
 
 def load_bundle(path: str | Path) -> SpeechLM:
+    """Every part of a bundle, as one SpeechLM in eval mode."""
     meta = read_bundle_meta(path)
     encoder, max_chunk_s = load_bundle_encoder(path)
     compressor, adapter = load_bundle_compressor(path)
@@ -584,6 +671,7 @@ def load_bundle(path: str | Path) -> SpeechLM:
         max_chunk_s=max_chunk_s,
         info=info,
         draft=load_bundle_draft(path),
+        config=None if meta.get("config") is None else config_from_json(meta["config"]),
     )
     return model.eval()
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
-AUDIO_MARKER = "<audio>"
+AUDIO_TOKEN = "<audio>"  # the prompt's place of the speech: the adapter's embeddings replace it
 
 TaskName = Literal["asr", "translate", "ner", "sentiment", "dialog-act", "qa", "summarize"]
 TASK_NAMES: tuple[str, ...] = ("asr", "translate", "ner", "sentiment", "dialog-act", "qa", "summarize")
@@ -92,6 +92,8 @@ class Answer:
     text: str
     question: str
     raw: str = ""
+    start_s: float | None = None  # where in the audio the answer is spoken, when the pipeline could align it
+    end_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ class TaskSpec:
     def prompt(self, request: TaskRequest, transcript: str | None = None) -> str:
         lang = TARGET_LANGUAGES.get(request.target_lang or "", "")
         heard = "" if transcript is None else f"{TRANSCRIPT_HINT}{_normalise_space(transcript)}\n"
-        return f"{AUDIO_MARKER}\n{heard}" + self.instruction.format(lang=lang, question=request.question or "")
+        return f"{AUDIO_TOKEN}\n{heard}" + self.instruction.format(lang=lang, question=request.question or "")
 
 
 TASKS: dict[str, TaskSpec] = {

@@ -15,11 +15,12 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from spokenlm.tasks import AUDIO_TOKEN
+
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
-AUDIO_TOKEN = "<audio>"  # replaced by the utterance's speech embeddings; never seen by the LLM
 
 # Fixed ids 0..4: the order of this tuple is the order the trainer assigns them.
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, AUDIO_TOKEN)

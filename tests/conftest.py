@@ -1,11 +1,54 @@
-"""Shared fixtures: a tiny untrained bundle built once per test session, and the example clips."""
+"""Shared fixtures: a tiny untrained bundle built once per test session, the example clips, and a
+runner for the Serve app (the serve tests and the UI's API-mode tests talk to the real one).
 
+serve/ is not importable from the tests' rootdir by default, so the repository root goes on sys.path
+here and, through serve.app.start_ray, on the Ray workers' PYTHONPATH.
+"""
+
+import contextlib
+import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CLIPS = sorted((REPO / "examples").glob("*.wav"))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(model_dir: Path, name: str, **settings):
+    """Start Ray and Serve, deploy the spokenlm app with `settings`, yield its base URL; tear all down."""
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray import serve
+
+    from serve.app import build_app, start_ray
+
+    started = start_ray(num_cpus=2, log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({"model_dir": str(model_dir), **settings}), name=name, route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        if started:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_app():
+    """The `running_app` context manager, for the module-scoped fixtures of the test modules."""
+    return running_app
 
 
 @pytest.fixture(autouse=True, scope="session")

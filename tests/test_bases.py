@@ -325,7 +325,7 @@ def test_a_bundle_on_the_real_whisper_and_smollm2_bases_runs(tmp_path, example_c
     from spokenlm.compress import build_compressor
     from spokenlm.compress.ctc import CTCCompressorConfig
     from spokenlm.encoders.whisper import load_whisper_encoder
-    from spokenlm.lm import GenerationConfig, add_lora, load_llm
+    from spokenlm.lm import GenerationConfig, LoRAConfig, add_lora, load_llm
     from spokenlm.model import SpeechLM
 
     encoder = load_whisper_encoder(resolve_base(WHISPER_TINY_EN), bf16=True)  # as the default bundle runs it
@@ -335,7 +335,7 @@ def test_a_bundle_on_the_real_whisper_and_smollm2_bases_runs(tmp_path, example_c
     (answer,) = llm.generate([question], config=GenerationConfig(max_new_tokens=12))
     assert "Paris" in answer.text and answer.finished  # the chat template at work: an answer, then <|im_end|>
     adapter = build_adapter(AdapterConfig(input_dim=compressor.output_dim, output_dim=llm.model_dim, hidden_dim=64))
-    model = SpeechLM(encoder=encoder, compressor=compressor, adapter=adapter, llm=add_lora(llm, rank=4))
+    model = SpeechLM(encoder=encoder, compressor=compressor, adapter=adapter, llm=add_lora(llm, LoRAConfig(rank=4)))
     bundle = save_bundle(model, tmp_path / "smol", encoder_base=WHISPER_TINY_EN, llm_base=SMOLLM2_135M_INSTRUCT)
     assert sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) < 10 * 2**20  # trained parts only
     assert json.loads((bundle / "spokenlm.json").read_text())["encoder"]["bf16"] is True

@@ -17,6 +17,7 @@ from spokenlm.lm import (
     GenerationConfig,
     GenerationOutput,
     SpeechLLM,
+    LoRAConfig,
     add_lora,
     build_llm,
     load_llm,
@@ -321,7 +322,7 @@ def test_batched_loss_is_the_token_mean_of_single_losses(llms, speech):
 
 def test_lora_trains_only_adapter_and_lora(llm_dirs, tok):
     torch.manual_seed(0)
-    llm = add_lora(load_llm(llm_dirs["llama"]), rank=4, alpha=8)
+    llm = add_lora(load_llm(llm_dirs["llama"]), LoRAConfig(rank=4, alpha=8))
     assert llm.has_lora
     adapter = build_adapter(AdapterConfig(input_dim=12, output_dim=D, hidden_dim=16))
     speech = adapter(torch.randn(3, 5, 12))
@@ -366,7 +367,7 @@ def test_load_lora_refuses_pickled_adapter_weights(llm_dirs, tmp_path):
 
 def test_adapter_and_lora_learn_a_tiny_batch(llm_dirs):
     torch.manual_seed(0)
-    llm = add_lora(load_llm(llm_dirs["llama"]), rank=8, alpha=16)
+    llm = add_lora(load_llm(llm_dirs["llama"]), LoRAConfig(rank=8, alpha=16))
     adapter = build_adapter(AdapterConfig(input_dim=12, output_dim=D, hidden_dim=64))
     feats = torch.randn(3, 5, 12)  # (B, N, D_enc) fixed batch
     targets = ["hello world", "the lazy dog", "sunny today"]

@@ -3,7 +3,7 @@ import re
 import pytest
 
 from spokenlm.tasks import (
-    AUDIO_MARKER,
+    AUDIO_TOKEN,
     COMBINED_TAGS,
     DIALOG_ACTS,
     NER_TAGS,
@@ -27,7 +27,7 @@ def _request(task: str) -> TaskRequest:
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_every_prompt_holds_one_audio_marker(task):
     prompt = build_prompt(_request(task))
-    assert prompt.count(AUDIO_MARKER) == 1
+    assert prompt.count(AUDIO_TOKEN) == 1
 
 
 def test_prompts_carry_their_parameters():
@@ -126,11 +126,11 @@ def test_every_parser_tolerates_malformed_output(task, text):
 
 
 def test_hybrid_prompt_carries_the_transcript_after_the_speech():
-    from spokenlm.tasks import AUDIO_MARKER, TRANSCRIPT_HINT, TaskRequest, build_prompt
+    from spokenlm.tasks import AUDIO_TOKEN, TRANSCRIPT_HINT, TaskRequest, build_prompt
 
     plain = build_prompt(TaskRequest(task="asr"))
     hybrid = build_prompt(TaskRequest(task="asr"), transcript="  the  cat sat ")
-    assert plain == f"{AUDIO_MARKER}\nTranscribe the speech."
-    assert hybrid == f"{AUDIO_MARKER}\n{TRANSCRIPT_HINT}the cat sat\nTranscribe the speech."
+    assert plain == f"{AUDIO_TOKEN}\nTranscribe the speech."
+    assert hybrid == f"{AUDIO_TOKEN}\n{TRANSCRIPT_HINT}the cat sat\nTranscribe the speech."
     qa = build_prompt(TaskRequest(task="qa", question="who?"), transcript="")
-    assert qa == f"{AUDIO_MARKER}\n{TRANSCRIPT_HINT}\nAnswer the question about the speech. Question: who?"
+    assert qa == f"{AUDIO_TOKEN}\n{TRANSCRIPT_HINT}\nAnswer the question about the speech. Question: who?"

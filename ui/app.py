@@ -36,16 +36,10 @@ TASK_LABELS = {
 
 
 def default_model_dir() -> str:
-    """models/default when it exists, else the cached untrained bundle `spokenlm demo` also uses."""
-    from spokenlm.demo import DEFAULT_BUNDLE, build_untrained_bundle
+    """The library's default bundle: models/default when it exists, else the untrained demo bundle."""
+    from spokenlm.demo import default_bundle
 
-    if (DEFAULT_BUNDLE / "spokenlm.json").is_file():
-        return str(DEFAULT_BUNDLE)
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spokenlm" / "untrained-demo"
-    if not (cache / "spokenlm.json").is_file():
-        log.warning("building an untrained demo bundle in %s ...", cache)
-        build_untrained_bundle(cache)
-    return str(cache)
+    return str(default_bundle(on_build=lambda path: log.warning("building an untrained demo bundle in %s ...", path)))
 
 
 def build_app(model_dir: str | os.PathLike | None = None, api_url: str | None = None) -> gr.Blocks:
@@ -136,7 +130,7 @@ def _run(backend: Backend, audio_path, task_name, question_text, lang, strategy_
 
 def _rendered(result: UIResult, outputs: list) -> dict:
     rec = result.record
-    task = rec.get("task")
+    task = rec["task"]
     status = f"Done: **{task}**"
     if isinstance(rec.get("tokens_per_second"), (int, float)):
         status += f", {rec['tokens_per_second']:.1f} speech tokens/s into the LLM"
@@ -145,14 +139,14 @@ def _rendered(result: UIResult, outputs: list) -> dict:
     values = [
         status,
         rec.get("text") or "",
-        result.ctc_text or "",
+        result.output.transcript or "",
         highlighted_entities(rec),
         (rec.get("sentiment") or "(no sentiment label in the output)") if task == "sentiment" else "",
         (", ".join(acts) or "(no dialog act in the output)") if acts is not None else "",
         rec.get("translation") or "",
         rec.get("answer") or rec.get("summary") or "",
-        waveform_figure(result.wave, result.spans_s, rec.get("entities")),
-        timing_rows(rec),
+        waveform_figure(result.wave, result.output.spans_s, rec["entities"]),
+        timing_rows(result.timing_ms),
         rec,
     ]
     return dict(zip(outputs, values))

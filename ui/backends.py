@@ -1,16 +1,12 @@
 """Where the demo's answers come from: the library in this process, or the Serve API over HTTP.
 
 Both backends take one recording (a file path, as gr.Audio hands it over) and one `TaskRequest`, and
-return a `UIResult` whose `record` has the fields of `spokenlm.cli.output_record` (the JSON the Serve
-API returns too), so the page renders either the same way. Neither imports gradio.
+return a `UIResult` around the library's `RunOutput`: `SpeechLM.run` gives it in process; over HTTP
+it is read back from the API's record (`RunOutput.from_record`, the routes and the record's place in
+an answer from serve/routes.py), so the page renders either the same way, and an answer that is not
+a record is an error here, not a blank field. Neither imports gradio.
 
-Serve API contract used by `ApiBackend` (serve/, issue 6 point 2), multipart bodies with a `file`:
-    asr         POST /v1/audio/transcriptions   model, response_format=verbose_json
-    translate   POST /v1/audio/translations     model, response_format=verbose_json, target_lang
-    ner | sentiment | dialog-act   POST /v1/understand   task
-    summarize   POST /v1/summarize
-    qa          POST /v1/qa                     question
-Errors come back as 4xx/5xx with an OpenAI-style body {"error": {"message", "type", "param"}}.
+Errors come back from the API as 4xx/5xx with an OpenAI-style body {"error": {"message", "type", "param"}}.
 """
 
 from __future__ import annotations
@@ -24,23 +20,34 @@ from typing import Protocol
 
 import numpy as np
 
+from serve.routes import record_of, request_form
 from spokenlm.audio import SAMPLE_RATE, load_audio
+from spokenlm.output import RecordError, RunOutput
 from spokenlm.tasks import TaskRequest
-
-# The keys of spokenlm.cli.output_record, each null where the task does not apply.
-RECORD_KEYS = ("task", "text", "entities", "sentiment", "dialog_acts", "translation", "answer", "summary",
-               "tokens_per_second", "timing_ms")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class UIResult:
     """One answer, ready to render."""
 
-    record: dict  # output_record fields: text, entities, sentiment, ... , timing_ms
+    output: RunOutput  # the library's typed answer: its record is what the page shows
     wave: np.ndarray  # (S,) float32 at SAMPLE_RATE, for the waveform plot
-    spans_s: list[tuple[float, float]] | None  # one per compressed speech token; None if unknown
-    ctc_text: str | None = None  # the compressor's CTC transcript, where it has a CTC head
+    client_timing_ms: dict[str, float] = field(default_factory=dict)  # this process's own stages (API: decode, round trip)
     notes: list[str] = field(default_factory=list)  # shown above the results (untrained model, ...)
+
+    @property
+    def record(self) -> dict:
+        return self.output.to_record()
+
+    @property
+    def timing_ms(self) -> dict[str, float]:
+        """The stages to show: the model's own, or, over the API, the server's (`server/<stage>`,
+        inside `round_trip`) between this process's decoding and the round trip."""
+        if not self.client_timing_ms:
+            return dict(self.output.timing_ms)
+        server = {f"server/{stage}": ms for stage, ms in self.output.timing_ms.items()}
+        client = dict(self.client_timing_ms)
+        return {"load_audio": client.pop("load_audio", 0.0), **server, **client}
 
 
 class Backend(Protocol):
@@ -57,7 +64,7 @@ class ApiError(RuntimeError):
 
 
 class LocalBackend:
-    """Runs a bundle in this process, stage by stage, to keep the token spans for the plot."""
+    """Runs a bundle in this process (`SpeechLM.run`)."""
 
     def __init__(self, model_dir: str | os.PathLike):
         from spokenlm.model import load_bundle
@@ -68,36 +75,14 @@ class LocalBackend:
         self.description = f"in-process model `{self.model_dir}`{trained}"
 
     def run(self, audio_path: str, request: TaskRequest, generation) -> UIResult:
-        import torch
-
-        from spokenlm.cli import output_record
-        from spokenlm.model import decode_requests, run_outputs
-
         request.validate()  # before any work, as SpeechLM.run does
         t0 = time.perf_counter()
         wav = load_audio(audio_path)
-        # The body of SpeechLM.run, kept open so that speech.spans_s reaches the plot.
-        with torch.inference_mode():
-            t1 = time.perf_counter()
-            speech = self.model.encode_recordings([wav])
-            t2 = time.perf_counter()
-            projected = self.model.adapter(speech.embeddings)
-            t3 = time.perf_counter()
-            results = decode_requests(
-                self.model.llm, [request], projected, speech.lengths, generation,
-                char_times=speech.char_times, draft=self.model.draft,
-            )  # fmt: skip
-            t4 = time.perf_counter()
-        timing = {"load_audio": t1 - t0, "encode_compress": t2 - t1, "adapter": t3 - t2, "llm": t4 - t3}
-        output = run_outputs([request], results, speech, {k: v * 1e3 for k, v in timing.items()})[0]
+        load_ms = (time.perf_counter() - t0) * 1e3
+        (output,) = self.model.run([wav], [request], generation)
         notes = [] if self.model.info.trained else [UNTRAINED_NOTE]
-        return UIResult(
-            record=output_record(Path(audio_path).name, output),
-            wave=wav.numpy(),
-            spans_s=list(speech.spans_s[0]),
-            ctc_text=speech.transcripts[0] if speech.transcripts is not None else None,
-            notes=notes,
-        )
+        return UIResult(output=output.with_audio(path=Path(audio_path).name, load_ms=load_ms), wave=wav.numpy(),
+                        notes=notes)  # fmt: skip
 
 
 UNTRAINED_NOTE = (
@@ -120,29 +105,13 @@ class ApiBackend:
         self.model = model
         self.description = f"Serve API at {self.url}"
 
-    def route(self, request: TaskRequest) -> tuple[str, dict[str, str]]:
-        """The path and form fields (besides `file`) for `request`."""
-        task = request.task
-        if task == "asr":
-            return "/v1/audio/transcriptions", {"model": self.model, "response_format": "verbose_json"}
-        if task == "translate":
-            fields = {"model": self.model, "response_format": "verbose_json", "target_lang": request.target_lang}
-            return "/v1/audio/translations", fields
-        if task in ("ner", "sentiment", "dialog-act"):
-            return "/v1/understand", {"task": task}
-        if task == "summarize":
-            return "/v1/summarize", {}
-        if task == "qa":
-            return "/v1/qa", {"question": request.question or ""}
-        raise ValueError(f"unknown task {task!r}")
-
     def run(self, audio_path: str, request: TaskRequest, generation=None) -> UIResult:
         import httpx
 
         request.validate()
         t0 = time.perf_counter()
         wav = load_audio(audio_path)  # the same AudioError the server would give, without a round trip
-        path, fields = self.route(request)
+        path, fields = request_form(request, model=self.model)
         name = Path(audio_path).name
         mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
         t1 = time.perf_counter()
@@ -160,40 +129,14 @@ class ApiBackend:
             body = response.json()
         except ValueError as e:
             raise ApiError(f"the Serve API sent {path} a non-JSON answer: {response.text[:200]!r}") from e
-        if not isinstance(body, dict):
-            raise ApiError(f"the Serve API sent {path} a JSON {type(body).__name__}, expected an object")
-        record = record_from_response(request, body)
-        server_stages = {f"server/{stage}": ms for stage, ms in record["timing_ms"].items()}  # inside round_trip
-        record["timing_ms"] = {
-            "load_audio": round((t1 - t0) * 1e3, 1),
-            **server_stages,
-            "round_trip": round((t2 - t1) * 1e3, 1),
-        }
-        return UIResult(record=record, wave=wav.numpy(), spans_s=_spans_from_response(body))
-
-
-def record_from_response(request: TaskRequest, body: dict) -> dict:
-    """An output_record-shaped dict from an API answer; OpenAI transcription/translation bodies
-    ({"text": ...}) put their text where output_record would."""
-    record: dict = {key: body.get(key) for key in RECORD_KEYS}
-    record["task"] = request.task
-    if request.task == "translate" and record["translation"] is None:
-        record["translation"], record["text"] = body.get("text"), None
-    if not isinstance(record["timing_ms"], dict):
-        record["timing_ms"] = {}
-    return record
-
-
-def _spans_from_response(body: dict) -> list[tuple[float, float]] | None:
-    """Token spans if the API sends them (`spans_s`), else verbose_json segments, else None."""
-    try:
-        if isinstance(body.get("spans_s"), list):
-            return [(float(s), float(e)) for s, e in body["spans_s"]]
-        if isinstance(body.get("segments"), list):
-            return [(float(seg["start"]), float(seg["end"])) for seg in body["segments"]]
-    except (TypeError, ValueError, KeyError):
-        return None  # malformed spans only cost the overlay, not the answer
-    return None
+        try:
+            output = RunOutput.from_record(record_of(body))
+        except RecordError as e:
+            raise ApiError(f"the Serve API's answer to {path} is not a spokenlm record: {e}") from e
+        if output.request != request:
+            raise ApiError(f"the Serve API answered {path} for {output.request}, not for the request sent, {request}")
+        timing = {"load_audio": (t1 - t0) * 1e3, "round_trip": (t2 - t1) * 1e3}
+        return UIResult(output=output, wave=wav.numpy(), client_timing_ms=timing)
 
 
 def _error_message(response) -> str:

@@ -1,4 +1,4 @@
-"""From a `UIResult` to what the page shows: highlighted entities, the waveform plot, the timing table.
+"""From a `UIResult` (its record, spans and timing) to what the page shows: highlighted entities, the waveform plot, the timing table.
 
 Plain functions of plain values, no gradio import, so they are tested without a server. The plot uses
 matplotlib's object API (`Figure`, no pyplot): no global figure state, safe in Gradio's worker threads.
@@ -29,10 +29,9 @@ def highlighted_entities(record: dict) -> dict | None:
     return {"text": text, "entities": entities}
 
 
-def timing_rows(record: dict) -> list[list]:
+def timing_rows(timing: dict[str, float]) -> list[list]:
     """[stage, ms] rows, then the total. `server/...` stages (the Serve API's own timing) lie inside
     the client's `round_trip`, so the total leaves them out."""
-    timing = record.get("timing_ms") or {}
     rows = [[stage, round(float(ms), 1)] for stage, ms in timing.items()]
     total = sum(float(ms) for stage, ms in timing.items() if not stage.startswith("server/"))
     rows.append(["total", round(total, 1)])

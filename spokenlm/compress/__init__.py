@@ -38,6 +38,8 @@ __all__ = [
     "SyllableCompressor",
     "SyllableCompressorConfig",
     "build_compressor",
+    "compressor_config_from_json",
+    "compressor_config_to_json",
     "load_compressor",
     "save_compressor",
 ]
@@ -63,16 +65,37 @@ def build_compressor(config: CompressorConfig) -> nn.Module:
     raise TypeError(f"no compressor for config type {type(config).__name__}; known: {_config_names()}")
 
 
+def compressor_config_to_json(config: CompressorConfig) -> dict:
+    """{"kind": ..., **fields}: what compressor.json holds, and spokenlm.json's compressor config."""
+    kind = next((k for k, (config_cls, _) in _KINDS.items() if type(config) is config_cls), None)
+    if kind is None:
+        raise TypeError(f"no compressor for config type {type(config).__name__}; known: {_config_names()}")
+    return {"kind": kind, **dataclasses.asdict(config)}
+
+
+def compressor_config_from_json(fields: dict, *, where: str = "compressor config") -> CompressorConfig:
+    """The config `compressor_config_to_json` wrote; ValueError naming `where` for an unknown kind or key."""
+    fields = dict(fields)
+    kind = fields.pop("kind", None)
+    if kind not in _KINDS:
+        raise ValueError(f"{where}: unknown compressor kind {kind!r}; expected one of {sorted(_KINDS)}")
+    config_cls = _KINDS[kind][0]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown {kind} compressor config keys {unknown}")
+    return config_cls(**fields)
+
+
 def save_compressor(compressor: nn.Module, directory: str | Path) -> None:
     """Write ``compressor.json`` and ``model.safetensors`` into ``directory`` (created if missing)."""
     from safetensors.torch import save_file
 
-    kind = next((k for k, (_, module_cls) in _KINDS.items() if type(compressor) is module_cls), None)
-    if kind is None:
+    if not any(type(compressor) is module_cls for _, module_cls in _KINDS.values()):
         raise TypeError(f"cannot save a {type(compressor).__name__}; known: {_config_names()}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = {"kind": kind, **dataclasses.asdict(compressor.config)}
+    config = compressor_config_to_json(compressor.config)
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     state = {name: t.detach().cpu().contiguous() for name, t in compressor.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
@@ -86,16 +109,8 @@ def load_compressor(directory: str | Path, *, device: str = "cpu") -> nn.Module:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
-    fields = json.loads(config_path.read_text())
-    kind = fields.pop("kind", None)
-    if kind not in _KINDS:
-        raise ValueError(f"{config_path}: unknown compressor kind {kind!r}; expected one of {sorted(_KINDS)}")
-    config_cls, module_cls = _KINDS[kind]
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"{config_path}: unknown {kind} compressor config keys {unknown}")
-    compressor = module_cls(config_cls(**fields))
+    config = compressor_config_from_json(json.loads(config_path.read_text()), where=str(config_path))
+    compressor = build_compressor(config)
     compressor.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=device), strict=True)
     return compressor.to(device)
 

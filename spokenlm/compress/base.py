@@ -14,6 +14,15 @@ from spokenlm.encoders.base import EncoderOutput
 
 
 @dataclass(frozen=True)
+class CharSpan:
+    """One character of a greedy CTC transcript and the encoder frames that emitted it."""
+
+    char: str
+    start_frame: int  # first frame of the run of this label
+    end_frame: int  # one past the last frame of the run
+
+
+@dataclass(frozen=True)
 class CompressedOutput:
     embeddings: Tensor  # (B, N, D) right-padded with zeros
     lengths: Tensor  # (B,) valid tokens per item, int64, always >= 1 for a non-empty input
@@ -21,6 +30,7 @@ class CompressedOutput:
     frame_rate_hz: float  # encoder frames per second, to turn spans into seconds
     tokens_per_second: Tensor  # (B,) float: lengths / (valid frames / frame_rate_hz)
     ctc_log_probs: Tensor | None = None  # (B, T, V) when the compressor owns a CTC head
+    chars: list[list[CharSpan]] | None = None  # per item: its greedy CTC transcript, timed; CTC head only
 
     def span_seconds(self, item: int) -> list[tuple[float, float]]:
         """The time spans of item's tokens in seconds."""
@@ -28,6 +38,8 @@ class CompressedOutput:
 
 
 class Compressor(Protocol):
+    """Encoder frames in, fewer tokens out (a compressor with a CTC head also gives `chars`)."""
+
     output_dim: int  # D of CompressedOutput.embeddings
 
     def __call__(self, encoded: EncoderOutput) -> CompressedOutput: ...

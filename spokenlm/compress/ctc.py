@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spokenlm.compress.base import CompressedOutput
+from spokenlm.compress.base import CharSpan, CompressedOutput
 from spokenlm.compress.vocab import BLANK, DEFAULT_ALPHABET, CharVocab
 from spokenlm.encoders.base import EncoderOutput
 
@@ -84,15 +84,6 @@ class CTCCompressorConfig:
             raise ValueError(f"CTCCompressorConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
 
-@dataclass(frozen=True)
-class CharSpan:
-    """One character of a greedy CTC transcript and the encoder frames that emitted it."""
-
-    char: str
-    start_frame: int  # first frame of the run of this label
-    end_frame: int  # one past the last frame of the run
-
-
 class CTCCompressor(nn.Module):
     """Encoder frames -> CTC-selected (blank removal) or CTC-averaged (frame averaging) features."""
 
@@ -138,6 +129,7 @@ class CTCCompressor(nn.Module):
             frame_rate_hz=encoded.frame_rate_hz,
             tokens_per_second=token_lengths.to(torch.float32) / seconds,
             ctc_log_probs=log_probs,
+            chars=self.char_alignment(log_probs, lengths),
         )
 
     def ctc_loss(self, encoded: EncoderOutput, texts: list[str]) -> Tensor:

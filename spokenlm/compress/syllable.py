@@ -25,14 +25,8 @@ import torch
 from torch import nn
 
 from spokenlm.compress.base import CompressedOutput
+from spokenlm.compress.segment import MERGE_THRESHOLD, NORM_THRESHOLD, check_thresholds, pool_segments, segment_batch
 from spokenlm.encoders.base import EncoderOutput
-from spokenlm.encoders.sylber import (
-    MERGE_THRESHOLD,
-    NORM_THRESHOLD,
-    check_thresholds,
-    pool_segments,
-    segment_batch,
-)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,7 +47,7 @@ from spokenlm.encoders.wav2vec2 import (
 
 __all__ = [
     "EncoderOutput", "SpeechEncoder", "build_encoder", "load_encoder", "save_encoder", "with_config", "with_overrides",
-    "ENCODER_KINDS",
+    "ENCODER_KINDS", "encoder_kind", "encoder_config_to_json", "encoder_config_from_json",
 ]  # fmt: skip
 
 
@@ -74,6 +74,34 @@ ENCODER_KINDS: dict[str, EncoderKind] = {
         WhisperEncoderConfig, WhisperEncoder, build_whisper_encoder, save_whisper_encoder, load_whisper_encoder
     ),
 }
+
+
+def encoder_kind(encoder: nn.Module) -> str | None:
+    """The ENCODER_KINDS name of an encoder module, or None for a module of no registered kind."""
+    return next((name for name, kind in ENCODER_KINDS.items() if isinstance(encoder, kind.module_type)), None)
+
+
+def encoder_config_to_json(config: Any) -> dict:
+    """{"kind": ..., **fields} of an encoder config, for spokenlm.json."""
+    import dataclasses
+
+    kind = next((name for name, k in ENCODER_KINDS.items() if type(config) is k.config_type), None)
+    if kind is None:
+        raise TypeError(f"no encoder kind for config type {type(config).__name__}")
+    return {"kind": kind, **dataclasses.asdict(config)}
+
+
+def encoder_config_from_json(fields: dict) -> Any:
+    """The encoder config `encoder_config_to_json` wrote (JSON lists back to tuples)."""
+    import dataclasses
+
+    fields = dict(fields)
+    kind = fields.pop("kind", None)
+    if kind not in ENCODER_KINDS:
+        raise ValueError(f"unknown encoder kind {kind!r}; expected one of {', '.join(ENCODER_KINDS)}")
+    config_type = ENCODER_KINDS[kind].config_type
+    tuples = {f.name for f in dataclasses.fields(config_type) if "tuple" in str(f.type)}
+    return config_type(**{k: _as_tuples(v) if k in tuples else v for k, v in fields.items()})
 
 
 def build_encoder(config: Any) -> nn.Module:

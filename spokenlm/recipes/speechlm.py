@@ -8,9 +8,10 @@ tokens per second; an MLP adapter maps them into the LLM's embedding space, wher
 prompt's `<audio>` marker; only the adapter and LoRA (Hu et al., 2021) on the LLM's projections learn.
 `mode: full` trains every LLM weight instead of LoRA, the comparison DESIGN.md §4 asks for.
 
-1. Load the frozen parts (`encoder_dir` or the pinned `encoder_base`; `compressor_dir`: the ctc
-   recipe's output) and the LLM (`llm_dir`: the text-lm recipe's, a .gguf file, or `llm_base`); add
-   LoRA (mode "lora") or unfreeze the LLM (mode "full").
+1. `build_speechlm(model_config(config))`: the frozen parts loaded (`encoder_dir` or the pinned
+   `encoder_base`; `compressor_dir`: the ctc recipe's output), the LLM (`llm_dir`: the text-lm
+   recipe's, a .gguf file, or `llm_base`) with LoRA (mode "lora") or unfrozen (mode "full"), a
+   fresh adapter; the bundle records that SpeechLMConfig.
 2. The encoder runs ONCE per utterance, not per step: it is frozen, so its output never changes. Its
    features (cut into chunks as at inference) go to the feature cache (spokenlm/train/features.py,
    shared with the ctc recipe: a Whisper encoder's features from that stage are reused), and the
@@ -491,12 +492,29 @@ def _split_stats(utts: list[Utterance], tokens: dict[str, Tensor]) -> dict:
     }
 
 
+def model_config(config: SpeechLMTrainConfig):
+    """The SpeechLMConfig the recipe builds (build_speechlm) and the bundle records: the frozen
+    encoder and compressor loaded from their directories (or the pinned base), the LLM with LoRA
+    (mode "lora") or without (mode "full"), a fresh adapter."""
+    from spokenlm.adapter import AdapterConfig
+    from spokenlm.lm import LoRAConfig
+    from spokenlm.model import LLMConfig, Pretrained, SpeechLMConfig
+
+    lora = None
+    if config.mode == "lora":
+        lora = LoRAConfig(rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                          target_modules=tuple(config.lora_targets))  # fmt: skip
+    return SpeechLMConfig(
+        encoder=Pretrained(path=part_source(config, "encoder"), overrides=dict(config.encoder_overrides)),
+        compressor=Pretrained(path=config.compressor_dir),
+        llm=LLMConfig(path=part_source(config, "llm"), lora=lora, prompt_transcript=config.prompt_transcript),
+        adapter=AdapterConfig(hidden_dim=config.adapter_hidden_dim, kind=config.adapter_kind),
+        max_chunk_s=config.max_chunk_s,
+    )
+
+
 def train(config: SpeechLMTrainConfig) -> dict:
-    from spokenlm.adapter import AdapterConfig, build_adapter
-    from spokenlm.compress import load_compressor
-    from spokenlm.encoders import load_encoder, with_config
-    from spokenlm.lm import add_lora, load_llm
-    from spokenlm.model import BundleInfo, SpeechLM, save_bundle
+    from spokenlm.model import BundleInfo, build_speechlm, save_bundle
 
     config.validate()
     _check_inputs(config)
@@ -517,21 +535,10 @@ def train(config: SpeechLMTrainConfig) -> dict:
 
     # 1. parts: frozen encoder + compressor, the LLM with LoRA (or unfrozen), a fresh adapter
     torch.manual_seed(config.seed)
-    source = part_source(config, "encoder")
-    encoder = with_config(load_encoder(source), config.encoder_overrides, source=source).eval()
-    compressor = load_compressor(config.compressor_dir).eval()
+    speechlm = build_speechlm(model_config(config))  # the bundle records the config, and how its LLM is prompted
+    encoder, compressor, adapter, llm = speechlm.encoder.eval(), speechlm.compressor.eval(), speechlm.adapter, speechlm.llm
     for p in [*encoder.parameters(), *compressor.parameters()]:
         p.requires_grad_(False)
-    llm = load_llm(part_source(config, "llm"))
-    if config.mode == "lora":
-        llm = add_lora(llm, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                       target_modules=config.lora_targets)  # fmt: skip
-    llm.prompt_transcript = config.prompt_transcript  # the bundle records how its LLM is prompted
-    adapter = build_adapter(AdapterConfig(input_dim=compressor.output_dim, output_dim=llm.model_dim,
-                                          hidden_dim=config.adapter_hidden_dim, kind=config.adapter_kind))  # fmt: skip
-    speechlm = SpeechLM(
-        encoder=encoder, compressor=compressor, adapter=adapter, llm=llm, max_chunk_s=config.max_chunk_s
-    )
 
     # 2. speech tokens from encoder features computed once per utterance (see the module docstring)
     from spokenlm.bases import cache_dir

@@ -17,19 +17,14 @@ import pytest
 import soundfile as sf
 import yaml
 
-from pipelines.slue_eval import (
-    SlueEvalConfig,
-    SlueWorker,
-    eval_main,
-    load_predictions,
-    locate_text,
-    run_slue_eval,
-    score,
-    write_submission,
-)
+from pipelines.slue_eval import SlueEvalConfig, SlueWorker, eval_main, load_predictions, run_slue_eval
 from spokenlm.lm import GenerationConfig
+from spokenlm.model import locate_text
+from spokenlm.output import RECORD_KEYS
 from spokenlm.slue import metrics as M
 from spokenlm.slue.readers import SlueDataError, read_voxpopuli
+from spokenlm.slue.scoring import score
+from spokenlm.slue.submission import write_submission
 
 REPO = Path(__file__).resolve().parents[2]
 # Seeded sampling: the untrained bundle's greedy output is the same dots for every clip; sampled text
@@ -208,15 +203,18 @@ def test_voxpopuli_job_writes_each_id_once_and_scores_like_slue_metrics(voxpopul
     assert summary.complete and summary.total == len(ids) and summary.missing_audio == (MISSING,)
     rows = _rows(out)
     assert sorted(r["id"] for r in rows) == sorted(ids)  # every id exactly once
+    for row in rows:  # one record per task, as `spokenlm run --json` prints it
+        assert list(row["records"]) == ["asr", "ner"]
+        assert all(tuple(record) == RECORD_KEYS for record in row["records"].values())
 
     # metrics.json == an independent computation from predictions.jsonl with spokenlm.slue.metrics
     split = read_voxpopuli(slue_root, "dev")
-    by_id = {r["id"]: r for r in rows}
+    by_id = {r["id"]: r["records"] for r in rows}
     records = [r for r in split.records if r.id != MISSING]
     wer = M.word_error_rate([M.normalize_asr_text(r.normalized_text) for r in records],
-                            [M.normalize_asr_text(by_id[r.id]["text"]) for r in records])  # fmt: skip
+                            [M.normalize_asr_text(by_id[r.id]["asr"]["text"]) for r in records])  # fmt: skip
     ner = M.ner_report([r.entities() for r in records],
-                       [[(e["tag"], e["text"]) for e in by_id[r.id]["entities"]] for r in records])  # fmt: skip
+                       [[(e["tag"], e["text"]) for e in by_id[r.id]["ner"]["entities"]] for r in records])  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["headline"]["wer"] == pytest.approx(wer.wer)
     assert metrics["headline"]["ner_f1"] == pytest.approx(ner["combined-standard"].micro.f1)
@@ -232,8 +230,8 @@ def test_voxpopuli_job_writes_each_id_once_and_scores_like_slue_metrics(voxpopul
     assert table[0] == ["id", "pred_text", "pred_ner", "pred_sentiment"]
     assert [row[0] for row in table[1:]] == ids
     for utt, text, ner_cell, sentiment in table[1:]:
-        assert text == by_id[utt]["text"] and sentiment == "none"
-        assert ner_cell == repr([[e["tag"], e["text"]] for e in by_id[utt]["entities"]])
+        assert text == by_id[utt]["asr"]["text"] and sentiment == "none"
+        assert ner_cell == repr([[e["tag"], e["text"]] for e in by_id[utt]["ner"]["entities"]])
 
 
 @pytest.mark.slow
@@ -328,10 +326,10 @@ def test_voxceleb_job_cuts_clips_and_scores_sentiment(ray_session, slue_root, ti
     tsv = (slue_root / "slue-voxceleb" / "slue-voxceleb_dev.tsv").read_text().splitlines()[1:4]
     for line in tsv:
         utt, start, end = line.split("\t")[0], *map(float, line.split("\t")[5:7])
-        assert rows[utt]["duration_s"] == pytest.approx(end - start, abs=1e-3)
+        assert rows[utt]["records"]["asr"]["duration_s"] == pytest.approx(end - start, abs=1e-3)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     refs = ["Positive", "Negative", "Neutral"]
-    hyps = [rows[line.split("\t")[0]]["sentiment"] for line in tsv]
+    hyps = [rows[line.split("\t")[0]]["records"]["sentiment"]["sentiment"] for line in tsv]
     assert metrics["headline"]["sentiment_f1"] == pytest.approx(M.sentiment_scores(refs, hyps).macro.f1)
     skipped = "id10229_5r0dWxy17C8_00004: sentiment '<mixed>' is not one of Negative, Neutral, Positive"
     assert metrics["skipped"] == [skipped]
@@ -348,14 +346,17 @@ def test_score_joins_each_prediction_to_its_reference(slue_root, tmp_path):
     """Planted predictions, hand-computed scores: WER, NER with a repeated entity, a failed row."""
     split = read_voxpopuli(slue_root, "dev")
     ids = [utt for utt, _, _ in VOXPOPULI]
+    def row(text: str, entities: list[tuple[str, str]]) -> dict:  # the fields of each task's record that count
+        return {"records": {"asr": {"text": text}, "ner": {"entities": [{"tag": t, "text": p} for t, p in entities]}}}
+
     rows = {
-        ids[0]: {"text": "we all agreed at the last session in strasbourg.",  # "." is dropped by normalize_asr_text
-                 "entities": [{"tag": "GPE", "text": "strasbourg"}]},
-        ids[1]: {"text": "the european commission met in brussel on monday",  # 1 substitution
-                 "entities": [{"tag": "ORG", "text": "european commission"}, {"tag": "GPE", "text": "brussel"}]},
+        ids[0]: row("we all agreed at the last session in strasbourg.",  # "." is dropped by normalize_asr_text
+                    [("GPE", "strasbourg")]),
+        ids[1]: row("the european commission met in brussel on monday",  # 1 substitution
+                    [("ORG", "european commission"), ("GPE", "brussel")]),
         ids[2]: {"error": "AudioError: could not decode"},  # scored as empty: 8 deletions
-        ids[3]: {"text": "he might even have been made amiable himself", "entities": [{"tag": "PERSON", "text": "he"}]},
-        ids[4]: {"text": "paris said yes and paris said no", "entities": [{"tag": "GPE", "text": "paris"}]},
+        ids[3]: row("he might even have been made amiable himself", [("PERSON", "he")]),
+        ids[4]: row("paris said yes and paris said no", [("GPE", "paris")]),
     }  # fmt: skip
     rows = {k: v | {"id": k} for k, v in rows.items()}
     metrics = score("voxpopuli", split, rows)
@@ -390,7 +391,8 @@ def test_phase2_suites_predict_score_submit_and_report_in_process(suite, slue_ro
     assert all(0.0 <= v <= 100.0 for v in metrics["headline"].values())
     if suite == "sqa5":  # an empty question is a failed row, not a crashed job
         assert metrics["failed"] == [{"id": "q3", "error": "ValueError: task 'qa' needs a non-empty question"}]
-        assert all(rows[q]["answer_span"] is None or len(rows[q]["answer_span"]) == 2 for q in ("q1", "q2"))
+        spans = [rows[q]["records"]["qa"]["answer_span_s"] for q in ("q1", "q2")]
+        assert all(span is None or len(span) == 2 for span in spans)
     write_submission(tmp_path / "submission.tsv", suite, split.records_with_audio(), rows)
     header = (tmp_path / "submission.tsv").read_text().splitlines()[0].split("\t")
     assert header[0] == "id" and len(header) >= 2

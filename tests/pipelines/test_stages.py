@@ -8,10 +8,9 @@ import torch
 
 from pipelines.stages import StageResources, StagesConfig, run_files_on_ray
 from spokenlm.audio import SAMPLE_RATE, load_audio
-from spokenlm.cli import output_record
 from spokenlm.lm import GenerationConfig
 from spokenlm.model import (
-    decode_requests,
+    decode_speech,
     encode_chunks,
     join_chunks,
     load_bundle,
@@ -19,6 +18,7 @@ from spokenlm.model import (
     load_bundle_encoder,
     load_bundle_llm,
 )
+from spokenlm.speech import adapt
 from spokenlm.tasks import TaskRequest
 
 GREEDY = GenerationConfig(max_new_tokens=12)
@@ -63,11 +63,10 @@ def test_stage_functions_reproduce_encode_recordings_and_run(chunky_bundle, exam
 
     requests = [TaskRequest(task="ner"), TaskRequest(task="asr")]
     reference = model.run(waves, requests, GREEDY)
-    with torch.inference_mode():
-        projected = adapter(got.embeddings)
     llm = load_bundle_llm(chunky_bundle)
-    results = decode_requests(llm, requests, projected, got.lengths, GREEDY, char_times=got.char_times)
-    assert results == [o.result for o in reference]
+    outputs = decode_speech(llm, adapt(adapter, got), requests, GREEDY)
+    assert [o.result for o in outputs] == [o.result for o in reference]
+    assert [o.to_record() | {"timing_ms": {}} for o in outputs] == [o.to_record() | {"timing_ms": {}} for o in reference]
 
 
 def test_stages_config_validation():
@@ -84,7 +83,7 @@ def test_run_files_on_ray_matches_the_in_process_path(ray_session, tiny_bundle, 
     torch.set_num_threads(1)  # the actors run one intra-op thread each
     request = TaskRequest(task="ner")
     model = load_bundle(tiny_bundle)
-    expected = [output_record(p, model.run([load_audio(p)], [request], GREEDY)[0]) for p in example_clips]
+    expected = [model.run([load_audio(p)], [request], GREEDY)[0].with_audio(path=str(p)).to_record() for p in example_clips]
 
     missing = tmp_path / "missing.wav"
     files = [str(example_clips[0]), str(missing), str(example_clips[1])]
@@ -92,11 +91,11 @@ def test_run_files_on_ray_matches_the_in_process_path(ray_session, tiny_bundle, 
 
     assert [o.path for o in outputs] == files
     assert outputs[1].output is None and outputs[1].error == f"audio file not found: '{missing}'"
-    got = [output_record(o.path, o.output) for o in (outputs[0], outputs[2])]
+    got = [o.output.to_record() for o in (outputs[0], outputs[2])]
     for record in expected + got:
-        record.pop("timing_ms")  # the Ray path times five stages, SpeechLM.run three
+        record.pop("timing_ms")  # the Ray path also times decoding the file
     assert got == expected
-    assert set(outputs[0].output.timing_ms) == {"load_audio", "encoder", "compress", "adapter", "llm"}
+    assert list(outputs[0].output.timing_ms) == ["load_audio", "encoder", "compress", "adapter", "llm"]
 
 
 @pytest.mark.slow

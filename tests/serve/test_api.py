@@ -115,7 +115,8 @@ def test_understand_ner_spans(http, clip):
         assert record["text"][e["start_char"] : e["end_char"]] == e["text"]
         if e["start_s"] is not None:
             assert 0 <= e["start_s"] <= e["end_s"] <= record["duration_s"] + 1e-6
-    assert set(record["timing_ms"]) == {"encode_compress", "adapter", "llm"}
+    assert list(record["timing_ms"]) == ["load_audio", "encoder", "compress", "adapter", "llm"]
+    assert record["path"] == "clip.wav" and len(record["spans_s"]) == round(record["tokens_per_second"] * record["duration_s"])
 
 
 @pytest.mark.parametrize("task,key", [("sentiment", "sentiment"), ("dialog-act", "dialog_acts")])

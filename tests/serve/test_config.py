@@ -71,12 +71,23 @@ def test_batching_user_config_is_checked():
 
 def test_response_formats():
     from serve.formats import transcription_body
+    from spokenlm.output import RunOutput
+    from spokenlm.tasks import TaskRequest, Transcript, Translation
 
-    record = {"duration_s": 3725.5, "tokens_per_second": 10.0, "timing_ms": {}, "batch_size": {}}
-    srt, _ = transcription_body(record, "hi", "srt", task="transcribe", language="english")
+    output = RunOutput(request=TaskRequest(task="asr"), result=Transcript(text="hi"), transcript="hy",
+                       duration_s=3725.5, spans_s=(), tokens_per_second=10.0, timing_ms={})  # fmt: skip
+    sizes = {"encoder": 1, "llm": 1}
+    srt, _ = transcription_body(output.to_record(), "srt", batch_size=sizes)
     assert srt == "1\n00:00:00,000 --> 01:02:05,500\nhi\n\n"
-    vtt, media = transcription_body(record, "hi", "vtt", task="transcribe", language="english")
+    vtt, media = transcription_body(output.to_record(), "vtt", batch_size=sizes)
     assert vtt == "WEBVTT\n\n00:00:00.000 --> 01:02:05.500\nhi\n\n" and media.startswith("text/vtt")
+    verbose, _ = transcription_body(output.to_record(), "verbose_json", batch_size=sizes)
+    assert (verbose["task"], verbose["language"], verbose["text"]) == ("transcribe", "english", "hi")
+    assert verbose["spokenlm"] == output.to_record() | {"batch_size": sizes}  # the whole record
+    translated = RunOutput(request=TaskRequest(task="translate", target_lang="fr"), result=Translation("salut", "fr"),
+                           transcript="hi", duration_s=1.0, spans_s=(), tokens_per_second=1.0, timing_ms={})  # fmt: skip
+    verbose, _ = transcription_body(translated.to_record(), "verbose_json", batch_size=sizes)
+    assert (verbose["task"], verbose["language"], verbose["text"]) == ("translate", "fr", "salut")
 
 
 def test_importing_the_package_is_light():

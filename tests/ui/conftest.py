@@ -1,13 +1,12 @@
-"""Fixtures for the demo's tests: the launched app on a free loopback port, and a fake Serve API.
+"""Fixtures for the demo's tests: the launched app on a free loopback port, and the real Serve app for
+the API mode (tests/conftest.py's `serve_app` on the tiny bundle).
 
-The fake API follows the contract in ui/backends.py (serve/ is built separately); it answers with
-fixed, known text so the API-mode tests check what the page shows, not what an untrained model says.
+The API-mode tests talk to the Serve app the server tests run, not to a stand-in: a field the UI reads
+and the server does not send, or a form field the server does not read, fails them.
 """
 
 import os
 import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,8 @@ from spokenlm.demo import EXAMPLES
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-FAKE_TRANSCRIPT = "he was not an ill disposed young man"
-
+SERVE_MAX_NEW_TOKENS = 16  # the Serve app's generation length; API-mode comparisons use the same
+SERVE_MAX_DURATION_S = 3.1  # examples/*0880.wav (2.99 s) fits, *0930.wav (3.29 s) the server refuses
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -54,6 +53,32 @@ def launch():
         blocks.close()
 
 
+OUTPUTS = ("status", "transcript", "ctc", "entities", "sentiment", "dialog_acts", "translation", "answer",
+           "plot", "timing", "record")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def predict():
+    """predict(url, audio, task=..., ...) -> {output name: value}: one click of Run, through
+    gradio_client, as a remote program (or a user's script) sees the page; one client per app."""
+    from gradio_client import Client, handle_file
+
+    clients: dict = {}
+
+    def _predict(url: str, audio, task="asr", question="", target_lang="es", strategy="greedy",
+                 max_new_tokens=16) -> dict:  # fmt: skip
+        if url not in clients:
+            clients[url] = Client(url, verbose=False, download_files=False)
+        values = clients[url].predict(
+            handle_file(str(audio)), task, question, target_lang, strategy, max_new_tokens, api_name="/run"
+        )
+        return dict(zip(OUTPUTS, values))
+
+    yield _predict
+    for client in clients.values():
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def local_app_url(tiny_bundle, launch) -> str:
     """The demo running the tiny untrained bundle in process."""
@@ -62,98 +87,20 @@ def local_app_url(tiny_bundle, launch) -> str:
     return launch(build_app(model_dir=tiny_bundle))
 
 
-def fake_serve_api():
-    """A FastAPI app with the Serve API's routes and fixed answers; 400 with an OpenAI-style error
-    body for a file that is not RIFF/WAVE, as the real server does for undecodable audio."""
-    from typing import Annotated
-
-    from fastapi import FastAPI, File, Form, UploadFile
-    from fastapi.responses import JSONResponse
-
-    api = FastAPI()
-    timing = {"encode_compress": 12.5, "adapter": 0.5, "llm": 40.0}
-
-    def bad_audio(data: bytes):
-        if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-            return None
-        message = "could not decode audio: not a WAV file"
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": "file"}}, 400)
-
-    def record(task: str, **fields) -> dict:
-        base = {"task": task, "text": FAKE_TRANSCRIPT, "entities": None, "sentiment": None, "dialog_acts": None,
-                "translation": None, "answer": None, "summary": None, "tokens_per_second": 7.5,
-                "timing_ms": timing}  # fmt: skip
-        return base | fields
-
-    @api.post("/v1/audio/transcriptions")
-    async def transcriptions(
-        file: Annotated[UploadFile, File()],
-        model: Annotated[str, Form()],
-        response_format: Annotated[str, Form()] = "json",
-    ):
-        if (error := bad_audio(await file.read())) is not None:
-            return error
-        return {"text": FAKE_TRANSCRIPT, "segments": [{"id": 0, "start": 0.0, "end": 1.5}, {"id": 1, "start": 1.5, "end": 2.9}],
-                "timing_ms": timing}  # fmt: skip
-
-    @api.post("/v1/audio/translations")
-    async def translations(
-        file: Annotated[UploadFile, File()], model: Annotated[str, Form()], target_lang: Annotated[str, Form()]
-    ):
-        if (error := bad_audio(await file.read())) is not None:
-            return error
-        return {"text": f"[{target_lang}] no era un joven malintencionado"}
-
-    @api.post("/v1/understand")
-    async def understand(file: Annotated[UploadFile, File()], task: Annotated[str, Form()]):
-        if (error := bad_audio(await file.read())) is not None:
-            return error
-        if task == "ner":
-            entity = {
-                "tag": "PERSON",
-                "text": "young man",
-                "start_char": 27,
-                "end_char": 36,
-                "start_s": 2.1,
-                "end_s": 2.8,
-            }
-            return record("ner", entities=[entity])
-        if task == "sentiment":
-            return record("sentiment", sentiment="Neutral")
-        return record(task, dialog_acts=["statement_general"])
-
-    @api.post("/v1/summarize")
-    async def summarize(file: Annotated[UploadFile, File()]):
-        if (error := bad_audio(await file.read())) is not None:
-            return error
-        return record("summarize", summary="a man is described")
-
-    @api.post("/v1/qa")
-    async def qa(file: Annotated[UploadFile, File()], question: Annotated[str, Form()]):
-        if (error := bad_audio(await file.read())) is not None:
-            return error
-        return record("qa", answer=f"you asked: {question}", spans_s=[[0.0, 1.0], [1.0, 2.0]])
-
-    return api
+@pytest.fixture(scope="module")
+def serve_api_url(tiny_bundle, serve_app) -> str:
+    """The real Serve app on the tiny bundle (greedy, SERVE_MAX_NEW_TOKENS), one per test module."""
+    settings = {"max_new_tokens": SERVE_MAX_NEW_TOKENS, "max_duration_s": SERVE_MAX_DURATION_S}
+    with serve_app(tiny_bundle, "test-ui", **settings) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
-def fake_api_url() -> str:
-    """The fake Serve API on a free loopback port, served by uvicorn in a thread."""
-    import uvicorn
+def serve_generation():
+    """The GenerationConfig the Serve app decodes with (greedy, temperature 0): the same for a reference."""
+    from spokenlm.lm import GenerationConfig
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fake_serve_api(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the fake Serve API did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    return GenerationConfig(max_new_tokens=SERVE_MAX_NEW_TOKENS)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""ui/app.py through gradio_client: the launched demo, as a remote program (or a user's script) sees it."""
+"""ui/app.py through gradio_client: the launched demo, as a remote program (or a user's script) sees it.
+The API mode, against the real Serve app, is in test_api.py."""
 
 from pathlib import Path
 
@@ -6,33 +7,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-OUTPUTS = ("status", "transcript", "ctc", "entities", "sentiment", "dialog_acts", "translation", "answer",
-           "plot", "timing", "record")  # fmt: skip
 
-
-_clients: dict = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def close_clients():
-    yield
-    for client in _clients.values():
-        client.close()
-
-
-def predict(url: str, audio, task="asr", question="", target_lang="es", strategy="greedy", max_new_tokens=16) -> dict:
-    """One click of Run, through gradio_client (one client per app, reused)."""
-    from gradio_client import Client, handle_file
-
-    if url not in _clients:
-        _clients[url] = Client(url, verbose=False, download_files=False)
-    values = _clients[url].predict(
-        handle_file(str(audio)), task, question, target_lang, strategy, max_new_tokens, api_name="/run"
-    )
-    return dict(zip(OUTPUTS, values))
-
-
-def test_asr_on_an_example_clip_shows_what_the_library_gives(local_app_url, tiny_bundle, example_clips):
+def test_asr_on_an_example_clip_shows_what_the_library_gives(predict, local_app_url, tiny_bundle, example_clips):
     from spokenlm.audio import load_audio
     from spokenlm.lm import GenerationConfig
     from spokenlm.model import load_bundle
@@ -48,11 +24,11 @@ def test_asr_on_an_example_clip_shows_what_the_library_gives(local_app_url, tiny
     assert out["ctc"] == reference.transcript
     assert out["record"]["text"] == reference.result.text
     stages = [row[0] for row in out["timing"]["data"]]
-    assert stages == ["load_audio", "encode_compress", "adapter", "llm", "total"]
+    assert stages == ["load_audio", "encoder", "compress", "adapter", "llm", "total"]
     assert out["plot"] is not None  # the waveform figure
 
 
-def test_every_task_answers(local_app_url, example_clips):
+def test_every_task_answers(predict, local_app_url, example_clips):
     for task, question in [("ner", ""), ("sentiment", ""), ("dialog-act", ""), ("translate", ""),
                            ("qa", "who is talking?"), ("summarize", "")]:  # fmt: skip
         out = predict(local_app_url, example_clips[1], task=task, question=question, max_new_tokens=4)
@@ -73,7 +49,8 @@ BAD_AUDIO_MESSAGE = (  # text bytes named .wav
         ("qa", "  ", "**Error:** task 'qa' needs a non-empty question"),
     ],
 )
-def test_bad_input_is_a_message_not_a_traceback(local_app_url, bad_audio_file, example_clips, task, question, message):
+def test_bad_input_is_a_message_not_a_traceback(predict, local_app_url, bad_audio_file, example_clips, task, question,
+                                                message):  # fmt: skip
     audio = bad_audio_file if task == "asr" else example_clips[0]
     out = predict(local_app_url, audio, task=task, question=question)
     assert out["status"] == message
@@ -81,30 +58,14 @@ def test_bad_input_is_a_message_not_a_traceback(local_app_url, bad_audio_file, e
     assert out["transcript"] == "" and out["record"] is None
 
 
-def test_api_mode_renders_the_serve_apis_answer(fake_api_url, launch, example_clips, bad_audio_file):
-    from ui.app import build_app
-
-    url = launch(build_app(api_url=fake_api_url))
-    out = predict(url, example_clips[0], task="ner")
-    assert out["transcript"] == "he was not an ill disposed young man"
-    pieces = [(p["token"], p["class_or_confidence"]) for p in out["entities"]]  # gr.HighlightedText's payload
-    assert "".join(token for token, _ in pieces) == out["transcript"]
-    assert [(token, tag) for token, tag in pieces if tag] == [("young man", "PERSON")]
-    assert "round_trip" in [row[0] for row in out["timing"]["data"]]
-    out = predict(url, example_clips[0], task="sentiment")
-    assert out["sentiment"] == "Neutral"
-    out = predict(url, bad_audio_file, task="asr")
-    assert out["status"].startswith("**Error:** not a recognised audio format: file 'notes.wav'"), out["status"]
-
-
-def test_main_listens_on_loopback_by_default(monkeypatch, fake_api_url):
+def test_main_listens_on_loopback_by_default(monkeypatch, unused_port):
     import gradio as gr
 
     from ui.app import main
 
     seen = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: seen.update(kwargs))
-    assert main(["--api", fake_api_url, "--port", "7999"]) == 0
+    assert main(["--api", f"http://127.0.0.1:{unused_port()}", "--port", "7999"]) == 0  # nothing is called yet
     assert seen == {"server_name": "127.0.0.1", "server_port": 7999, "allowed_paths": [str(REPO / "examples")]}
 
 
