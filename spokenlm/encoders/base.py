@@ -67,6 +67,13 @@ def check_encoder_inputs(wav: Tensor, lengths: Tensor, *, min_samples: int) -> N
             raise ValueError(f"lengths[{i}]={n} is shorter than one frame ({min_samples} samples)")
 
 
+def check_layer_choice(layer, num_layers: int) -> None:
+    """A config's `layer`: "last", "weighted", or a hidden-state index in [0, num_layers]."""
+    is_index = isinstance(layer, int) and not isinstance(layer, bool)
+    if not (layer in ("last", "weighted") or (is_index and 0 <= layer <= num_layers)):
+        raise ValueError(f"layer must be 'last', 'weighted' or an int in [0, {num_layers}], got {layer!r}")
+
+
 def layer_mixing_logits(layer: str | int, num_layers: int):
     """For layer="weighted": (L + 1,) learned logits whose softmax mixes the hidden states, starting
     at zeros (the plain mean); None for any other layer choice."""

@@ -42,6 +42,7 @@ from spokenlm.encoders.base import (
     ENCODER_FORMAT_VERSION,
     EncoderOutput,
     check_encoder_inputs,
+    check_layer_choice,
     layer_mixing_logits,
     read_encoder_manifest,
     select_layer,
@@ -156,10 +157,7 @@ class Wav2Vec2EncoderConfig:
             for key, supported in (("use_conformer", False), ("use_fbank", False), ("pos_encoder_type", "conv")):
                 if self.arch.get(key, supported) != supported:
                     raise ValueError(f"fairseq2 arch {key} must be {supported!r}, got {self.arch[key]!r}")
-        layer, n = self.layer, self.num_layers
-        is_index = isinstance(layer, int) and not isinstance(layer, bool)
-        if not (layer in ("last", "weighted") or (is_index and 0 <= layer <= n)):
-            raise ValueError(f"layer must be 'last', 'weighted' or an int in [0, {n}], got {layer!r}")
+        check_layer_choice(self.layer, self.num_layers)
         if not isinstance(self.normalize_waveform, bool):
             raise ValueError(f"normalize_waveform must be a bool, got {self.normalize_waveform!r}")
 

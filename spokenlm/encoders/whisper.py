@@ -40,6 +40,7 @@ from spokenlm.encoders.base import (
     ENCODER_FORMAT_VERSION,
     EncoderOutput,
     check_encoder_inputs,
+    check_layer_choice,
     layer_mixing_logits,
     read_encoder_manifest,
     select_layer,
@@ -129,10 +130,7 @@ class WhisperEncoderConfig:
         heads = int(self._get("encoder_attention_heads"))
         if self.model_dim % heads:
             raise ValueError(f"d_model {self.model_dim} is not divisible by {heads} attention heads")
-        layer, n = self.layer, self.num_layers
-        is_index = isinstance(layer, int) and not isinstance(layer, bool)
-        if not (layer in ("last", "weighted") or (is_index and 0 <= layer <= n)):
-            raise ValueError(f"layer must be 'last', 'weighted' or an int in [0, {n}], got {layer!r}")
+        check_layer_choice(self.layer, self.num_layers)
         if not isinstance(self.bf16, bool):
             raise ValueError(f"bf16 must be a bool, got {self.bf16!r}")
 

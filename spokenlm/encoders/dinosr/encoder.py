@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spokenlm.audio import SAMPLE_RATE
-from spokenlm.encoders.base import EncoderOutput, check_encoder_inputs, layer_mixing_logits, select_layer
+from spokenlm.encoders.base import (
+    EncoderOutput,
+    check_encoder_inputs,
+    check_layer_choice,
+    layer_mixing_logits,
+    select_layer,
+)
 
 # fbank frontend: Kaldi-style 25 ms / 10 ms frames, 80 mel bins
 N_MELS = 80
@@ -180,10 +186,7 @@ class DinoSREncoderConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-        layer, n = self.layer, self.num_layers
-        is_index = isinstance(layer, int) and not isinstance(layer, bool)
-        if not (layer in ("last", "weighted") or (is_index and 0 <= layer <= n)):
-            raise ValueError(f"layer must be 'last', 'weighted' or an int in [0, {n}], got {layer!r}")
+        check_layer_choice(self.layer, self.num_layers)
         if self.num_codebooks > self.num_layers:
             raise ValueError(
                 f"num_codebooks ({self.num_codebooks}) takes one top teacher layer each; "
