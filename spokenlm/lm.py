@@ -54,6 +54,7 @@ from spokenlm.decoding import (
 )
 from spokenlm.tasks import AUDIO_TOKEN
 from spokenlm.tokenizer import PAD_TOKEN
+from spokenlm.weights import no_safetensors_error
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (prompt, speech, padding)
 GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file
@@ -376,13 +377,7 @@ def load_llm(
         raise FileNotFoundError(f"{path} is not a Hugging Face model directory: no config.json")
     has_safetensors = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
     if not has_safetensors:
-        pickled = sorted(p.name for p in path.glob("pytorch_model*.bin"))
-        if pickled:
-            raise ValueError(
-                f"{path} holds only pickled weights ({', '.join(pickled)}); spokenlm never unpickles: "
-                "convert them to model.safetensors (save_pretrained(..., safe_serialization=True))"
-            )
-        raise FileNotFoundError(f"{path} has no model.safetensors")
+        raise no_safetensors_error(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), use_safetensors=True, trust_remote_code=False, **({"dtype": dtype} if dtype is not None else {})

@@ -45,6 +45,7 @@ from spokenlm.encoders.base import (
     read_encoder_manifest,
     select_layer,
 )
+from spokenlm.weights import no_safetensors_error
 
 LayerChoice = Literal["last", "weighted"] | int
 
@@ -496,13 +497,7 @@ def _hf_whisper_state(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
         raise ValueError(f"{path}/config.json describes a {config.get('model_type')!r} model, not whisper")
     files = sorted(path.glob("model*.safetensors"))
     if not files:
-        pickled = sorted(p.name for p in path.glob("pytorch_model*.bin"))
-        if pickled:
-            raise ValueError(
-                f"{path} holds only pickled weights ({', '.join(pickled)}); spokenlm never unpickles: "
-                "convert them to model.safetensors (save_pretrained(..., safe_serialization=True))"
-            )
-        raise FileNotFoundError(f"{path} has no model.safetensors")
+        raise no_safetensors_error(path)
     state: dict[str, Tensor] = {}
     for file in files:
         state.update(load_file(str(file)))
