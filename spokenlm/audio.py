@@ -20,6 +20,8 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ MIN_DURATION_S = 0.1  # shorter clips give the 20 ms-stride conv stack only a ha
 MAX_DURATION_S = 3600.0  # default cap for load_audio: 1 h is ~230 MB of float32 at 16 kHz
 MAX_CHUNK_S = 30.0  # longest piece split_on_silence hands to an encoder (Whisper's window too)
 
+MAX_ABS_SAMPLE = 10.0  # 20 dB over full scale: louder float samples are unscaled PCM or garbage, not audio
 MAX_CHANNELS = 8  # 7.1 surround; a 2-D array with more on both axes is likely a batch, not a clip
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 768_000
@@ -44,6 +47,19 @@ MAX_SAMPLE_RATE = 768_000
 _MAX_RESAMPLE_KERNEL = 1 << 22
 
 _FRAME = SAMPLE_RATE // 100  # 10 ms frames for the quietest-point search
+_UNKNOWN_SIZE = 0x7FFF0000  # WAV data sizes from here up (and 0) are placeholders of streamed writers
+_OGG_EOS = 0x04  # header_type flag of a logical stream's last page (RFC 3533 section 6)
+# MPEG audio frame headers (ISO 11172-3 section 2.4.2.3): kbit/s by (MPEG-1?, layer) and bitrate index,
+# sample rates by version bits (MPEG-2.5, -, MPEG-2, MPEG-1) and rate index.
+_MP3_KBPS = {
+    (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MP3_RATES = {0: (11025, 12000, 8000), 2: (22050, 24000, 16000), 3: (44100, 48000, 32000)}
 _FORMATS_HINT = "WAV, FLAC, OGG, MP3, M4A or WebM"
 _NEEDS_FFMPEG = {"MP4/M4A", "WebM/Matroska"}  # containers libsndfile cannot open
 
@@ -88,14 +104,18 @@ def load_audio(
         ``sample_rate`` must be None. Integer PCM is scaled to [-1, 1) by the decoder.
       - a numpy array or torch Tensor of samples, with ``sample_rate`` required. Shape (S,), or 2-D
         with channels on the shorter axis: (C, S) as torchaudio writes it or (S, C) as soundfile
-        does, C <= MAX_CHANNELS. dtype: any float (taken as is, no clipping), or PCM integers
-        int16 and int32 (divided by 2**15 / 2**31) or uint8 (offset 128, divided by 128). Other
+        does, C <= MAX_CHANNELS. dtype: any float (taken as is, no clipping; |x| <= MAX_ABS_SAMPLE), or PCM
+        integers int16 and int32 (divided by 2**15 / 2**31) or uint8 (offset 128, divided by 128). Other
         dtypes (int8, int64, bool, complex, object) are rejected: in practice they are labels or
         token ids passed by mistake, not audio.
     Channels are averaged; the result is resampled with ``torchaudio.functional.resample``. Rates
     must lie in [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]; one with no small ratio to 16 kHz (47999 Hz)
     is taken as the nearest multiple of 100 Hz, see _MAX_RESAMPLE_KERNEL.
     Raises AudioError for anything unusable; duration must be in [MIN_DURATION_S, max_duration_s].
+    Files and bytes must be whole: a WAV or OGG shorter than its own header or pages say, a WAV header
+    whose sample width does not fit its frame size, or an FFmpeg decode shorter than the container's
+    duration is an AudioError, not a transcript of whatever prefix survives. Paths must be regular files
+    (a FIFO or a device would block or never end).
     """
     if not (isinstance(max_duration_s, (int, float)) and max_duration_s > 0):  # also rejects NaN
         raise AudioError(f"invalid max_duration_s {max_duration_s!r}: expected a positive number of seconds")
@@ -178,6 +198,9 @@ def _decode_file(path: Path, max_duration_s: float) -> tuple[np.ndarray, int]:
         raise AudioError(f"audio file not found: '{path}'")
     if path.is_dir():
         raise AudioError(f"audio path is a directory, not a file: '{path}'")
+    kind = _special_file_kind(path.stat().st_mode)
+    if kind is not None:  # opening a FIFO blocks until a writer comes; a device may never end
+        raise AudioError(f"not a regular file: '{path}' is {kind}")
     try:
         with path.open("rb") as f:
             head = f.read(12)
@@ -186,6 +209,14 @@ def _decode_file(path: Path, max_duration_s: float) -> tuple[np.ndarray, int]:
     if not head:
         raise AudioError(f"empty audio file: '{path}' is 0 bytes")
     return _decode(str(path), head, f"file '{path}'", max_duration_s)
+
+
+def _special_file_kind(mode: int) -> str | None:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 def _decode_bytes(data: bytes, max_duration_s: float) -> tuple[np.ndarray, int]:
@@ -215,6 +246,7 @@ def _decode(src: str | bytes, head: bytes, what: str, max_duration_s: float) -> 
     _check_rate_range(info.samplerate)
     if info.frames > 0:
         _check_duration(info.frames, info.samplerate, max_duration_s)
+    _check_container(opened(), fmt, what)
     try:
         samples, sr = sf.read(opened(), dtype="float32", always_2d=True)  # (S, C)
     except Exception as e:
@@ -241,7 +273,141 @@ def _decode_ffmpeg(src: str | bytes, fmt: str, what: str, max_duration_s: float)
         raise
     except Exception as e:
         raise AudioError(f"could not decode {what}: corrupt or truncated {fmt} data") from e
+    decoded_s = samples.shape[-1] / sr
+    if header_s is not None and decoded_s < header_s - max(0.1, 0.02 * header_s):  # a frame or two of slack
+        raise AudioError(
+            f"could not decode {what}: truncated {fmt} data: the container says {header_s:.3f} s, "
+            f"only {decoded_s:.3f} s decode"
+        )
     return samples.numpy(), sr
+
+
+# ------------------------------------------------------------------------- container structure
+
+
+def _check_container(f, fmt: str | None, what: str) -> None:
+    """Structural checks libsndfile skips: it decodes the prefix of a truncated WAV or OGG without a
+    word, and reads a WAV whose bit depth does not fit its frame size as some other layout."""
+    with f if hasattr(f, "read") else open(f, "rb") as f:
+        size = f.seek(0, io.SEEK_END)
+        if fmt == "WAV":
+            _check_wav(f, size, what)
+        elif fmt == "OGG":
+            _check_ogg(f, size, what)
+        elif fmt == "MP3":
+            f.seek(0)
+            _check_mp3(f.read(), what)
+
+
+def _check_wav(f, size: int, what: str) -> None:
+    """RIFF/RIFX chunks up to `data`: the fmt chunk's sample width fits its frame size, and the data
+    chunk is as long as it says (RF64/BW64 keep their sizes in ds64, which libsndfile checks)."""
+    f.seek(0)
+    riff = f.read(12)
+    if riff[:4] not in (b"RIFF", b"RIFX"):
+        return
+    order = ">" if riff[:4] == b"RIFX" else "<"
+    pos = 12
+    while pos + 8 <= size:
+        f.seek(pos)
+        chunk, n = struct.unpack(order + "4sI", f.read(8))
+        if chunk == b"fmt ":
+            _check_wav_fmt(f.read(min(n, 40)), order, what)
+        elif chunk == b"data":
+            if 0 < n < _UNKNOWN_SIZE and pos + 8 + n > size:
+                raise AudioError(
+                    f"could not decode {what}: truncated WAV data: the data chunk declares {n} bytes, "
+                    f"only {size - pos - 8} are present"
+                )
+            return
+        pos += 8 + n + (n & 1)  # chunks are padded to an even size
+
+
+def _check_wav_fmt(fmt: bytes, order: str, what: str) -> None:
+    if len(fmt) < 16:
+        return  # libsndfile has refused it already
+    tag, channels, _, _, block_align, bits = struct.unpack(order + "HHIIHH", fmt[:16])
+    if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the subformat GUID starts with the tag
+        (tag,) = struct.unpack(order + "H", fmt[24:26])
+    if tag not in (1, 3):  # integer PCM and IEEE float; compressed formats define their own blocks
+        return
+    width = -(-bits // 8)  # a sample occupies whole bytes
+    if channels == 0 or bits == 0 or block_align != channels * width:
+        raise AudioError(
+            f"could not decode {what}: inconsistent WAV header: {channels} channel(s) of {bits}-bit samples "
+            f"need {channels * width}-byte frames, but the header says {block_align} bytes"
+        )
+
+
+def _check_ogg(f, size: int, what: str) -> None:
+    """Ogg pages (RFC 3533) run back to back to the end of the data, the last one marked end-of-stream."""
+    pos, flags = 0, 0
+    while pos < size:
+        f.seek(pos)
+        head = f.read(27)
+        if len(head) < 27 or head[:4] != b"OggS":
+            raise AudioError(f"could not decode {what}: corrupt OGG data: no page at byte {pos} of {size}")
+        table = f.read(head[26])  # lacing values: the page's segment sizes
+        end = pos + 27 + head[26] + sum(table)
+        if len(table) < head[26] or end > size:
+            raise AudioError(f"could not decode {what}: truncated OGG data: the page at byte {pos} is cut off at byte {size}")
+        pos, flags = end, head[5]
+    if not flags & _OGG_EOS:
+        raise AudioError(f"could not decode {what}: truncated OGG data: the last page is not marked end-of-stream")
+
+
+def _check_mp3(data: bytes, what: str) -> None:
+    """MPEG audio frames, walked from the first one (after an ID3v2 tag) to the end (before ID3v1 or APE
+    tags): the last frame must be whole. The walk stops without a verdict at anything that is not a frame
+    header (junk between frames, free-format bitrate), where decoders resynchronise."""
+    pos, end = 0, len(data)
+    if data[:3] == b"ID3" and len(data) >= 10:  # ID3v2: 10-byte header, syncsafe size, optional footer
+        pos = 10 + ((data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F))
+        pos += 10 if data[5] & 0x10 else 0
+    if data[end - 128 : end - 125] == b"TAG":  # ID3v1
+        end -= 128
+    if data[end - 32 : end - 24] == b"APETAGEX":  # APE footer; its size counts the items and the footer
+        tag_size, flags = struct.unpack("<I4xI", data[end - 20 : end - 8])
+        end -= tag_size + (32 if flags & 0x80000000 else 0)
+    first = _mp3_frame_length(data[pos : pos + 4])
+    if first is not None:  # a Xing/Info (LAME) header in the first frame: flags, then frames and byte counts
+        tag = max(data.find(b"Xing", pos, pos + first), data.find(b"Info", pos, pos + first))
+        if tag >= 0 and len(data) >= tag + 16:
+            flags = int.from_bytes(data[tag + 4 : tag + 8], "big")
+            declared = int.from_bytes(data[tag + 12 : tag + 16], "big") if flags & 3 == 3 else 0
+            if flags & 3 == 2:
+                declared = int.from_bytes(data[tag + 8 : tag + 12], "big")
+            if declared > end - pos:
+                raise AudioError(
+                    f"could not decode {what}: truncated MP3 data: its Xing header declares {declared} bytes, "
+                    f"only {end - pos} are present"
+                )
+    while pos + 4 <= end:
+        length = _mp3_frame_length(data[pos : pos + 4])
+        if length is None:
+            return
+        if pos + length > end:
+            raise AudioError(
+                f"could not decode {what}: truncated MP3 data: the frame at byte {pos} needs {length} bytes, "
+                f"only {end - pos} are present"
+            )
+        pos += length
+
+
+def _mp3_frame_length(head: bytes) -> int | None:
+    """Bytes in the MPEG audio frame that starts with the 4-byte `head`, or None if it is no frame header."""
+    if head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return None
+    version, layer = (head[1] >> 3) & 3, 4 - ((head[1] >> 1) & 3)
+    kbps_index, rate_index, padding = head[2] >> 4, (head[2] >> 2) & 3, (head[2] >> 1) & 1
+    if version == 1 or layer == 4 or kbps_index in (0, 15) or rate_index == 3:  # reserved or free-format
+        return None
+    mpeg1 = version == 3
+    bitrate = _MP3_KBPS[(mpeg1, layer)][kbps_index] * 1000
+    rate = _MP3_RATES[version][rate_index]
+    if layer == 1:
+        return (12 * bitrate // rate + padding) * 4
+    return (144 if layer == 2 or mpeg1 else 72) * bitrate // rate + padding
 
 
 def _array_to_channels_first(x: np.ndarray | Tensor) -> np.ndarray:
@@ -285,6 +451,12 @@ def _to_mono_16k(samples: np.ndarray, sr: int, max_duration_s: float) -> Tensor:
     bad = samples.size - int(np.count_nonzero(np.isfinite(samples)))
     if bad:  # checked before resampling, which would smear one NaN over the whole filter width
         raise AudioError(f"audio contains {bad} non-finite samples (NaN or Inf) out of {samples.size}")
+    peak = float(np.abs(samples).max())
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(
+            f"audio samples reach {peak:.4g}, far outside [-1, 1] (limit {MAX_ABS_SAMPLE:g}): float samples "
+            "must be scaled to [-1, 1]; integer PCM passed as float?"
+        )
     wav = torch.from_numpy(np.ascontiguousarray(samples.mean(axis=0, dtype=np.float32)))  # (S,)
     if sr != SAMPLE_RATE:
         import torchaudio.functional as AF

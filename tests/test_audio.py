@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -187,8 +189,11 @@ def test_encoded_input_errors(tmp_path):
         load_audio(data[:20])  # header cut inside the fmt chunk
     with raises("could not decode 104-byte input: corrupt or truncated WAV data"):
         load_audio(b"RIFF" + bytes(range(100)))
+    with raises("could not decode 44-byte input: truncated WAV data: the data chunk declares 16000 bytes, "
+                "only 0 are present"):
+        load_audio(data[:44])  # a complete header, its samples cut off
     with raises("audio has no samples (duration 0.000 s)"):
-        load_audio(data[:44])  # a complete header with an empty data chunk
+        load_audio(_wav_with_data_size(data[:44], 0))  # a complete header that declares no samples
     with raises("sample_rate applies only to array input; 16044-byte input carries its own sample rate "
                 "(got sample_rate=16000)"):
         load_audio(data, sample_rate=16000)
@@ -272,6 +277,120 @@ def test_source_and_sample_rate_errors():
             load_audio(x, sample_rate=rate)
     with raises("sample rate 500 Hz is outside the supported range 1000 to 768000 Hz"):
         load_audio(x, sample_rate=500)
+
+
+def _wav_with_data_size(header: bytes, n: int) -> bytes:
+    """A 44-byte canonical WAV header with its data chunk size set to n."""
+    return header[:40] + n.to_bytes(4, "little")
+
+
+def _encoded(fmt: str, subtype: str, rate: int, seconds: float = 1.0) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, sine(440, rate, seconds), rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "fmt, subtype, rate, message",
+    [
+        ("WAV", "PCM_16", 16_000, "truncated WAV data: the data chunk declares 32000 bytes, only "),
+        ("WAV", "FLOAT", 16_000, "truncated WAV data: the data chunk declares 64000 bytes, only "),
+        ("OGG", "VORBIS", 44_100, "OGG data"),
+        ("OGG", "OPUS", 48_000, "OGG data"),
+        ("MP3", "MPEG_LAYER_III", 44_100, "truncated MP3 data: "),
+        ("FLAC", "PCM_16", 16_000, "corrupt or truncated FLAC data"),
+    ],
+)
+def test_truncated_files_are_refused_in_every_format(fmt, subtype, rate, message):
+    """A prefix of a file is not a shorter recording: libsndfile would decode what survives (WAV, OGG,
+    MP3) without a word; spokenlm checks the container against its own sizes, pages and frames (MP3: the
+    last frame must be whole, and the stream as long as its Xing header says)."""
+    if subtype not in sf.available_subtypes(fmt):
+        pytest.skip(f"the installed libsndfile cannot write {fmt}/{subtype}")
+    data = _encoded(fmt, subtype, rate)
+    assert load_audio(data).shape[0] > 0.9 * SAMPLE_RATE  # whole, it decodes
+    for keep in (0.5, 0.8, 0.97):
+        cut = data[: int(len(data) * keep)]
+        with pytest.raises(AudioError, match=f"^could not decode {len(cut)}-byte input: ") as info:
+            load_audio(cut)
+        assert message in str(info.value), (keep, str(info.value))
+
+
+def test_truncated_ogg_names_the_cut_page():
+    data = _encoded("OGG", "VORBIS", 44_100)
+    pages = [i for i in range(len(data)) if data.startswith(b"OggS", i)]
+    last = pages[-1]
+    with raises(f"could not decode {last}-byte input: truncated OGG data: the last page is not marked end-of-stream"):
+        load_audio(data[:last])  # cut exactly between pages
+    with raises(f"could not decode {last + 30}-byte input: truncated OGG data: the page at byte {last} is cut off "
+                f"at byte {last + 30}"):
+        load_audio(data[: last + 30])
+    with raises(f"could not decode {len(data) + 4}-byte input: corrupt OGG data: no page at byte {len(data)} of "
+                f"{len(data) + 4}"):
+        load_audio(data + b"junk")
+
+
+def test_truncated_m4a_and_webm_are_refused(tmp_path):
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed, cannot write M4A/WebM")
+    src = tmp_path / "a.wav"
+    sf.write(src, sine(440, 48_000, 4.0), 48_000)
+    for suffix, codec in (("m4a", "aac"), ("webm", "libopus")):
+        out = tmp_path / f"a.{suffix}"
+        subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src), "-c:a", codec,
+                        str(out)], check=True)  # fmt: skip
+        data = out.read_bytes()
+        cut = data[: len(data) // 2]
+        with pytest.raises(AudioError, match=rf"^could not decode {len(cut)}-byte input: (corrupt or )?truncated "):
+            load_audio(cut)
+
+
+def test_wav_header_whose_sample_width_does_not_fit_its_frames():
+    data = bytearray(_encoded("WAV", "PCM_16", 16_000))
+    data[34:36] = (7).to_bytes(2, "little")  # bits per sample: 7, over 2-byte frames of 16-bit data
+    with raises("could not decode 32044-byte input: inconsistent WAV header: 1 channel(s) of 7-bit samples need "
+                "1-byte frames, but the header says 2 bytes"):
+        load_audio(bytes(data))
+    data[22:24] = (2).to_bytes(2, "little")  # 2 channels, as if each frame held two 8-bit samples
+    data[34:36] = (8).to_bytes(2, "little")
+    assert load_audio(bytes(data)).shape == (16_000,)  # consistent: read as 8-bit stereo, as it says
+
+
+def test_float_samples_far_outside_unit_range_are_refused():
+    x = sine(440, SAMPLE_RATE, 0.2)
+    assert load_audio(x * 3, sample_rate=SAMPLE_RATE).abs().max() > 1  # some headroom is audio
+    loud = x.copy()
+    loud[7] = 1e30
+    expected = ("audio samples reach 1e+30, far outside [-1, 1] (limit 10): float samples must be scaled to "
+                "[-1, 1]; integer PCM passed as float?")  # fmt: skip
+    with raises(expected):
+        load_audio(loud, sample_rate=SAMPLE_RATE)
+    buf = io.BytesIO()
+    sf.write(buf, loud, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    with raises(expected):
+        load_audio(buf.getvalue())
+    with raises("audio samples reach 1.638e+04, far outside [-1, 1] (limit 10): float samples must be scaled "
+                "to [-1, 1]; integer PCM passed as float?"):
+        load_audio(np.round(x * 32767), sample_rate=SAMPLE_RATE)
+
+
+def test_non_regular_files_are_refused_at_once(tmp_path):
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    result: list = []
+
+    def load():  # opening a FIFO without a writer would block forever: run it where a hang is visible
+        try:
+            load_audio(fifo)
+        except AudioError as e:
+            result.append(str(e))
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert result == [f"not a regular file: '{fifo}' is a FIFO (named pipe)"]
+    with raises("not a regular file: '/dev/null' is a character device"):
+        load_audio("/dev/null")
 
 
 # --------------------------------------------------------------------------------------- batching
