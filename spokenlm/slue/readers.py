@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Generic, Iterator, Sequence, TypeVar
 
+from spokenlm.corpora import AudioRef, load_ref
 from spokenlm.tasks import DIALOG_ACTS, NER_TAGS, SENTIMENTS
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class VoxPopuliRecord:
     normalized_text: str | None  # the ASR reference
     raw_ner: tuple[NerSpan, ...] | None  # () where the TSV says None (no entity); None when blind
     normalized_ner: tuple[NerSpan, ...] | None  # offsets into normalized_text: the NER reference
+    audio: AudioRef | None = None  # set by spokenlm.slue.sources: where the audio really is (a cut, a table row)
 
     def entities(self) -> list[tuple[str, str]] | None:
         """The NER reference as (tag, phrase) pairs over the normalized text; None when blind."""
@@ -101,6 +103,7 @@ class VoxCelebRecord:
     speaker_id: str | None
     normalized_text: str | None  # None when blind
     sentiment: str | None  # one of SENTIMENTS; None when blind
+    audio: AudioRef | None = None  # set by spokenlm.slue.sources: where the audio really is (a cut, a table row)
 
 
 @dataclass(frozen=True)
@@ -794,19 +797,22 @@ def read_slue(suite: str, root: str | Path, split: str = DEFAULT_SPLIT) -> SlueS
     return READERS[suite](root, split)
 
 
+def audio_ref(record) -> AudioRef:
+    """Where a record's audio is: its `audio` when a non-TSV source set one, else its audio file cut
+    to the record's [start_s, end_s] (VoxCeleb); SQA-5 records are run on their document audio."""
+    if getattr(record, "audio", None) is not None:
+        return record.audio
+    if isinstance(record, Sqa5Record):
+        return AudioRef(path=record.document_audio_path)
+    return AudioRef(path=record.audio_path, start_s=getattr(record, "start_s", None), end_s=getattr(record, "end_s", None))
+
+
 def load_clip(path: str | Path, start_s: float | None = None, end_s: float | None = None) -> Tensor:
     """Mono 16 kHz float32 (S,) of ``path``, cut to [start_s, end_s] seconds when given.
 
-    The file is decoded and resampled whole, then sliced at 16 kHz sample indices (slue-toolkit cuts
-    at the file's own rate first; the two agree to within one source sample).
+    The file is decoded and resampled whole, then cut at the nearest 16 kHz samples
+    (spokenlm.corpora.load_ref, which every corpus format shares; slue-toolkit cuts at the file's own
+    rate first; the two agree to within one source sample). An empty cut, or one ending more than
+    25 ms past the recording, is an AudioError.
     """
-    from spokenlm.audio import SAMPLE_RATE, load_audio
-
-    wav = load_audio(Path(path))
-    if start_s is None and end_s is None:
-        return wav
-    start = 0 if start_s is None else int(start_s * SAMPLE_RATE)
-    end = wav.shape[-1] if end_s is None else int(end_s * SAMPLE_RATE)
-    if not 0 <= start < end:
-        raise SlueDataError(f"cut [{start_s}, {end_s}] s of '{path}' is empty or negative")
-    return wav[start:end]
+    return load_ref(AudioRef(path=Path(path), start_s=start_s, end_s=end_s))
