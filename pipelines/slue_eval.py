@@ -3,11 +3,18 @@
 SLUE (Shon et al., 2022, §3-4) and SLUE Phase-2 (Shon et al., 2023, §3-4): the official downloads are
 read by spokenlm.slue.readers and scored by spokenlm.slue.metrics (slue-toolkit's definitions).
 
-    spokenlm eval slue --suite {voxpopuli,voxceleb,hvb,ted,sqa5,nel} --data DIR --model BUNDLE --out OUT
-                       [--split dev] [--workers N] [--batch-size B] [--num-gpus-per-worker G] ...
+    spokenlm eval slue --suite {voxpopuli,voxceleb,hvb,ted,sqa5,nel} --data [FORMAT:]PATH --model BUNDLE
+                       --out OUT [--split dev] [--skip-bad] [--workers N] [--batch-size B] ...
+
+--data is the official download (a directory, or slue:DIR), or for voxpopuli and voxceleb the same
+utterances held another way (spokenlm.slue.sources): hf:DIR (a `save_to_disk` directory or parquet
+files), lhotse:CUTS.jsonl.gz, kaldi:DATA_DIR or manifest:manifest.jsonl; a bare path is detected.
 
 The job, in order:
-1. read the split; its missing audio files are listed (stderr, metrics.json) and left out, not fatal;
+1. read the split; the official download's missing audio files are listed (stderr, metrics.json) and
+   left out, not fatal; another format's bad rows (missing audio, no text, a segment past its
+   recording, a bad label) stop the job with one line naming the first, unless --skip-bad, which
+   leaves them out and counts them (metrics.json "missing_audio" / "skipped", the summary line);
 2. skip ids already in OUT/predictions.jsonl: a rerun after an interruption resumes where it stopped;
 3. Ray Data: `from_items` over the rest -> `map_batches(SlueWorker)` on an actor pool of N workers,
    each loading the bundle once;
@@ -72,7 +79,8 @@ class SlueEvalConfig:
     """One of SUITE_TASKS: which SLUE corpus and tasks."""
 
     data_dir: str
-    """Where the official download was unpacked (the directory holding slue-voxpopuli/, or that one)."""
+    """Where the official download was unpacked (the directory holding slue-voxpopuli/, or that one),
+    or "FORMAT:PATH" of another format (hf, lhotse, kaldi, manifest; spokenlm.slue.sources)."""
 
     model_dir: str
     """A spokenlm bundle."""
@@ -82,6 +90,9 @@ class SlueEvalConfig:
 
     split: str = "dev"
     """fine-tune, dev (labelled evaluation split) or test (blind: predictions only)."""
+
+    skip_bad: bool = False
+    """Leave bad rows of a non-TSV source out and count them, instead of stopping at the first."""
 
     workers: int = 1
     """Actors in the Ray Data pool; each holds the whole bundle."""
@@ -143,6 +154,7 @@ class EvalSummary:
     failed: tuple[str, ...]  # ids whose audio could not be decoded
     out_dir: Path
     metrics: dict | None = None
+    skipped: tuple[str, ...] = ()  # "where: id: why" of rows the reader left out (--skip-bad, mixed sentiment)
 
 
 def default_generation():
@@ -184,11 +196,12 @@ class SlueWorker:
 
     def _predict(self, item: dict) -> dict:
         from spokenlm.audio import MIN_DURATION_S, SAMPLE_RATE, AudioError
-        from spokenlm.slue.readers import load_clip
+        from spokenlm.corpora import AudioRef, load_ref
         from spokenlm.tasks import TaskRequest
 
         t0 = time.perf_counter()
-        wav = load_clip(item["audio"], item.get("start_s"), item.get("end_s"))
+        audio = AudioRef.from_dict(item["audio"])
+        wav = load_ref(audio)
         if wav.shape[-1] < MIN_DURATION_S * SAMPLE_RATE:  # a cut past the end of its recording
             raise AudioError(f"clip is {wav.shape[-1] / SAMPLE_RATE:.3f} s long, shorter than {MIN_DURATION_S} s")
         load_ms = (time.perf_counter() - t0) * 1e3
@@ -197,7 +210,7 @@ class SlueWorker:
         ]
         outputs = self.model.run([wav], requests, self.generation, recording=[0] * len(requests))
         row: dict = {
-            "records": {o.request.task: o.with_audio(path=item["audio"], load_ms=load_ms).to_record() for o in outputs},
+            "records": {o.request.task: o.with_audio(path=audio.describe(), load_ms=load_ms).to_record() for o in outputs},
             "frame_rate_hz": self.model.encoder.frame_rate_hz,
         }
         if self.uncompressed:  # the LLM on every encoder frame (a hybrid-prompt LLM still reads the CTC text)
@@ -210,12 +223,14 @@ class SlueWorker:
 
 
 def _item(suite: str, record) -> dict:
-    """The plain, JSON-able work item of one record: what a worker needs and nothing more."""
+    """The plain, JSON-able work item of one record: what a worker needs and nothing more (where its
+    audio is: a file, a cut of one, or a row of an Arrow/parquet table; spokenlm.corpora.AudioRef)."""
+    from spokenlm.slue.readers import audio_ref
+
+    item = {"id": record.id, "audio": audio_ref(record).to_dict()}
     if suite == "sqa5":
-        return {"id": record.id, "audio": str(record.document_audio_path), "question": record.question_text}
-    start = getattr(record, "start_s", None)
-    end = getattr(record, "end_s", None)
-    return {"id": record.id, "audio": str(record.audio_path), "start_s": start, "end_s": end}
+        item["question"] = record.question_text
+    return item
 
 
 def load_predictions(path: Path) -> dict[str, dict]:
@@ -282,10 +297,10 @@ def run_slue_eval(
 ) -> EvalSummary:
     """Run (or resume) one SLUE evaluation; see the module docstring. `on_row` sees each row the
     driver writes, after it is flushed."""
-    from spokenlm.slue.readers import read_slue
+    from spokenlm.slue.sources import read_slue_data
 
     config.validate()
-    split = read_slue(config.suite, config.data_dir, config.split)
+    split = read_slue_data(config.suite, config.data_dir, config.split, skip_bad=config.skip_bad)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     generation = config.generation or default_generation()
@@ -309,7 +324,7 @@ def run_slue_eval(
     failed = tuple(r.id for r in runnable if r.id in done and done[r.id].get("error"))
     summary = EvalSummary(
         complete=finished == len(runnable), total=len(runnable), done=finished, written=written,
-        missing_audio=missing, failed=failed, out_dir=out,
+        missing_audio=missing, failed=failed, out_dir=out, skipped=split.skipped,
     )  # fmt: skip
     if not summary.complete:
         return summary
@@ -462,7 +477,8 @@ def _probes(config: SlueEvalConfig, split):
     """Layer probes on the first utterances that have a transcript, or the reason there are none."""
     from pipelines.report import probe_encoder
     from spokenlm.audio import AudioError
-    from spokenlm.slue.readers import SlueDataError, load_clip
+    from spokenlm.corpora import AudioRef, load_ref
+    from spokenlm.slue.readers import SlueDataError
 
     utterances = []
     for record in split.records_with_audio():
@@ -470,8 +486,7 @@ def _probes(config: SlueEvalConfig, split):
         if not view.transcript:
             continue
         try:
-            item = _item(config.suite, record)
-            wav = load_clip(item["audio"], item.get("start_s"), item.get("end_s"))
+            wav = load_ref(AudioRef.from_dict(_item(config.suite, record)["audio"]))
         except (AudioError, SlueDataError):
             continue
         utterances.append((wav, view.transcript.lower()))
@@ -493,7 +508,12 @@ def _parser() -> argparse.ArgumentParser:
     benchmarks = parser.add_subparsers(dest="benchmark", required=True)
     slue = benchmarks.add_parser("slue", help="SLUE / SLUE Phase-2 on Ray Data", description=__doc__.split("\n\n")[0])
     slue.add_argument("--suite", required=True, choices=tuple(SUITE_TASKS))
-    slue.add_argument("--data", required=True, help="directory the official SLUE download was unpacked into")
+    slue.add_argument("--data", required=True, metavar="[FORMAT:]PATH",
+                      help="the official SLUE download's directory, or (voxpopuli, voxceleb) hf:DIR, lhotse:FILE, "
+                      "kaldi:DIR or manifest:FILE; a bare path is detected")
+    slue.add_argument("--skip-bad", action="store_true",
+                      help="leave bad rows (missing audio, no text, a segment past its recording) out and count "
+                      "them, instead of stopping at the first")
     slue.add_argument("--model", required=True, help="a spokenlm bundle directory")
     slue.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
     slue.add_argument("--split", choices=SPLITS, default=DEFAULT_SPLIT)
@@ -529,6 +549,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         generation.validate()
         config = SlueEvalConfig(
             suite=args.suite, data_dir=args.data, model_dir=args.model, out_dir=args.out, split=args.split,
+            skip_bad=args.skip_bad,
             workers=args.workers, batch_size=args.batch_size, num_cpus_per_worker=args.num_cpus_per_worker,
             num_gpus_per_worker=args.num_gpus_per_worker, max_restarts=args.max_restarts,
             max_task_retries=args.max_restarts, generation=generation, limit=args.limit,
@@ -548,7 +569,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         return 0
     head = ", ".join(f"{k} {v:.2f}" for k, v in (summary.metrics or {}).get("headline", {}).items() if v is not None)
     print(f"{summary.out_dir}: {summary.total} utterances ({len(summary.failed)} failed, "
-          f"{len(summary.missing_audio)} missing audio){': ' + head if head else ''}")  # fmt: skip
+          f"{len(summary.missing_audio)} missing audio, {len(summary.skipped)} skipped)"
+          f"{': ' + head if head else ''}")  # fmt: skip
     return 0
 
 

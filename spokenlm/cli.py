@@ -7,7 +7,8 @@ serve/ and pipelines/, which register them as entry points of the group `spokenl
 them, and they depend on it, never the other way round. `bench` runs a script of bench/ by its path.
 
     spokenlm run --model DIR --task TASK [--question Q] [--target-lang es] [--json] [--ray] FILES...
-    spokenlm eval slue --suite SUITE --data DIR --model DIR --out OUT [--split dev] [--workers N]
+    spokenlm eval slue --suite SUITE --data [hf:|lhotse:|kaldi:|manifest:]PATH --model DIR --out OUT
+                       [--split dev] [--skip-bad] [--workers N]
     spokenlm serve [--model DIR] [--host 127.0.0.1] [--port 8000]
     spokenlm train STAGE --config FILE [--set KEY=VALUE] [--workers N]
     spokenlm data synth --out DIR [--hours H] [--seed S] [--workers N]
