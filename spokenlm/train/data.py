@@ -4,6 +4,12 @@ memory as int16, and duration-bucketed batches.
 One manifest line: {"id", "split", "audio" (path relative to the manifest), "duration_s", "voice",
 "task_labels": {...}, "tasks": [...]}; the label keys are those `spokenlm.tasks.TASKS[t].target`
 reads. Written by `spokenlm data synth`.
+
+A recipe's `manifest:` may also name a corpus held another way (spokenlm.corpora): "hf:DIR",
+"lhotse:cuts.jsonl.gz", "kaldi:DATA_DIR" (or a bare path of one; "manifest:FILE" is this format).
+Its rows become the same utterances: labels under the task_labels keys, tasks from the labels the
+row has (asr with a transcript; ner, sentiment, dialog-act with those labels; none without a
+transcript: audio only), and the audio loaded by spokenlm.corpora.load_ref (a cut, a table row).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numpy as np
 import torch
 
 from spokenlm.audio import SAMPLE_RATE, AudioBatch, batch_audio, load_audio
+from spokenlm.corpora import AudioRef, load_ref
 
 
 @dataclass(frozen=True)
@@ -29,23 +36,31 @@ class Utterance:
     labels: dict = field(repr=False)
     tasks: tuple[str, ...] = ("asr",)
     voice: dict = field(default_factory=dict, repr=False)
+    audio_ref: AudioRef | None = field(default=None, repr=False)  # other formats: a cut or a table row of `audio`
 
 
 def read_manifest(path: str | Path | Sequence[str | Path], *, splits: tuple[str, ...] | None = None,
-                  tasks: tuple[str, ...] | None = None, max_duration_s: float | None = None) -> list[Utterance]:  # fmt: skip
+                  tasks: tuple[str, ...] | None = None, max_duration_s: float | None = None,
+                  skip_bad: bool = False) -> list[Utterance]:  # fmt: skip
     """Utterances of `path`, keeping those in `splits`, having any of `tasks`, not longer than max.
 
     `path` may be several manifests (the synthetic corpus and the FSDD recordings, say): their
-    utterances are concatenated in order, and an id found in two of them is an error."""
+    utterances are concatenated in order, and an id found in two of them is an error. Each may be
+    "FORMAT:PATH" of another corpus format (module docstring); its bad rows are an error naming the
+    first, unless `skip_bad`."""
     if not isinstance(path, (str, Path)):
-        utts = [u for p in path for u in read_manifest(p, splits=splits, tasks=tasks, max_duration_s=max_duration_s)]
+        utts = [u for p in path for u in read_manifest(p, splits=splits, tasks=tasks, max_duration_s=max_duration_s,
+                                                       skip_bad=skip_bad)]  # fmt: skip
         seen: set[str] = set()
         for u in utts:
             if u.id in seen:
                 raise ValueError(f"utterance id {u.id} appears in more than one of the manifests {list(map(str, path))}")
             seen.add(u.id)
         return utts
-    path = Path(path)
+    fmt, path = _format_of(path)
+    if fmt != "manifest":
+        utts = _corpus_utterances(f"{fmt}:{path}", splits, skip_bad)
+        return [u for u in utts if _keep(u, tasks, max_duration_s)]
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     out = []
@@ -67,11 +82,61 @@ def read_manifest(path: str | Path | Sequence[str | Path], *, splits: tuple[str,
             raise ValueError(f"{path}:{n}: not a manifest row ({e})") from e
         if splits and utt.split not in splits:
             continue
-        if tasks and not set(utt.tasks) & set(tasks):
-            continue
-        if max_duration_s and utt.duration_s > max_duration_s:
-            continue
-        out.append(utt)
+        if _keep(utt, tasks, max_duration_s):
+            out.append(utt)
+    return out
+
+
+def _keep(utt: Utterance, tasks: tuple[str, ...] | None, max_duration_s: float | None) -> bool:
+    if tasks and not set(utt.tasks) & set(tasks):
+        return False
+    return not (max_duration_s and utt.duration_s > max_duration_s)
+
+
+def _format_of(path: str | Path) -> tuple[str, Path]:
+    """("manifest" | "hf" | "lhotse" | "kaldi", path) of a recipe's manifest entry. What spokenlm.corpora
+    cannot place (a missing file, an empty manifest) is read as a manifest, which names the problem."""
+    from spokenlm.corpora import CorpusError, parse_source
+
+    try:
+        fmt, found = parse_source(path)
+    except CorpusError:
+        return "manifest", Path(path)
+    return ("manifest" if fmt == "slue" else fmt), found
+
+
+def _corpus_utterances(spec: str, splits: tuple[str, ...] | None, skip_bad: bool) -> list[Utterance]:
+    """Utterances of another corpus format, labels keyed as task_labels (module docstring)."""
+    from spokenlm.corpora import duration_of, read_corpus
+
+    corpus = read_corpus(spec, splits=splits, skip_bad=skip_bad)
+    out = []
+    for row in corpus.rows:
+        if row.split is None:
+            raise ValueError(
+                f"{row.where}: cannot tell the split of {row.id!r}: name the split directories or files of "
+                f"'{corpus.source}' train/dev/test (or give a split column / custom field) to train on it"
+            )
+        lab = row.labels
+        labels: dict = {}
+        tasks: list[str] = []
+        if "normalized_text" in lab:
+            text = lab["normalized_text"]
+            labels |= {"text": text, "raw_text": lab.get("raw_text", text),
+                       "entities": [list(s) for s in lab.get("normalized_ner", ())],
+                       "raw_entities": [list(s) for s in lab.get("raw_ner", ())]}  # fmt: skip
+            tasks.append("asr")
+            if "normalized_ner" in lab:
+                tasks.append("ner")
+        if "sentiment" in lab:
+            labels["sentiment"] = lab["sentiment"]
+            tasks.append("sentiment")
+        if "dialog_acts" in lab:
+            labels["dialog_acts"] = list(lab["dialog_acts"])
+            tasks.append("dialog-act")
+        duration = row.duration_s if row.duration_s is not None else duration_of(row.audio)
+        out.append(Utterance(id=row.id, split=row.split, audio=row.audio.path, duration_s=float(duration),
+                             labels=labels, tasks=tuple(tasks), audio_ref=row.audio))  # fmt: skip
     return out
 
 
@@ -83,7 +148,7 @@ class AudioCache:
 
     def get(self, utt: Utterance) -> torch.Tensor:
         if utt.id not in self._wavs:
-            wav = load_audio(utt.audio)
+            wav = load_ref(utt.audio_ref) if utt.audio_ref is not None else load_audio(utt.audio)
             self._wavs[utt.id] = (wav.clamp(-1, 1) * 32767).round().to(torch.int16).numpy()
         return torch.from_numpy(self._wavs[utt.id].astype(np.float32) / 32767)
 
