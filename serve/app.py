@@ -5,9 +5,11 @@
 Routes (FastAPI only here, at the edge; the models live in serve/deployments.py):
 - OpenAI-compatible `POST /v1/audio/transcriptions` and `POST /v1/audio/translations` (multipart
   `file`, `model`, `language`, `prompt`, `response_format` json|text|verbose_json|srt|vtt,
-  `temperature`, `stream`). Any `model` name is accepted (clients send "whisper-1"); `prompt` is
-  accepted and ignored (the model takes no text context). Translations go into
-  `target_language` (es|fr|de, an extra form field; default es), not into English as OpenAI's do.
+  `temperature`, `stream`). `model` must be one /v1/models lists (`model_name` and its
+  `model_aliases`, "whisper-1" by default, the name OpenAI clients send); another is a 404
+  `model_not_found`. `prompt` is accepted and ignored (the model takes no text context).
+  Translations go into `target_language` (es|fr|de, an extra form field; default es), not into
+  English as OpenAI's do.
 - `POST /v1/understand` (task ner|sentiment|dialog-act), `/v1/summarize`, `/v1/qa` (question):
   the library's record (`spokenlm.output.Record`, what `spokenlm run --json` prints), with entities'
   char spans in `text` and time spans in the audio, in `{"object", "model", "batch_size"}`;
@@ -15,21 +17,36 @@ Routes (FastAPI only here, at the edge; the models live in serve/deployments.py)
 - `stream=true` on any POST route: server-sent events, one per decoded piece of text, then the
   result, then `data: [DONE]` (transcriptions use OpenAI's `transcript.text.delta` / `.done` events).
   The stream is the library's `stream_speech`: the same tokens as the answer without it.
-- `GET /healthz` (process up), `/readyz` (both model deployments answer), `/v1/models`, `/openapi.json`.
+- `GET /healthz` (process up), `/readyz` (both model deployments answer and none is stuck),
+  `/v1/models`, `/openapi.json`.
 
-Errors are `{"error": {"message", "type", "param", "code"}}` with a 4xx for anything the client
-sent wrong, 413 over the upload limit, and 503 + Retry-After once `max_inflight` requests are in
-the ingress or a model deployment's queue is full (`max_queued_requests`): overload is refused
-early instead of queueing without bound.
+Errors are `{"error": {"message", "type", "param", "code"}}` (serve.formats.ErrorBody), never a
+traceback, an actor id or a pid. Limits, each named in its refusal (SECURITY.md lists the defaults):
+- the request body is read in full before a request counts as work (`_Limits`): streamed to a
+  spooled file and refused with 413 the moment it passes `max_upload_mb` (with or without a
+  Content-Length), cut off with 408 when it stalls for `upload_idle_timeout_s` or is still arriving
+  after `upload_timeout_s`; at most `max_uploads` bodies arrive at once (then 503). A slow or stalled
+  upload holds no slot of `max_inflight`.
+- every text field is at most `max_text_chars` characters (400); recordings last at most
+  `max_duration_s` (400), and recordings over LONG_AUDIO_S wait (at most `max_queue_wait_s`, then
+  503 + Retry-After) until `max_long_audio_s` seconds of long audio are in the models, and run unbatched:
+  they never hold up short ones. `max_inflight` requests at work, then 503 + Retry-After; a full
+  model queue (`max_queued_requests`) is a 503 too.
+- model work has a deadline (`request_timeout_s`; 504 past it) and stops when the client
+  disconnects; a replica that dies mid-request gives a 503 + Retry-After, and Serve restarts it.
 
 Run: `serve run serve/config.yaml` or `serve_main(model_dir)` (what `spokenlm serve` calls).
 """
 
 
 import asyncio
+import logging
 import os
+import signal
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,10 +58,11 @@ from ray import serve
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.deployments import LLM, Encoder
+from serve.deployments import LLM, LONG_AUDIO_S, STUCK_AFTER_S, Encoder, WorkStopped
 from serve.formats import (
     RESPONSE_FORMATS,
     APIError,
+    ErrorBody,
     Result,
     Transcription,
     VerboseTranscription,
@@ -60,6 +78,9 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENGLISH = ("en", "eng", "english")
+MULTIPART_SLACK = 64 * 1024  # form boundaries and part headers around the file, on top of max_upload_mb
+BODY_CHUNK = 64 * 1024  # bytes per message when the buffered body is handed to the app
+log = logging.getLogger("ray.serve")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,16 +91,41 @@ class ServeSettings:
     """The spokenlm bundle every replica loads."""
 
     model_name: str = "spokenlm"
-    """The id /v1/models lists."""
+    """The id /v1/models lists first."""
+
+    model_aliases: tuple[str, ...] = ("whisper-1",)
+    """Other names the audio routes accept for the same model (OpenAI clients send "whisper-1")."""
 
     max_upload_mb: float = 25.0
-    """Largest accepted upload (OpenAI's limit); more is a 413."""
+    """Largest accepted upload (OpenAI's limit); more is a 413, counted as the body streams in."""
+
+    upload_idle_timeout_s: float = 10.0
+    """An upload that sends nothing for this long is cut off with a 408."""
+
+    upload_timeout_s: float = 60.0
+    """A request body still arriving after this long is cut off with a 408 (slow-drip uploads)."""
+
+    max_uploads: int = 192
+    """Request bodies being received at once; the next one gets 503 + Retry-After."""
+
+    max_text_chars: int = 1000
+    """Longest text form field (question, prompt, model, ...); more is a 400 naming the field."""
 
     max_duration_s: float = 600.0
     """Longest accepted recording after decoding; more is a 400 naming the duration."""
 
+    max_long_audio_s: float = 1200.0
+    """Seconds of long recordings (over LONG_AUDIO_S) at work at once, per ingress replica: admission by
+    cost. A long recording that does not fit waits up to max_queue_wait_s; short ones never wait for it."""
+
+    max_queue_wait_s: float = 10.0
+    """Longest wait for admission (long audio); then 503 + Retry-After instead of a minutes-long wait."""
+
     max_inflight: int = 64
-    """Requests one ingress replica works on at once; the next one gets 503 + Retry-After."""
+    """Requests one ingress replica works on at once (bodies complete); the next one gets 503 + Retry-After."""
+
+    request_timeout_s: float = 60.0
+    """Deadline of one request's model work (encoding and decoding); past it a 504, and the work stops."""
 
     max_new_tokens: int = 128
     """Generated tokens per request."""
@@ -91,19 +137,36 @@ class ServeSettings:
     """Target of /v1/audio/translations when the client names none."""
 
     def validate(self) -> None:
-        if not self.max_upload_mb > 0:
-            raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
-        if not self.max_duration_s > 0:
-            raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s}")
+        for name in ("max_upload_mb", "upload_idle_timeout_s", "upload_timeout_s", "max_duration_s",
+                     "max_long_audio_s", "max_queue_wait_s", "request_timeout_s"):  # fmt: skip
+            if not getattr(self, name) > 0:  # also rejects NaN
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_inflight < 1 or self.max_new_tokens < 1 or self.retry_after_s < 0:
             raise ValueError(
                 f"max_inflight and max_new_tokens must be >= 1 and retry_after_s >= 0, "
                 f"got {self.max_inflight}, {self.max_new_tokens}, {self.retry_after_s}"
             )
+        if self.max_uploads < 1 or self.max_text_chars < 1:
+            raise ValueError(f"max_uploads and max_text_chars must be >= 1, got {self.max_uploads}, {self.max_text_chars}")
+        if self.max_long_audio_s < self.max_duration_s:
+            raise ValueError(
+                f"max_long_audio_s ({self.max_long_audio_s}) must be >= max_duration_s ({self.max_duration_s}), "
+                "else the longest accepted recording could never start"
+            )
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return (self.model_name, *self.model_aliases)
+
+    @property
+    def stuck_after_s(self) -> float:
+        """Work running this long is stuck (it should have stopped at its deadline): the replica's health
+        check fails, /readyz says not ready, and Serve replaces the replica."""
+        return max(STUCK_AFTER_S, 2 * self.request_timeout_s)
 
 
 api = FastAPI(
@@ -141,11 +204,85 @@ async def _http_error(request: Request, e: StarletteHTTPException) -> JSONRespon
 
 @api.exception_handler(Exception)
 async def _server_error(_: Request, e: Exception) -> JSONResponse:
-    return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", type="server_error"), status_code=500)
+    return JSONResponse(internal_error(e), status_code=500)
+
+
+def internal_error(e: BaseException) -> dict:
+    """A generic error body for a failure inside the server; the details go to the replica's log under an
+    id the body gives, never to the client (no exception text, actor ids or pids)."""
+    incident = uuid.uuid4().hex[:12]
+    log.error("spokenlm: incident %s: %s", incident, e, exc_info=e)
+    return error_body(f"internal server error (incident {incident}); the details are in the server log",
+                      type="server_error")  # fmt: skip
+
+
+class _Refusal(Exception):
+    """A request refused while its body was arriving: status and message of the reply."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param = status, message, type, param
+
+
+class _ClientLeft(Exception):
+    """The client disconnected before its body was complete: nothing to answer."""
+
+
+class _Body:
+    """A request body, spooled (memory up to 1 MiB, then a temporary file), handed to the app afterwards."""
+
+    def __init__(self):
+        self.file = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+        self.size = 0
+
+    async def read(self, receive, settings: ServeSettings) -> None:
+        """Read the whole body from `receive`; raise _Refusal past a limit, _ClientLeft on disconnect."""
+        limit = settings.max_upload_bytes + MULTIPART_SLACK
+        started = time.monotonic()
+        while True:
+            left = settings.upload_timeout_s - (time.monotonic() - started)
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, min(settings.upload_idle_timeout_s, left)))
+            except TimeoutError:
+                if left <= settings.upload_idle_timeout_s:
+                    raise _Refusal(408, f"upload too slow: {self.size} bytes in {settings.upload_timeout_s:g} s "
+                                        f"(upload_timeout_s), the body is still incomplete") from None  # fmt: skip
+                raise _Refusal(408, f"upload stalled: no data for {settings.upload_idle_timeout_s:g} s "
+                                    f"(upload_idle_timeout_s) after {self.size} bytes") from None  # fmt: skip
+            if message["type"] == "http.disconnect":
+                raise _ClientLeft
+            chunk = message.get("body", b"")
+            self.size += len(chunk)
+            if self.size > limit:  # refused now, whatever Content-Length said (or did not say)
+                raise _Refusal(413, f"upload too large: more than {settings.max_upload_bytes} bytes received, "
+                                    f"maximum is {settings.max_upload_bytes} bytes ({settings.max_upload_mb:g} MB)",
+                               param="file")  # fmt: skip
+            self.file.write(chunk)
+            if not message.get("more_body", False):
+                return
+
+    def receive(self, receive):
+        """An ASGI receive that replays the body, then waits on the client's (for http.disconnect)."""
+        self.file.seek(0)
+        sent = 0
+
+        async def replay() -> dict:
+            nonlocal sent
+            if sent >= self.size and sent > 0:
+                return await receive()
+            chunk = self.file.read(BODY_CHUNK)
+            sent += max(len(chunk), 1)  # an empty body is one empty message
+            return {"type": "http.request", "body": chunk, "more_body": sent < self.size}
+
+        return replay
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class _Limits:
-    """Refuse oversize uploads before reading them, and new work beyond max_inflight (503).
+    """Admission at the ingress (see the module docstring): a POST counts against max_uploads while its
+    body arrives, and against max_inflight only once the body is complete and within the limits.
 
     A plain ASGI middleware: `@app.middleware("http")` (Starlette's BaseHTTPMiddleware) would run every
     request through extra tasks and memory streams, a per-request cost the ingress pays at full load."""
@@ -159,28 +296,46 @@ class _Limits:
         if settings is None or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
-        if length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+        if length.isdigit() and int(length) > settings.max_upload_bytes + MULTIPART_SLACK:
             body = error_body(_too_large(int(length), settings), param="file")
             return await JSONResponse(body, status_code=413)(scope, receive, send)
-        if state.inflight >= settings.max_inflight:
-            return await _overloaded(settings, f"{state.inflight} requests in progress")(scope, receive, send)
-        state.inflight += 1
+        if state.uploads >= settings.max_uploads:
+            return await _overloaded(settings, f"{state.uploads} uploads in progress")(scope, receive, send)
+        body = _Body()
         try:
-            await self.app(scope, receive, send)
+            state.uploads += 1
+            try:
+                await body.read(receive, settings)
+            finally:
+                state.uploads -= 1
+            if state.inflight >= settings.max_inflight:
+                return await _overloaded(settings, f"{state.inflight} requests in progress")(scope, receive, send)
+            state.inflight += 1
+            try:
+                await self.app(scope, body.receive(receive), send)
+            finally:
+                state.inflight -= 1
+        except _Refusal as e:
+            reply = JSONResponse(error_body(e.message, type=e.type, param=e.param), status_code=e.status,
+                                 headers={"Connection": "close"})  # fmt: skip
+            await reply(scope, receive, send)
+        except _ClientLeft:
+            pass
         finally:
-            state.inflight -= 1
+            body.close()
 
 
 api.add_middleware(_Limits)
 
 
 def _overloaded(settings: ServeSettings, why: str) -> JSONResponse:
-    message = f"server overloaded ({why}); retry after {settings.retry_after_s} s"
-    return JSONResponse(
-        error_body(message, type="server_overloaded"),
-        status_code=503,
-        headers={"Retry-After": str(settings.retry_after_s)},
-    )
+    return JSONResponse(_overload_error(settings, why).body(), status_code=503,
+                        headers={"Retry-After": str(settings.retry_after_s)})  # fmt: skip
+
+
+def _overload_error(settings: ServeSettings, why: str) -> APIError:
+    return APIError(503, f"server overloaded ({why}); retry after {settings.retry_after_s} s",
+                    type="server_overloaded", headers={"Retry-After": str(settings.retry_after_s)})  # fmt: skip
 
 
 def _too_large(size: int, settings: ServeSettings) -> str:
@@ -211,15 +366,88 @@ class _Upload:
     name: str | None  # the upload's file name: the record's `path`
     load_ms: float  # decoding it (the record's timing_ms["load_audio"])
 
+    @property
+    def duration_s(self) -> float:
+        from spokenlm.audio import SAMPLE_RATE
+
+        return self.wav.shape[-1] / SAMPLE_RATE
+
+    @property
+    def long(self) -> bool:
+        return self.duration_s > LONG_AUDIO_S
+
     def named(self, output):
         return output.with_audio(path=self.name, load_ms=self.load_ms)
+
+
+class _AudioBudget:
+    """Seconds of long audio at work at once (admission by cost): `admit` waits for room, up to a timeout."""
+
+    def __init__(self, capacity_s: float):
+        self.capacity_s, self.used_s = capacity_s, 0.0
+        self._room: asyncio.Condition | None = None  # made on first use, in the replica's event loop
+
+    async def admit(self, seconds: float, timeout_s: float) -> bool:
+        self._room = self._room or asyncio.Condition()
+        async with self._room:
+            try:
+                await asyncio.wait_for(self._room.wait_for(lambda: self.used_s + seconds <= self.capacity_s), timeout_s)
+            except TimeoutError:
+                return False
+            self.used_s += seconds
+            return True
+
+    async def release(self, seconds: float) -> None:
+        async with self._room:
+            self.used_s -= seconds
+            self._room.notify_all()
+
+
+# Responses every POST route may give besides its 200; FastAPI's 422 is replaced (see _openapi).
+_ERRORS = {
+    400: "invalid request: a missing or bad field, or audio that cannot be used",
+    404: "unknown model (code model_not_found)",
+    408: "the upload stalled or was too slow",
+    413: "upload too large",
+    500: "internal server error (generic message; details in the server log)",
+    503: "overloaded or a model replica unavailable: retry after Retry-After seconds",
+    504: "the model work passed its deadline (request_timeout_s) and was stopped",
+}
+_POST_RESPONSES: dict = {code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()}
+_TEXT_200 = {"text/plain": {"schema": {"type": "string"}}, "text/event-stream": {"schema": {"type": "string"}}}
+_AUDIO_RESPONSES: dict = {**_POST_RESPONSES, 200: {"content": _TEXT_200}}
+_TASK_RESPONSES: dict = {**_POST_RESPONSES, 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+async def _awaited(response):
+    return await response
+
+
+def _openapi() -> dict:
+    """FastAPI's schema with the 400 our validation handler answers in place of its 422."""
+    from fastapi.openapi.utils import get_openapi
+
+    if api.openapi_schema is None:
+        schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        for path in schema["paths"].values():
+            for operation in path.values():
+                operation["responses"].pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        api.openapi_schema = schema
+    return api.openapi_schema
+
+
+# Serve pickles the ingress class, and with it `api`, when @serve.deployment runs: whatever the class
+# uses must exist before it.
+api.openapi = _openapi
 
 
 # --- the ingress -----------------------------------------------------------------------------------
 
 
 @serve.deployment(
-    max_ongoing_requests=256,  # above max_inflight, so overload is answered by _limits with a 503
+    max_ongoing_requests=320,  # above max_uploads + max_inflight, so overload is answered by _Limits with a 503
     ray_actor_options={"num_cpus": 0.25},
 )
 @serve.ingress(api)
@@ -228,7 +456,8 @@ class Ingress:
         self.settings = ServeSettings(**settings)
         self.settings.validate()
         self.encoder, self.llm = encoder, llm
-        api.state.settings, api.state.inflight = self.settings, 0
+        api.state.settings, api.state.inflight, api.state.uploads = self.settings, 0, 0
+        self.long_audio = _AudioBudget(self.settings.max_long_audio_s)
         self.started = int(time.time())
 
     # ---- probes and metadata
@@ -237,55 +466,66 @@ class Ingress:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @api.get("/readyz")
+    @api.get("/readyz", responses={503: {"model": ErrorBody, "description": "a model deployment is down or stuck"}})
     async def readyz(self) -> JSONResponse:
         try:
-            await asyncio.wait_for(asyncio.gather(self.encoder.ready.remote(), self.llm.ready.remote()), timeout=5)
+            reasons = await asyncio.wait_for(asyncio.gather(self.encoder.ready.remote(), self.llm.ready.remote()), 5)
         except Exception as e:  # noqa: BLE001 — any failure means not ready
             return JSONResponse(error_body(f"not ready: {type(e).__name__}", type="server_error"), status_code=503)
+        for name, reason in zip(("encoder", "LLM"), reasons):
+            if reason is not None:
+                return JSONResponse(error_body(f"not ready: the {name} replica: {reason}", type="server_error"), 503)
         return JSONResponse({"status": "ready", "model": self.settings.model_name})
 
     @api.get("/v1/models")
     async def models(self) -> dict:
-        return {"object": "list", "data": [self._model_card()]}
+        return {"object": "list", "data": [self._model_card(name) for name in self.settings.model_names]}
 
-    @api.get("/v1/models/{model}")
+    @api.get("/v1/models/{model}", responses={404: {"model": ErrorBody, "description": "unknown model"}})
     async def model(self, model: str) -> dict:
-        if model != self.settings.model_name:
-            raise APIError(404, f"model {model!r} not found; this server serves {self.settings.model_name!r}", param="model")
-        return self._model_card()
+        self._check_model(model)
+        return self._model_card(model)
 
-    def _model_card(self) -> dict:
-        return {"id": self.settings.model_name, "object": "model", "created": self.started, "owned_by": "spokenlm"}
+    def _model_card(self, name: str) -> dict:
+        return {"id": name, "object": "model", "created": self.started, "owned_by": "spokenlm"}
+
+    def _check_model(self, model: str) -> None:
+        if model not in self.settings.model_names:
+            raise APIError(404, f"model {_short(model)} not found; this server serves {', '.join(map(repr, self.settings.model_names))}",
+                           param="model", code="model_not_found")  # fmt: skip
 
     # ---- OpenAI audio routes
 
-    @api.post(TRANSCRIPTIONS, response_model=Transcription | VerboseTranscription)
+    @api.post(TRANSCRIPTIONS, response_model=Transcription | VerboseTranscription, responses=_AUDIO_RESPONSES)
     async def transcriptions(
         self,
         file: UploadFile = File(..., description="audio: WAV, FLAC, OGG, MP3, M4A or WebM"),
-        model: str = Form(...),
+        model: str = Form(..., description="a model /v1/models lists"),
         language: str | None = Form(None, description="ISO-639-1 code of the speech; only 'en' is supported"),
         prompt: str | None = Form(None, description="accepted and ignored"),
         response_format: str = Form("json"),
         temperature: float = Form(0.0),
         stream: bool = Form(False),
     ) -> Response:
+        self._texts(model=model, language=language, prompt=prompt, response_format=response_format)
+        self._check_model(model)
         if language and language.strip().lower() not in ENGLISH:
             raise APIError(400, f"unsupported language {language!r}: this model transcribes English ('en')", param="language")
         return await self._audio_route(file, response_format, temperature, stream, _request("asr"))
 
-    @api.post(TRANSLATIONS, response_model=Transcription | VerboseTranscription)
+    @api.post(TRANSLATIONS, response_model=Transcription | VerboseTranscription, responses=_AUDIO_RESPONSES)
     async def translations(
         self,
         file: UploadFile = File(...),
-        model: str = Form(...),
+        model: str = Form(..., description="a model /v1/models lists"),
         prompt: str | None = Form(None, description="accepted and ignored"),
         response_format: str = Form("json"),
         temperature: float = Form(0.0),
         target_language: str | None = Form(None, description="es | fr | de (default es)"),
         stream: bool = Form(False),
     ) -> Response:
+        self._texts(model=model, prompt=prompt, response_format=response_format, target_language=target_language)
+        self._check_model(model)
         lang = target_language or self.settings.default_target_language
         request = _request("translate", target_lang=lang, param="target_language")
         return await self._audio_route(file, response_format, temperature, stream, request)
@@ -299,7 +539,7 @@ class Ingress:
         generation = self._generation(temperature)
         audio = await self._audio(file)
         if stream:
-            return self._stream(audio, request, generation, openai=True)
+            return await self._stream(audio, request, generation, openai=True)
         output, batch_size = await self._run(audio, request, generation)
         body, media_type = transcription_body(output.to_record(), response_format, batch_size=batch_size)
         if isinstance(body, dict):
@@ -308,7 +548,7 @@ class Ingress:
 
     # ---- spoken language understanding
 
-    @api.post(UNDERSTAND, response_model=Result)
+    @api.post(UNDERSTAND, response_model=Result, responses=_TASK_RESPONSES)
     async def understand(
         self,
         file: UploadFile = File(...),
@@ -316,31 +556,33 @@ class Ingress:
         temperature: float = Form(0.0),
         stream: bool = Form(False),
     ) -> Response:
+        self._texts(task=task)
         if task not in UNDERSTAND_TASKS:
             raise APIError(400, f"unsupported task {task!r}; expected one of {', '.join(UNDERSTAND_TASKS)}", param="task")
         return await self._task_route(file, _request(task), temperature, stream)
 
-    @api.post(SUMMARIZE, response_model=Result)
+    @api.post(SUMMARIZE, response_model=Result, responses=_TASK_RESPONSES)
     async def summarize(
         self, file: UploadFile = File(...), temperature: float = Form(0.0), stream: bool = Form(False)
     ) -> Response:
         return await self._task_route(file, _request("summarize"), temperature, stream)
 
-    @api.post(QA, response_model=Result)
+    @api.post(QA, response_model=Result, responses=_TASK_RESPONSES)
     async def qa(
         self,
         file: UploadFile = File(...),
-        question: str = Form(...),
+        question: str = Form(..., description="at most max_text_chars characters"),
         temperature: float = Form(0.0),
         stream: bool = Form(False),
     ) -> Response:
+        self._texts(question=question)
         return await self._task_route(file, _request("qa", question=question, param="question"), temperature, stream)
 
     async def _task_route(self, file, request, temperature, stream) -> Response:
         generation = self._generation(temperature)
         audio = await self._audio(file)
         if stream:
-            return self._stream(audio, request, generation)
+            return await self._stream(audio, request, generation)
         output, batch_size = await self._run(audio, request, generation)
         return JSONResponse(self._result(output, batch_size))
 
@@ -349,6 +591,13 @@ class Ingress:
         return envelope | output.to_record()
 
     # ---- shared steps
+
+    def _texts(self, **fields: str | None) -> None:
+        """Every text field within max_text_chars, checked before any audio is decoded."""
+        for name, value in fields.items():
+            if value is not None and len(value) > self.settings.max_text_chars:
+                raise APIError(400, f"'{name}' too long: {len(value)} characters, maximum is {self.settings.max_text_chars}",
+                               param=name)  # fmt: skip
 
     def _generation(self, temperature: float):
         from spokenlm.lm import GenerationConfig
@@ -371,26 +620,69 @@ class Ingress:
             t0 = time.perf_counter()
             wav = await asyncio.to_thread(load_audio, data, max_duration_s=self.settings.max_duration_s)
         except AudioError as e:
-            raise APIError(400, f"could not use file {file.filename!r}: {e}", param="file") from None
+            raise APIError(400, f"could not use file {_short(file.filename)}: {e}", param="file") from None
         return _Upload(wav=wav, name=file.filename, load_ms=(time.perf_counter() - t0) * 1e3)
 
+    async def _admit(self, audio: "_Upload") -> None:
+        """Long recordings wait for room in the long-audio budget, at most max_queue_wait_s."""
+        if audio.long and not await self.long_audio.admit(audio.duration_s, self.settings.max_queue_wait_s):
+            raise _overload_error(
+                self.settings, f"{self.long_audio.used_s:.0f} of {self.settings.max_long_audio_s:g} s of long audio "
+                f"at work; waited {self.settings.max_queue_wait_s:g} s",
+            )  # fmt: skip
+
     async def _run(self, audio: "_Upload", request, generation):
-        """(RunOutput, batch sizes) of `request` on the uploaded audio."""
-        from ray.serve.exceptions import BackPressureError
-
+        """(RunOutput, batch sizes) of `request` on the uploaded audio, within request_timeout_s."""
+        await self._admit(audio)
+        timeout = self.settings.request_timeout_s
+        deadline = time.time() + timeout
+        encode, decode = (self.encoder.encode_long, self.llm.decode_long) if audio.long else (self.encoder.encode, self.llm.decode)
+        encoded = encode.remote(audio.wav, deadline)
+        answer = decode.remote(encoded, request, generation, deadline)
         try:
-            output, batch_size = await self.llm.decode.remote(self.encoder.encode.remote(audio.wav), request, generation)
+            output, batch_size = await asyncio.wait_for(_awaited(answer), timeout)
             return audio.named(output), batch_size
-        except BackPressureError:
-            raise APIError(
-                503, f"server overloaded (model queue full); retry after {self.settings.retry_after_s} s",
-                type="server_overloaded", headers={"Retry-After": str(self.settings.retry_after_s)},
-            ) from None  # fmt: skip
+        except TimeoutError:
+            raise APIError(504, f"request timed out: the model work took longer than {timeout:g} s "
+                                "(request_timeout_s) and was stopped", type="timeout") from None  # fmt: skip
+        except BaseException as e:
+            raise self._model_error(e) from None
+        finally:  # stops the work when the client left (CancelledError) or the deadline passed
+            encoded.cancel()
+            answer.cancel()
+            if audio.long:
+                await self.long_audio.release(audio.duration_s)
 
-    def _stream(self, audio: "_Upload", request, generation, *, openai: bool = False) -> StreamingResponse:
+    def _model_error(self, e: BaseException) -> BaseException:
+        """The client's view of a failed model call: overload and dead replicas are a 503 to retry, a stopped
+        call a 504; the rest goes to the 500 handler. A cancelled call stays cancelled."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        if isinstance(e, (asyncio.CancelledError, APIError)):
+            return e
+        if isinstance(e, BackPressureError):
+            return _overload_error(self.settings, "model queue full")
+        cause = e.cause if isinstance(e, RayTaskError) else e
+        if isinstance(cause, WorkStopped):
+            return APIError(504, f"request timed out: the model work passed its deadline "
+                                 f"({self.settings.request_timeout_s:g} s, request_timeout_s) and was stopped",
+                            type="timeout")  # fmt: skip
+        if isinstance(cause, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)):
+            log.warning("spokenlm: a model replica failed during a request: %s", e)
+            return APIError(503, f"a model replica stopped while working on this request; it restarts by itself, "
+                                 f"retry after {self.settings.retry_after_s} s", type="server_error",
+                            headers={"Retry-After": str(self.settings.retry_after_s)})  # fmt: skip
+        return e
+
+    async def _stream(self, audio: "_Upload", request, generation, *, openai: bool = False) -> StreamingResponse:
         from spokenlm.output import RESULT_FIELD
 
-        chunks = self.llm.options(stream=True).stream.remote(self.encoder.encode.remote(audio.wav), request, generation)
+        await self._admit(audio)
+        deadline = time.time() + self.settings.request_timeout_s
+        encode = self.encoder.encode_long if audio.long else self.encoder.encode
+        encoded = encode.remote(audio.wav, deadline)
+        chunks = self.llm.options(stream=True).stream.remote(encoded, request, generation, deadline)
 
         async def events():
             try:
@@ -405,7 +697,14 @@ class Ingress:
                     else:
                         yield sse({"type": "done"} | result)
             except Exception as e:  # noqa: BLE001 — headers are sent: report in the stream
-                yield sse({"type": "error", "error": error_body(f"{type(e).__name__}: {e}", type="server_error")["error"]})
+                error = self._model_error(e)
+                body = error.body() if isinstance(error, APIError) else internal_error(error)
+                yield sse({"type": "error", "error": body["error"]})
+            finally:  # the client left, or the stream ended: stop the work either way
+                encoded.cancel()
+                chunks.cancel()
+                if audio.long:
+                    await self.long_audio.release(audio.duration_s)
             yield sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -454,16 +753,17 @@ def bind_app(args: dict | None = None, *, gpus: bool = False, batching: dict | N
         llm = LLM.options(ray_actor_options={"num_cpus": 0.25, "num_gpus": 0.5})
     if batching is not None:
         encoder, llm = encoder.options(user_config=batching), llm.options(user_config=batching)
-    return Ingress.bind(encoder.bind(settings.model_dir), llm.bind(settings.model_dir), asdict(settings))
-
-
+    stuck = settings.stuck_after_s
+    return Ingress.bind(encoder.bind(settings.model_dir, stuck), llm.bind(settings.model_dir, stuck), asdict(settings))
 
 
 # Ray Serve's throughput mode (Ray >= 2.56): user code and the router on the replica's own event loop
 # (no thread hop per request), gRPC between replicas, buffered request logs, GC frozen after startup.
 # Direct ingress stays off: the HTTP proxy keeps serving every app under its route prefix on one port.
+# The proxy callback gives the proxy's own errors (a dead ingress) our JSON shape (serve/edge.py).
 # Set for the Ray that start_ray starts; a cluster sets them itself (k8s/rayservice.yaml does).
-SERVE_THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+SERVE_THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+                        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.edge:proxy_middlewares"}  # fmt: skip
 
 
 def start_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> bool:
@@ -496,11 +796,19 @@ def start_ray(num_cpus: int | None = None, *, log_to_driver: bool = True) -> boo
 
 
 def serve_main(model_dir: str | None, host: str = "127.0.0.1", port: int = 8000, **settings: Any) -> None:
-    """`spokenlm serve`: start Ray, deploy the app on host:port (loopback by default), block until ^C."""
+    """`spokenlm serve`: start Ray, deploy the app on host:port (loopback by default), block until ^C or
+    SIGTERM; either way Serve and the Ray it started (raylet, GCS, dashboard and runtime-env agents)
+    are shut down before it returns."""
     import ray
 
-    started = start_ray()
+    from serve.edge import MAX_UPLOAD_ENV
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a plain SIGTERM would skip the finally below
+    started = False
+    max_upload_mb = settings.get("max_upload_mb", ServeSettings.max_upload_mb)
+    os.environ.setdefault(MAX_UPLOAD_ENV, str(max_upload_mb))  # the proxy's limit (serve/edge.py)
     try:
+        started = start_ray()
         serve.start(http_options={"host": host, "port": port})
         gpus = ray.cluster_resources().get("GPU", 0) >= 1
         serve.run(bind_app({"model_dir": model_dir, **settings}, gpus=gpus), name="spokenlm", route_prefix="/")
@@ -508,8 +816,17 @@ def serve_main(model_dir: str | None, host: str = "127.0.0.1", port: int = 8000,
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        print("spokenlm serve: stopping", file=sys.stderr, flush=True)
     finally:
-        serve.shutdown()
-        if started:
-            ray.shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
+        try:
+            if ray.is_initialized():
+                serve.shutdown()
+        finally:
+            if started:
+                ray.shutdown()
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

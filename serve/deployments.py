@@ -9,6 +9,15 @@ compares against. The two halves of the forward pass are the library's, the ones
 `SpeechTokens`, `spokenlm.model.decode_speech` / `stream_speech` there give `RunOutput`s (the
 stream: text as it is decoded, with the bundle's draft model where it has one).
 
+Long recordings (over LONG_AUDIO_S) take the unbatched `encode_long` / `decode_long`: a 3-s clip never
+waits in one padded batch with a 10-min one (the ingress bounds how much long audio runs at once).
+
+Every call carries a deadline (a wall-clock time) and stops when its caller cancels it (a client that
+disconnects, an ingress that gave up): the replica hooks each transformer block of its models
+(`_stoppable`), and a forward pass raises `WorkStopped` at the next block once every request of the
+running batch is due. `check_health` fails when work has run past `stuck_after_s` (a forward pass
+that never returns), so Serve replaces the replica, and `ready` says so to /readyz.
+
 Heavy imports (torch, spokenlm) happen inside the replicas; this module only imports ray.serve.
 Not here: HTTP, validation and response formats (serve/app.py).
 """
@@ -16,7 +25,10 @@ Not here: HTTP, validation and response formats (serve/app.py).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, AsyncIterator
+import contextlib
+import threading
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
 from ray import serve
 
@@ -29,6 +41,81 @@ if TYPE_CHECKING:
     from spokenlm.tasks import TaskRequest
 
 DEFAULT_BATCH = {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}
+LONG_AUDIO_S = 30.0  # recordings longer than one encoder window are encoded and decoded alone
+STUCK_AFTER_S = 120.0  # default: work running longer than this fails the replica's health check
+
+
+class WorkStopped(Exception):
+    """The work was stopped: every request it served was cancelled or past its deadline."""
+
+
+class _Stop:
+    """One request's deadline (time.time()) and whether its caller cancelled it."""
+
+    def __init__(self, deadline: float):
+        self.deadline, self.cancelled = deadline, False
+
+    def due(self) -> bool:
+        return self.cancelled or time.time() > self.deadline
+
+
+_running = threading.local()  # .stops: the _Stops of the work the current thread runs
+
+
+def _check_stop(module: Any, args: Any) -> None:
+    """Forward pre-hook of every transformer block: stop once every request of this thread's work is due."""
+    stops = getattr(_running, "stops", None)
+    if stops and all(stop.due() for stop in stops):
+        raise WorkStopped(f"stopped: {len(stops)} request(s) cancelled or past their deadline")
+
+
+def _stoppable(model: Any) -> None:
+    """Hook `_check_stop` onto the blocks of every nn.ModuleList in `model` (its layer stacks)."""
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                block.register_forward_pre_hook(_check_stop)
+
+
+class _Work:
+    """What runs in the replica's threads and since when: `running` sets the stops the hooks read;
+    `stuck` names work that has run past `stuck_after_s`."""
+
+    def __init__(self, stuck_after_s: float, clock=time.monotonic):
+        self.stuck_after_s, self.clock = stuck_after_s, clock
+        self.started: dict[object, float] = {}
+        self.stopped = {"cancelled": 0, "deadline": 0}  # work stopped early, by why (any caller cancelled: cancelled)
+
+    @contextlib.contextmanager
+    def running(self, stops: list[_Stop]) -> Iterator[None]:
+        token = object()
+        self.started[token] = self.clock()
+        _running.stops = stops
+        try:
+            yield
+        except WorkStopped:
+            self.stopped["cancelled" if any(stop.cancelled for stop in stops) else "deadline"] += 1
+            raise
+        finally:
+            _running.stops = None
+            del self.started[token]
+
+    def stuck(self) -> str | None:
+        if not self.started:
+            return None
+        age = self.clock() - min(self.started.values())
+        return f"work has run {age:.0f} s, over the {self.stuck_after_s:g} s limit" if age > self.stuck_after_s else None
+
+
+async def _until_cancelled(stop: _Stop, call):
+    """Await `call` (a coroutine); when the caller is cancelled, mark `stop` so the work stops too."""
+    try:
+        return await call
+    except asyncio.CancelledError:
+        stop.cancelled = True
+        raise
 
 
 def _configure_batching(replica: Any, method_names: tuple[str, ...], config: dict) -> None:
@@ -61,7 +148,7 @@ def _init_torch() -> "Any":
     user_config=DEFAULT_BATCH,
 )
 class Encoder:
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, stuck_after_s: float = STUCK_AFTER_S):
         from spokenlm.model import load_bundle_compressor, load_bundle_encoder
 
         self.device = _init_torch()
@@ -69,23 +156,46 @@ class Encoder:
         compressor, adapter = load_bundle_compressor(model_dir)
         self.encoder = encoder.to(self.device)
         self.compressor, self.adapter = compressor.to(self.device), adapter.to(self.device)
+        _stoppable(self.encoder)
+        self.work = _Work(stuck_after_s)
 
     def reconfigure(self, config: dict) -> None:
-        _configure_batching(self, ("encode",), config)
+        _configure_batching(self, ("_encode_batched",), config)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str | None:
+        """None when ready, else why not (the ingress's /readyz reports it)."""
+        return self.work.stuck()
+
+    def check_health(self) -> None:
+        if reason := self.work.stuck():
+            raise RuntimeError(reason)
+
+    def stats(self) -> dict:
+        """Work running now, and work stopped early by why: what tests and operators look at."""
+        return {"running": len(self.work.started), "stopped": dict(self.work.stopped)}
+
+    async def encode(self, wav: Tensor, deadline: float) -> tuple[SpeechTokens, int]:
+        """One recording of at most LONG_AUDIO_S, batched with others: its SpeechTokens (B = 1, CPU)
+        and the size of the batch it was encoded in."""
+        stop = _Stop(deadline)
+        return await _until_cancelled(stop, self._encode_batched(wav, stop))
+
+    async def encode_long(self, wav: Tensor, deadline: float) -> tuple[SpeechTokens, int]:
+        """One long recording, alone."""
+        stop = _Stop(deadline)
+        (out,) = await _until_cancelled(stop, asyncio.to_thread(self._encode, [wav], [stop]))
+        return out
 
     @serve.batch(max_batch_size=DEFAULT_BATCH["max_batch_size"], batch_wait_timeout_s=DEFAULT_BATCH["batch_wait_timeout_s"])
-    async def encode(self, waves: list[Tensor]) -> list[tuple[SpeechTokens, int]]:
-        """Per recording: its SpeechTokens (B = 1, CPU) and the size of the batch it was encoded in."""
+    async def _encode_batched(self, waves: list[Tensor], stops: list[_Stop]) -> list[tuple[SpeechTokens, int]]:
         # The forward pass runs in a thread so the next batch can gather while this one computes.
-        return await asyncio.to_thread(self._encode, waves)
+        return await asyncio.to_thread(self._encode, waves, stops)
 
-    def _encode(self, waves: list[Tensor]) -> list[tuple[SpeechTokens, int]]:
+    def _encode(self, waves: list[Tensor], stops: list[_Stop]) -> list[tuple[SpeechTokens, int]]:
         from spokenlm.speech import encode_speech
 
-        speech = encode_speech(self.encoder, self.compressor, self.adapter, waves, max_chunk_s=self.max_chunk_s)
+        with self.work.running(stops):
+            speech = encode_speech(self.encoder, self.compressor, self.adapter, waves, max_chunk_s=self.max_chunk_s)
         return [(speech.item(i), len(waves)) for i in range(len(waves))]
 
 
@@ -95,30 +205,58 @@ class Encoder:
     user_config=DEFAULT_BATCH,
 )
 class LLM:
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, stuck_after_s: float = STUCK_AFTER_S):
         from spokenlm.model import load_bundle_draft, load_bundle_llm
 
         self.device = _init_torch()
         self.llm = load_bundle_llm(model_dir).to(self.device)
         draft = load_bundle_draft(model_dir)  # speculative decoding of batched requests, when the bundle has one
         self.draft = None if draft is None else draft.to(self.device)
+        _stoppable(self.llm)
+        self.work = _Work(stuck_after_s)
 
     def reconfigure(self, config: dict) -> None:
-        _configure_batching(self, ("decode",), config)
+        _configure_batching(self, ("_decode_batched",), config)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str | None:
+        """None when ready, else why not (the ingress's /readyz reports it)."""
+        return self.work.stuck()
+
+    def check_health(self) -> None:
+        if reason := self.work.stuck():
+            raise RuntimeError(reason)
+
+    def stats(self) -> dict:
+        """Work running now, and work stopped early by why: what tests and operators look at."""
+        return {"running": len(self.work.started), "stopped": dict(self.work.stopped)}
+
+    async def decode(
+        self, item: tuple[SpeechTokens, int], request: TaskRequest, generation: GenerationConfig, deadline: float
+    ) -> tuple[RunOutput, dict[str, int]]:
+        """One request, batched with others: its RunOutput and the batch sizes it ran in ({"encoder", "llm"})."""
+        stop = _Stop(deadline)
+        return await _until_cancelled(stop, self._decode_batched(item, request, generation, stop))
+
+    async def decode_long(
+        self, item: tuple[SpeechTokens, int], request: TaskRequest, generation: GenerationConfig, deadline: float
+    ) -> tuple[RunOutput, dict[str, int]]:
+        """One request on a long recording, alone."""
+        stop = _Stop(deadline)
+        call = asyncio.to_thread(self._decode, [item], [request], [generation], [stop])
+        (answer,) = await _until_cancelled(stop, call)
+        return answer
 
     @serve.batch(max_batch_size=DEFAULT_BATCH["max_batch_size"], batch_wait_timeout_s=DEFAULT_BATCH["batch_wait_timeout_s"])
-    async def decode(
-        self, items: list[tuple[SpeechTokens, int]], requests: list[TaskRequest], generations: list[GenerationConfig]
-    ) -> list[tuple[RunOutput, dict[str, int]]]:
-        """Per request: its RunOutput and the batch sizes it ran in ({"encoder", "llm"})."""
-        return await asyncio.to_thread(self._decode, items, requests, generations)
+    async def _decode_batched(
+        self, items: list[tuple[SpeechTokens, int]], requests: list[TaskRequest], generations: list[GenerationConfig],
+        stops: list[_Stop],
+    ) -> list[tuple[RunOutput, dict[str, int]]]:  # fmt: skip
+        return await asyncio.to_thread(self._decode, items, requests, generations, stops)
 
     def _decode(
-        self, items: list[tuple[SpeechTokens, int]], requests: list[TaskRequest], generations: list[GenerationConfig]
-    ) -> list[tuple[RunOutput, dict[str, int]]]:
+        self, items: list[tuple[SpeechTokens, int]], requests: list[TaskRequest], generations: list[GenerationConfig],
+        stops: list[_Stop],
+    ) -> list[tuple[RunOutput, dict[str, int]]]:  # fmt: skip
         from spokenlm.model import decode_speech
         from spokenlm.speech import SpeechTokens
 
@@ -129,17 +267,25 @@ class LLM:
         answers: list[tuple[RunOutput, dict[str, int]] | None] = [None] * len(items)
         for generation, index in groups.items():
             speech = SpeechTokens.batch([items[i][0] for i in index])
-            outputs = decode_speech(self.llm, speech, [requests[i] for i in index], generation, draft=self.draft)
+            with self.work.running([stops[i] for i in index]):
+                outputs = decode_speech(self.llm, speech, [requests[i] for i in index], generation, draft=self.draft)
             for i, output in zip(index, outputs):
                 answers[i] = (output, {"encoder": items[i][1], "llm": len(index)})
         return answers  # type: ignore[return-value]
 
     async def stream(
-        self, item: tuple[SpeechTokens, int], request: TaskRequest, generation: GenerationConfig
+        self, item: tuple[SpeechTokens, int], request: TaskRequest, generation: GenerationConfig, deadline: float
     ) -> AsyncIterator[str | tuple[RunOutput, dict[str, int]]]:
         """One request (not batched), as it is decoded: text deltas, then (RunOutput, batch sizes)."""
         from spokenlm.model import stream_speech
 
+        stop = _Stop(deadline)
         events = stream_speech(self.llm, item[0], request, generation, draft=self.draft)
-        while (event := await asyncio.to_thread(next, events, None)) is not None:  # other calls run in between
+
+        def step():
+            with self.work.running([stop]):
+                return next(events, None)
+
+        # Other calls run between steps; a cancelled stream (the client left) takes no further step.
+        while (event := await _until_cancelled(stop, asyncio.to_thread(step))) is not None:
             yield event if isinstance(event, str) else (event, {"encoder": item[1], "llm": 1})

@@ -64,21 +64,35 @@ class VerboseTranscription(TypedDict):
     spokenlm: RecordWithBatch
 
 
+class ErrorDetail(TypedDict):
+    message: str
+    type: str  # invalid_request_error | server_overloaded | timeout | server_error
+    param: str | None  # the offending form field, when there is one
+    code: str | None  # e.g. model_not_found
+
+
+class ErrorBody(TypedDict):
+    """Every error response, as OpenAI shapes them."""
+
+    error: ErrorDetail
+
+
 class APIError(Exception):
     """An error the client should see: HTTP status, OpenAI error type, message and offending param."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, type: str = "invalid_request_error",
-                 headers: dict[str, str] | None = None):  # fmt: skip
+                 code: str | None = None, headers: dict[str, str] | None = None):  # fmt: skip
         super().__init__(message)
-        self.status, self.message, self.param, self.type = status, message, param, type
+        self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
         self.headers = headers or {}
 
     def body(self) -> dict:
-        return error_body(self.message, type=self.type, param=self.param)
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
 
 
-def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": None}}
+def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:  # fmt: skip
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def transcription_body(record: Record, response_format: str, *, batch_size: BatchSize) -> tuple[Any, str]:

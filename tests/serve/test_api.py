@@ -41,11 +41,14 @@ def test_probes_models_and_openapi(http):
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.get("/readyz").json() == {"status": "ready", "model": "spokenlm"}
     models = http.get("/v1/models").json()
-    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["spokenlm"]
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["spokenlm", "whisper-1"]
     assert http.get("/v1/models/spokenlm").json()["id"] == "spokenlm"
     paths = http.get("/openapi.json").json()["paths"]
     for path in ("/v1/audio/transcriptions", "/v1/audio/translations", "/v1/understand", "/v1/summarize", "/v1/qa"):
-        assert "post" in paths[path]
+        responses = paths[path]["post"]["responses"]
+        assert "422" not in responses  # the routes answer 400, and the schema says so
+        assert {"200", "400", "404", "408", "413", "500", "503", "504"} <= set(responses), (path, sorted(responses))
+        assert responses["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
 
 
 def test_transcriptions_with_openai_client(openai_client, clip, example_clips):
@@ -151,7 +154,7 @@ def test_concurrent_requests_are_batched(http, clip):
 
     def one():
         r = http.post("/v1/audio/transcriptions", files={"file": ("c.wav", clip)},
-                      data={"model": "m", "response_format": "verbose_json"})  # fmt: skip
+                      data={"model": "spokenlm", "response_format": "verbose_json"})  # fmt: skip
         results.append(r)
 
     threads = [threading.Thread(target=one) for _ in range(8)]

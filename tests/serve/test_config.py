@@ -40,7 +40,8 @@ def test_config_deployments_batch_autoscale_and_reserve_gpus(config):
         assert d["max_ongoing_requests"] >= d["user_config"]["max_batch_size"]  # else batches never fill
         assert d["autoscaling_config"]["max_replicas"] >= d["autoscaling_config"]["min_replicas"] >= 1
         assert d["ray_actor_options"]["num_gpus"] > 0
-    assert deployments["Ingress"]["max_ongoing_requests"] > app["args"]["max_inflight"]
+    # uploads in progress and requests at work both hold an ingress slot: room for both, and the probes
+    assert deployments["Ingress"]["max_ongoing_requests"] > app["args"]["max_uploads"] + app["args"]["max_inflight"]
     known = {f.name for f in dataclasses.fields(serve.app.ServeSettings)}
     assert set(app["args"]) <= known
 

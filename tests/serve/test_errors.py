@@ -79,6 +79,13 @@ def _bad_requests(clips: dict[str, bytes]) -> list[tuple[str, str, dict, str | N
         ("GET", t, {}, None, "method GET not allowed on /v1/audio/transcriptions"),
         ("POST", "/v1/chat/completions", {"json": {}}, None, "no route POST /v1/chat/completions"),
         ("GET", "/v1/models/gpt-4", {}, "model", "model 'gpt-4' not found"),
+        ("POST", t, {"files": {"file": ("a.wav", good)}, "data": {"model": "gpt-4o-transcribe"}}, "model", "model 'gpt-4o-transcribe' not found; this server serves 'spokenlm', 'whisper-1'"),
+        ("POST", "/v1/audio/translations", {"files": {"file": ("a.wav", good)}, "data": {"model": "m"}}, "model", "model 'm' not found"),
+        ("POST", t, {"files": {"file": ("a.wav", good)}, "data": {**model, "prompt": "p" * 1001}}, "prompt", "'prompt' too long: 1001 characters, maximum is 1000"),
+        ("POST", "/v1/qa", {"files": {"file": ("a.wav", good)}, "data": {"question": "q" * 5000}}, "question", "'question' too long: 5000 characters, maximum is 1000"),
+        ("POST", "/v1/understand", {"files": {"file": ("a.wav", good)}, "data": {"task": "n" * 2000}}, "task", "'task' too long: 2000 characters, maximum is 1000"),
+        ("POST", t, {"files": {"file": ("a.wav", _wav(np.full(16_000, 1e30, np.float32), subtype="FLOAT"))}, "data": model}, "file", "audio samples reach 1e+30, far outside [-1, 1]"),
+        ("POST", t, {"files": {"file": ("a.wav", good[: len(good) // 2])}, "data": model}, "file", "truncated WAV data: the data chunk declares"),
     ]  # fmt: skip
 
 
@@ -94,6 +101,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(http, clips):
         assert fragment in error["message"], (fragment, error)
         if param is not None:
             assert error["param"] == param, (param, error)
+        assert error["code"] == ("model_not_found" if "model '" in fragment else None), error
     status = {"upload too large": 413, "not allowed": 405, "no route": 404, "not found": 404}
     for method, path, kwargs, _, fragment in corpus:  # the status codes that are not plain 400
         for key, code in status.items():
