@@ -16,14 +16,19 @@ them, and they depend on it, never the other way round. `bench` runs a script of
     spokenlm demo [--model DIR]
     spokenlm bases {fetch,list} [--model DIR]
 
-Bad input files get one line on stderr and exit code 2; the other files of the call still run.
+Bad input files get one line on stderr and exit code 2; the other files of the call still run (a FIFO
+or device given as a file is refused at once, never opened). ^C, and SIGTERM for the commands that
+start Ray (serve, eval, run --ray), stop them cleanly with exit code 130, Ray shut down.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
 
 from pathlib import Path
@@ -33,6 +38,7 @@ from spokenlm.tasks import TARGET_LANGUAGES, TASK_NAMES, TaskRequest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SURFACES = "spokenlm.surfaces"  # the entry-point group of the surfaces' commands
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # as a shell reports ^C
 # `spokenlm bench NAME` runs bench/<file> of the source checkout; each prints `bench NAME: ... ratio=...` last.
 BENCHES = {
     "default": "default.py",
@@ -119,12 +125,36 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    command = {"run": _run, "demo": _demo, "train": _train, "data": _data, "eval": _eval, "serve": _serve,
+               "bench": _bench, "bases": _bases}[args.command]  # fmt: skip
+    on_ray = args.command in ("serve", "eval") or (args.command == "run" and args.ray)
     try:
-        return {"run": _run, "demo": _demo, "train": _train, "data": _data, "eval": _eval, "serve": _serve,
-                "bench": _bench, "bases": _bases}[args.command](args)  # fmt: skip
+        with _sigterm_as_interrupt(on_ray):
+            return command(args)
     except (ValueError, FileNotFoundError) as e:  # bad parameters or bundle: one line, no traceback
         print(f"spokenlm: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("spokenlm: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(enabled: bool):
+    """SIGTERM raises KeyboardInterrupt, as ^C does, for the commands that start Ray: their `finally`
+    blocks then shut Ray down (raylet, GCS, dashboard and runtime-env agents) instead of orphaning it."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _generation(args: argparse.Namespace):

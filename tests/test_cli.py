@@ -86,3 +86,21 @@ def test_demo_runs_every_task_and_says_it_is_untrained(tiny_bundle, capsys):
     assert "UNTRAINED" in out
     for task in ("asr", "translate", "ner", "sentiment", "dialog-act", "qa", "summarize"):
         assert re.search(rf"^  {re.escape(task)}\s", out, flags=re.M), task
+
+
+def test_run_refuses_a_fifo_at_once_and_runs_the_files_after_it(tiny_bundle, example_clips, tmp_path, capsys):
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)  # opening it would block until a writer came: forever
+    files = [str(fifo), str(example_clips[0])]
+    result: list[int] = []
+    args = ["run", "--model", str(tiny_bundle), "--task", "asr", "--json", "--max-new-tokens", "4", *files]
+    thread = threading.Thread(target=lambda: result.append(main(args)), daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert result == [2], "spokenlm run hung on a FIFO"
+    out, err = capsys.readouterr()
+    assert err == f"spokenlm: {fifo}: not a regular file: '{fifo}' is a FIFO (named pipe)\n"
+    assert [json.loads(line)["path"] for line in out.splitlines()] == [files[1]]
