@@ -222,15 +222,24 @@ class SpeechLLM(nn.Module):
         # Right padding: the real tokens of every row sit at positions 0..L_i-1 and pads only follow
         # them, so no real token ever attends a pad (positions are still passed, for safety).
         batch = self._assemble(prompts, speech, speech_lengths, targets, padding_side="right")
-        out = self.model(
+        inputs = dict(
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
             position_ids=_position_ids(batch.attention_mask),
             use_cache=False,
         )
-        logits = out.logits[:, :-1].float()  # (B, L-1, V): position t predicts token t+1
-        labels = batch.labels[:, 1:]  # (B, L-1)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+        labels = batch.labels[:, 1:]  # (B, L-1): position t predicts token t+1
+        parts = _decoder_and_head(self.model)
+        if parts is None:  # a model whose head does more than a Linear: score every position
+            logits = self.model(**inputs).logits[:, :-1].float()  # (B, L-1, V)
+            return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        # Only target positions go through the vocabulary projection: prompts and speech are most of
+        # the sequence, and (B, L, V) float logits of a 49k vocabulary cost more than the LoRA step.
+        decoder, head = parts
+        hidden = decoder(**inputs).last_hidden_state[:, :-1]  # (B, L-1, D)
+        scored = labels != IGNORE_INDEX  # (B, L-1)
+        logits = head(hidden[scored]).float()  # (n_targets, V)
+        return F.cross_entropy(logits, labels[scored])
 
     # ---- decoding ----------------------------------------------------------------------------------
 
@@ -289,6 +298,20 @@ class SpeechLLM(nn.Module):
 def _position_ids(attention_mask: Tensor) -> Tensor:
     # (B, L): 0, 1, 2, ... over the real tokens of each row whatever the padding side; pads get 0
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """The body (hidden states out) and the plain Linear vocabulary head of a causal LM, or None where
+    the logits are more than ``head(hidden)`` (soft-capped or scaled logits, an unusual wrapper)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: LoRA lives inside
+    get_decoder = getattr(base, "get_decoder", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    config = getattr(base, "config", None)
+    plain = not any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+    if get_decoder is None or not isinstance(head, nn.Linear) or not plain:
+        return None
+    decoder = get_decoder()
+    return (decoder, head) if isinstance(decoder, nn.Module) and decoder is not base else None
 
 
 def _accepts(model: nn.Module, name: str) -> bool:

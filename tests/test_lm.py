@@ -320,6 +320,30 @@ def test_batched_loss_is_the_token_mean_of_single_losses(llms, speech):
     torch.testing.assert_close(batched, sum(singles) / sum(counts))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_loss_equals_cross_entropy_over_the_full_logits(llm_dirs, speech, family, with_lora):
+    # the loss projects only target positions onto the vocabulary; the reference scores every
+    # position of the model's own forward (logits of the whole sequence) and ignores the rest
+    torch.manual_seed(0)
+    llm = load_llm(llm_dirs[family])
+    if with_lora:
+        llm = add_lora(llm, LoRAConfig(rank=4, alpha=8))
+        for name, p in llm.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero: give LoRA a real effect on the logits
+                torch.nn.init.normal_(p, std=0.5)
+    targets = ["hello world", "the lazy dog jumps", "sunny"]
+    batch = llm._assemble(PROMPTS, speech, SPEECH_LENGTHS, targets, padding_side="right")
+    logits = llm.model(
+        inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+        position_ids=(batch.attention_mask.cumsum(1) - 1).clamp(min=0),
+    ).logits  # fmt: skip
+    reference = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(), ignore_index=-100
+    )
+    torch.testing.assert_close(llm.loss(PROMPTS, speech, SPEECH_LENGTHS, targets), reference)
+
+
 def test_lora_trains_only_adapter_and_lora(llm_dirs, tok):
     torch.manual_seed(0)
     llm = add_lora(load_llm(llm_dirs["llama"]), LoRAConfig(rank=4, alpha=8))
