@@ -23,7 +23,8 @@ prompt's `<audio>` marker; only the adapter and LoRA (Hu et al., 2021) on the LL
    and the first `text_warmup_steps` train the LoRA on text alone (noisy label transcripts, no speech).
 3. Each step draws `batch_size` (utterance, task) pairs: a task by `task_weights` among the tasks the
    train split has, then an utterance that carries it; prompt `build_prompt(TaskRequest)`, target
-   `TASKS[task].target(labels)`, loss `SpeechLLM.loss` (target tokens only).
+   `TASKS[task].target(labels)`, loss `SpeechLLM.loss` (target tokens only). With `bucket_batches`
+   K > 1, K batches are drawn at once and regrouped by duration (`bucketed_batches`).
 4. Every `eval_every` steps: teacher-forced loss and greedy-decoding metrics on up to
    `dev_items_per_task` items per task of `dev_split`; checkpoint (resumable).
 5. At the end: the same evaluation on all of `dev_split` and each of `test_splits` (OUT/eval_<split>.json,
@@ -114,6 +115,10 @@ class SpeechLMTrainConfig:
     max_duration_s: float = 60.0  # longer training utterances are left out (context length of a small LLM)
 
     batch_size: int = 16  # (utterance, task) pairs per step per worker
+    bucket_batches: int = 1
+    """Length bucketing: draw this many batches' items at once, sort them by duration and cut them into
+    batches (run in random order), so a 60-s passage is padded with other long items, not 15 short
+    ones. Every batch still holds `batch_size` items drawn as before; 1 = no bucketing."""
     bf16: bool = False  # bfloat16 autocast for the training forward (FEASIBILITY: 2.3x faster LoRA here); eval stays fp32
     log_every: int = 20  # steps between logged (mean) training losses
     eval_every: int = 250
@@ -165,10 +170,11 @@ class SpeechLMTrainConfig:
         bad = {k: v for k, v in self.task_weights.items() if not (isinstance(v, (int, float)) and v >= 0)}
         if bad:
             raise ValueError(f"task_weights must be numbers >= 0, got {bad}")
-        if min(self.batch_size, self.log_every, self.eval_every, self.eval_batch_size, self.max_new_tokens,
-               self.encode_batch_size) < 1:  # fmt: skip
+        if min(self.batch_size, self.bucket_batches, self.log_every, self.eval_every, self.eval_batch_size,
+               self.max_new_tokens, self.encode_batch_size) < 1:  # fmt: skip
             raise ValueError(
-                "batch_size, log_every, eval_every, eval_batch_size, max_new_tokens and encode_batch_size must be >= 1"
+                "batch_size, bucket_batches, log_every, eval_every, eval_batch_size, max_new_tokens and "
+                "encode_batch_size must be >= 1"
             )
         if self.dev_items_per_task < 0 or self.final_items_per_task < 0 or self.num_examples < 0:
             raise ValueError("dev_items_per_task, final_items_per_task and num_examples must be >= 0")
@@ -214,6 +220,15 @@ def items_of(utt: Utterance, task: str) -> list[Item]:
     except KeyError as e:
         raise ValueError(f"utterance {utt.id}: task {task!r} needs the label {e.args[0]!r}") from e
     return [item]
+
+
+def bucketed_batches(items: list[Item], batch_size: int, rng: random.Random) -> list[list[Item]]:
+    """`items` sorted by duration and cut into batches of `batch_size`, in random order: batch cost is
+    (items x longest prompt), so similar lengths together waste little on padding."""
+    ordered = sorted(items, key=lambda i: i.utt.duration_s)
+    batches = [ordered[k : k + batch_size] for k in range(0, len(ordered), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def tasks_of(utts: list[Utterance]) -> list[str]:
@@ -598,12 +613,16 @@ def train(config: SpeechLMTrainConfig) -> dict:
     adapter.train()
     llm.model.train()
     running: list[float] = []
+    pending: list[list[Item]] = []  # drawn batches not yet run (bucket_batches at a time)
     # every worker must agree to stop, or one would wait forever in DDP's all-reduce for the other
     while step < optim.max_steps and not mean_across_workers(float(clock.over(optim))) > 0:
-        batch = []
-        for _ in range(config.batch_size):
-            task = rng.choices(tasks, weights)[0]
-            batch.append(rng.choice(items_of(rng.choice(by_task[task]), task)))
+        if not pending:
+            drawn = []
+            for _ in range(config.batch_size * config.bucket_batches):
+                task = rng.choices(tasks, weights)[0]
+                drawn.append(rng.choice(items_of(rng.choice(by_task[task]), task)))
+            pending = bucketed_batches(drawn, config.batch_size, rng)
+        batch = pending.pop()
         for group in optimizer.param_groups:
             group["lr"] = lr_now(step, clock.seconds, optim) * group["lr_scale"]
         if step < config.text_warmup_steps:  # text only: a noisy transcript in the prompt, no speech tokens

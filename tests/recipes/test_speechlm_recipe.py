@@ -15,6 +15,7 @@ from spokenlm.recipes.text_lm import block_loss, pack
 from spokenlm.recipes.speechlm import (
     Item,
     SpeechLMTrainConfig,
+    bucketed_batches,
     headline,
     items_of,
     qa_scores,
@@ -229,6 +230,24 @@ def test_items_follow_the_labels():
     assert translate.request.target_lang == "es" and translate.target == "anna vive en parís"
     with pytest.raises(ValueError, match=re.escape("utterance x: task 'sentiment' needs the label 'sentiment'")):
         items_of(utt, "sentiment")
+
+
+def test_bucketed_batches_keep_every_item_and_group_similar_lengths():
+    import random
+
+    rng = random.Random(0)
+    durations = [rng.uniform(0.5, 60.0) for _ in range(16 * 8)]
+    items = [Item(Utterance(id=f"u{k}", split="fine-tune", audio=Path("x.wav"), duration_s=d, labels={}),
+                  TaskRequest(task="asr"), {}) for k, d in enumerate(durations)]  # fmt: skip
+    batches = bucketed_batches(items, 16, random.Random(1))
+    assert [len(b) for b in batches] == [16] * 8
+    assert sorted(i.utt.id for b in batches for i in b) == sorted(i.utt.id for i in items)
+    spans = sorted((min(i.utt.duration_s for i in b), max(i.utt.duration_s for i in b)) for b in batches)
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(spans, spans[1:]))  # buckets do not overlap
+    # padded cost (items x longest): well under that of the same items batched in drawn order
+    cost = lambda bs: sum(len(b) * max(i.utt.duration_s for i in b) for b in bs)  # noqa: E731
+    assert cost(batches) < 0.7 * cost([items[k : k + 16] for k in range(0, len(items), 16)])
+    assert [len(b) for b in bucketed_batches(items[:20], 16, random.Random(1))] in ([16, 4], [4, 16])
 
 
 def test_scores_follow_the_metric_definitions():
