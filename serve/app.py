@@ -40,6 +40,7 @@ Run: `serve run serve/config.yaml` or `serve_main(model_dir)` (what `spokenlm se
 
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -47,6 +48,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +82,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ENGLISH = ("en", "eng", "english")
 MULTIPART_SLACK = 64 * 1024  # form boundaries and part headers around the file, on top of max_upload_mb
 BODY_CHUNK = 64 * 1024  # bytes per message when the buffered body is handed to the app
+LARGE_UPLOAD_BYTES = 1 << 20  # ~30 s of 16-bit 16 kHz WAV: larger uploads decode one at a time
 log = logging.getLogger("ray.serve")
 
 
@@ -458,6 +461,7 @@ class Ingress:
         self.encoder, self.llm = encoder, llm
         api.state.settings, api.state.inflight, api.state.uploads = self.settings, 0, 0
         self.long_audio = _AudioBudget(self.settings.max_long_audio_s)
+        self.large_decodes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="large-decode")
         self.started = int(time.time())
 
     # ---- probes and metadata
@@ -618,7 +622,11 @@ class Ingress:
             raise APIError(413, _too_large(len(data), self.settings), param="file")
         try:
             t0 = time.perf_counter()
-            wav = await asyncio.to_thread(load_audio, data, max_duration_s=self.settings.max_duration_s)
+            # Large uploads (long recordings) decode one at a time, beside the small ones: six 10-min files
+            # must not take every core from a 3-s clip's decode.
+            pool = self.large_decodes if len(data) > LARGE_UPLOAD_BYTES else None
+            decode = functools.partial(load_audio, data, max_duration_s=self.settings.max_duration_s)
+            wav = await asyncio.get_running_loop().run_in_executor(pool, decode)
         except AudioError as e:
             raise APIError(400, f"could not use file {_short(file.filename)}: {e}", param="file") from None
         return _Upload(wav=wav, name=file.filename, load_ms=(time.perf_counter() - t0) * 1e3)
