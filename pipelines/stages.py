@@ -17,6 +17,7 @@ Not here: request batching across clients (serve/), the SLUE job (slue_eval.py).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -246,6 +247,7 @@ def run_files_on_ray(
     generation.validate()
     read_bundle_meta(model_dir)
     started = ensure_ray()
+    previous = _interrupt_on_sigterm()
     outputs: list[FileOutput] = []
     try:
         pipeline = StagePipeline(model_dir, resources)
@@ -262,7 +264,24 @@ def run_files_on_ray(
     finally:
         if started:
             ray.shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return outputs
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM raises KeyboardInterrupt in the main thread, so `finally` shuts the actors and Ray down;
+    set after connecting, as Ray's core worker installs a SIGTERM handler of its own that aborts the
+    process. The previous handler, to restore (None off the main thread: nothing set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _collect(path: str, ref) -> FileOutput:

@@ -817,6 +817,7 @@ def serve_main(model_dir: str | None, host: str = "127.0.0.1", port: int = 8000,
     os.environ.setdefault(MAX_UPLOAD_ENV, str(max_upload_mb))  # the proxy's limit (serve/edge.py)
     try:
         started = start_ray()
+        signal.signal(signal.SIGTERM, _interrupt)  # again: connecting to Ray installs its own (it aborts the process)
         serve.start(http_options={"host": host, "port": port})
         gpus = ray.cluster_resources().get("GPU", 0) >= 1
         serve.run(bind_app({"model_dir": model_dir, **settings}, gpus=gpus), name="spokenlm", route_prefix="/")
