@@ -86,7 +86,7 @@ class _Work:
     def __init__(self, stuck_after_s: float, clock=time.monotonic):
         self.stuck_after_s, self.clock = stuck_after_s, clock
         self.started: dict[object, float] = {}
-        self.stopped = {"cancelled": 0, "deadline": 0}  # work stopped early, by why (any caller cancelled: cancelled)
+        self.stopped = {"cancelled": 0, "deadline": 0}  # work stopped early, by why (a deadline passed, else cancelled)
 
     @contextlib.contextmanager
     def running(self, stops: list[_Stop]) -> Iterator[None]:
@@ -96,7 +96,8 @@ class _Work:
         try:
             yield
         except WorkStopped:
-            self.stopped["cancelled" if any(stop.cancelled for stop in stops) else "deadline"] += 1
+            # At the deadline the ingress cancels its call too: a passed deadline names the stop.
+            self.stopped["deadline" if any(time.time() > stop.deadline for stop in stops) else "cancelled"] += 1
             raise
         finally:
             _running.stops = None

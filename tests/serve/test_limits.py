@@ -172,8 +172,9 @@ def test_stop_hooks_stop_a_forward_pass_once_every_request_is_due():
     with pytest.raises(WorkStopped, match=r"^stopped: 2 request\(s\) cancelled or past their deadline$"):
         with work.running([live, late]):
             block(torch.zeros(1, 4))
-    with pytest.raises(WorkStopped):
-        with work.running([late]):
+    assert work.stopped == {"cancelled": 0, "deadline": 1}  # a passed deadline names the stop
+    with pytest.raises(WorkStopped, match=r"^stopped: 1 request\(s\) cancelled or past their deadline$"):
+        with work.running([live]):
             block(torch.zeros(1, 4))
     assert work.stopped == {"cancelled": 1, "deadline": 1}
     block(torch.zeros(1, 4))  # outside `running` (another thread's work, or none): no stop
