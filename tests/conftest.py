@@ -1,13 +1,19 @@
-"""Shared fixtures: a tiny untrained bundle built once per test session, the example clips, and a
-runner for the Serve app (the serve tests and the UI's API-mode tests talk to the real one).
+"""Shared fixtures: a tiny untrained bundle built once per test session, the example clips, a
+runner for the Serve app (the serve tests and the UI's API-mode tests talk to the real one), and a Ray
+temp dir of a test's own, to find every process of a Ray that a command under test started.
 
 serve/ is not importable from the tests' rootdir by default, so the repository root goes on sys.path
 here and, through serve.app.start_ray, on the Ray workers' PYTHONPATH.
 """
 
 import contextlib
+import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +55,48 @@ def running_app(model_dir: Path, name: str, **settings):
 def serve_app():
     """The `running_app` context manager, for the module-scoped fixtures of the test modules."""
     return running_app
+
+
+class OwnRay:
+    """A Ray temp dir for a command run as a subprocess: the Ray it starts keeps its sockets, logs and
+    session under it, so every process of that Ray (raylet, GCS, dashboard and runtime-env agents,
+    workers) carries the dir on its command line, and a test tells them from any other Ray here."""
+
+    def __init__(self, temp_dir: str):
+        self.temp_dir = temp_dir
+        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": temp_dir}
+
+    def processes(self) -> list[int]:
+        """Pids of the processes whose command line names the temp dir."""
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if self.temp_dir.encode() in cmdline.read_bytes():
+                    found.append(int(cmdline.parent.name))
+            except OSError:  # the process ended meanwhile
+                pass
+        return found
+
+    def left_after(self, seconds: float) -> list[bytes]:
+        """The command lines of its processes still running after up to `seconds` (they may take a
+        moment to exit once told to)."""
+        end = time.monotonic() + seconds
+        while (left := self.processes()) and time.monotonic() < end:
+            time.sleep(0.5)
+        return [Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in left if Path(f"/proc/{pid}").exists()]
+
+
+@pytest.fixture
+def own_ray():
+    """An `OwnRay`; afterwards whatever of that Ray is left (a failed shutdown) is killed, nothing else."""
+    if not Path("/proc").is_dir():
+        pytest.skip("lists processes through /proc")
+    ray = OwnRay(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's unix socket paths live under it
+    yield ray
+    for pid in ray.processes():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(ray.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
