@@ -46,6 +46,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -53,7 +54,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.stages import _actor_device, _set_threads, ensure_ray
+from pipelines.stages import _actor_device, _interrupt_on_sigterm, _set_threads, ensure_ray
 from spokenlm.slue.scoring import (
     SUITE_TASKS,
     entities,
@@ -349,6 +350,7 @@ def _run_pool(config, generation, items, path, done, ids, worker, on_row) -> int
     from tqdm import tqdm
 
     started = ensure_ray(math.ceil(max(os.cpu_count() or 1, config.workers * config.num_cpus_per_worker + 1)))
+    previous = _interrupt_on_sigterm()  # after connecting: Ray's own handler aborts, leaving its processes
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours below counts utterances, not blocks
@@ -398,6 +400,8 @@ def _run_pool(config, generation, items, path, done, ids, worker, on_row) -> int
     finally:
         if started:
             ray.shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # --- the report's view of each utterance -----------------------------------------------------------

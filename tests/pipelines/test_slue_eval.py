@@ -462,3 +462,53 @@ def test_rayjob_manifest_is_a_well_formed_kuberay_rayjob():
     assert group["groupName"] and 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     worker = group["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] >= 1
+
+
+# --- SIGTERM: the job as a real process ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_eval_slue_stops_on_sigterm_with_ray_shut_down_and_a_rerun_finishes(slue_root, tiny_bundle, own_ray, tmp_path):
+    """What a RayJob's or a batch scheduler's SIGTERM does: the command exits 130 within seconds, the
+    Ray it started is gone (none of its processes left), and the same command again writes the rest."""
+    import signal
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "spokenlm.cli", "eval", "slue", "--suite", "voxpopuli", "--data", str(slue_root),
+               "--model", str(tiny_bundle), "--out", str(out), "--batch-size", "1", "--num-cpus-per-worker", "0.5",
+               "--no-report"]  # fmt: skip
+    predictions = out / "predictions.jsonl"
+    proc = subprocess.Popen(command, env=own_ray.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < end:
+            if predictions.is_file() and predictions.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]  # still running, one row written
+        assert own_ray.processes(), "the job runs on a Ray of its own"
+
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        stopped_s = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.endswith("spokenlm: interrupted\n")
+    assert stopped_s < 30, f"took {stopped_s:.1f} s to stop"
+    assert own_ray.left_after(15) == []
+    before = _rows(out)
+    ids = [utt for utt, _, _ in VOXPOPULI if utt != MISSING]
+    assert 1 <= len(before) < len(ids) and not (out / "metrics.json").exists()
+
+    rerun = subprocess.run(command, env=own_ray.env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert rerun.stdout.startswith(f"{out}: {len(ids)} utterances (0 failed, 1 missing audio, 0 skipped)")
+    rows = _rows(out)
+    assert rows[: len(before)] == before  # kept as written, not recomputed
+    assert sorted(r["id"] for r in rows) == sorted(ids)  # every id exactly once
+    assert own_ray.left_after(15) == []
