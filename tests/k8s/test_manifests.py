@@ -252,6 +252,22 @@ def test_rayservice_runs_serve_in_the_mode_spokenlm_serve_uses():
         assert {k: env.get(k) for k in SERVE_THROUGHPUT_ENV} == SERVE_THROUGHPUT_ENV, c["name"]
 
 
+@pytest.mark.parametrize("name", ["rayservice.yaml", "raycluster.yaml"])
+def test_every_serve_proxy_gets_json_errors_and_the_apps_upload_limit(name):
+    """Ray's HTTP proxies take serve/edge.py's middlewares and body limit from their node's environment,
+    never from the serve config: every head and worker container sets both, the limit equal to the
+    app's max_upload_mb (else the proxy refuses at another size than the ingress)."""
+    from serve.edge import CALLBACK, MAX_UPLOAD_ENV
+
+    (app,) = yaml.safe_load(SERVE_CONFIG.read_text())["applications"]
+    cluster = cluster_spec(manifest(name))
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for c in (c for g in groups for c in containers(g["template"])):
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert env.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH") == CALLBACK, c["name"]
+        assert float(env.get(MAX_UPLOAD_ENV, "nan")) == app["args"]["max_upload_mb"], c["name"]
+
+
 @pytest.mark.parametrize("name", ["raycluster.yaml", "rayservice.yaml"])
 def test_gpu_workers_hold_the_serve_deployments(name):
     """Head num-cpus 0: every replica lands on the GPU workers, the minimum replicas on minReplicas
