@@ -46,6 +46,17 @@ def test_config_deployments_batch_autoscale_and_reserve_gpus(config):
     assert set(app["args"]) <= known
 
 
+def test_config_header_gives_the_http_proxy_its_settings(config):
+    """The proxy's JSON errors and upload limit are env vars of the Ray it runs in, not config: the
+    documented `serve run` line sets both, the limit equal to the app's max_upload_mb."""
+    from serve.edge import CALLBACK, MAX_UPLOAD_ENV
+
+    header = CONFIG.read_text().split("\nproxy_location:")[0]
+    (app,) = config["applications"]
+    line = f"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH={CALLBACK} {MAX_UPLOAD_ENV}={app['args']['max_upload_mb']:g} "
+    assert line in header
+
+
 def test_build_app_binds_the_three_deployments(tiny_bundle):
     from ray.serve import Application
 
