@@ -15,7 +15,11 @@ waits in one padded batch with a 10-min one (the ingress bounds how much long au
 Every call carries a deadline (a wall-clock time) and stops when its caller cancels it (a client that
 disconnects, an ingress that gave up): the replica hooks each transformer block of its models
 (`_stoppable`), and a forward pass raises `WorkStopped` at the next block once every request of the
-running batch is due. `check_health` fails when work has run past `stuck_after_s` (a forward pass
+running batch is due. Hooks, not a check between decoding steps: the longest stretches are single
+forward passes with no steps to check between, the encoder's over a long recording and the LLM's
+prefill over its speech tokens (the CTC compressor gives about one per character, ~12 per second of
+speech: 10 min is ~7,000 positions; 2,000 took 8 s on one CPU thread for a SmolLM2-135M-shaped LLM,
+a decoding step 0.07 s). `check_health` fails when work has run past `stuck_after_s` (a forward pass
 that never returns), so Serve replaces the replica, and `ready` says so to /readyz.
 
 Heavy imports (torch, spokenlm) happen inside the replicas; this module only imports ray.serve.
