@@ -12,15 +12,25 @@ from typing import Any
 
 def train_on_ray(stage: str, config: Any, *, num_workers: int, use_gpu: bool = False) -> dict:
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from spokenlm.recipes import get_recipe
 
     _, train = get_recipe(stage)
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         # Workers each take one CPU; the driver needs none. Oversubscribe small machines on purpose.
         ray.init(num_cpus=max(num_workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+    try:
+        return _fit(train, config, stage, num_workers=num_workers, use_gpu=use_gpu)
+    finally:
+        if started:  # a Ray this call started ends with it: a caller that runs Serve next gets its own
+            ray.shutdown()
+
+
+def _fit(train, config: Any, stage: str, *, num_workers: int, use_gpu: bool) -> dict:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
     def loop(_: dict) -> None:
         import torch

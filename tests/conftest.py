@@ -100,6 +100,16 @@ def own_ray():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def no_ray_left_running():
+    """Each test module starts (and ends) the Ray it needs; a Ray still up at the end of the session is
+    shut down here rather than at interpreter exit, where its threads outlive the objects they use."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Test models are tiny: they gain nothing from intra-op threads, and on a shared 2-core machine
     (CI, or a developer's box while a recipe trains) contention makes them up to 10x slower."""

@@ -294,7 +294,11 @@ def test_speechlm_runs_under_ray_train_with_two_workers(tmp_path, tiny_corpus, f
         "eval_every": 10, "eval_batch_size": 4, "max_new_tokens": 8,
         "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 10},
     }))  # fmt: skip
+    import ray
+
+    started_here = not ray.is_initialized()
     assert main(["train", "speechlm", "--config", str(config), "--workers", "2"]) == 0
+    assert ray.is_initialized() != started_here  # a Ray the run started ends with it (tests after get their own)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["workers"] == 2 and metrics["steps"] == 10
     assert (out / "bundle" / "spokenlm.json").is_file() and (out / "eval_dev.json").is_file()
