@@ -24,7 +24,8 @@ prompt's `<audio>` marker; only the adapter and LoRA (Hu et al., 2021) on the LL
 3. Each step draws `batch_size` (utterance, task) pairs: a task by `task_weights` among the tasks the
    train split has, then an utterance that carries it; prompt `build_prompt(TaskRequest)`, target
    `TASKS[task].target(labels)`, loss `SpeechLLM.loss` (target tokens only). With `bucket_batches`
-   K > 1, K batches are drawn at once and regrouped by duration (`bucketed_batches`).
+   K > 1, K batches are drawn at once and regrouped by duration (`bucketed_batches`); `max_batch_s`
+   cuts batches of long items smaller, bounding the memory of a step.
 4. Every `eval_every` steps: teacher-forced loss and greedy-decoding metrics on up to
    `dev_items_per_task` items per task of `dev_split`; checkpoint (resumable).
 5. At the end: the same evaluation on all of `dev_split` and each of `test_splits` (OUT/eval_<split>.json,
@@ -118,7 +119,11 @@ class SpeechLMTrainConfig:
     bucket_batches: int = 1
     """Length bucketing: draw this many batches' items at once, sort them by duration and cut them into
     batches (run in random order), so a 60-s passage is padded with other long items, not 15 short
-    ones. Every batch still holds `batch_size` items drawn as before; 1 = no bucketing."""
+    ones. Every batch holds up to `batch_size` items drawn as before; 1 = no bucketing."""
+    max_batch_s: float = 0.0
+    """With bucketing: a batch holds at most this many padded seconds of speech (items x its longest
+    item), so a bucket of long passages is cut into smaller batches and a step's activation memory is
+    bounded; 0 = no cap (every batch holds `batch_size` items)."""
     bf16: bool = False  # bfloat16 autocast for the training forward (FEASIBILITY: 2.3x faster LoRA here); eval stays fp32
     log_every: int = 20  # steps between logged (mean) training losses
     eval_every: int = 250
@@ -178,6 +183,8 @@ class SpeechLMTrainConfig:
             )
         if self.dev_items_per_task < 0 or self.final_items_per_task < 0 or self.num_examples < 0:
             raise ValueError("dev_items_per_task, final_items_per_task and num_examples must be >= 0")
+        if self.max_batch_s < 0:
+            raise ValueError(f"max_batch_s must be >= 0 (0: no cap), got {self.max_batch_s}")
         if not self.max_duration_s > 0 or not 1.0 <= self.max_chunk_s <= 600.0:
             raise ValueError(
                 f"need max_duration_s > 0 and max_chunk_s in [1, 600], got {self.max_duration_s}, {self.max_chunk_s}"
@@ -222,11 +229,18 @@ def items_of(utt: Utterance, task: str) -> list[Item]:
     return [item]
 
 
-def bucketed_batches(items: list[Item], batch_size: int, rng: random.Random) -> list[list[Item]]:
+def bucketed_batches(items: list[Item], batch_size: int, rng: random.Random, max_batch_s: float = 0.0) -> list[list[Item]]:
     """`items` sorted by duration and cut into batches of `batch_size`, in random order: batch cost is
-    (items x longest prompt), so similar lengths together waste little on padding."""
-    ordered = sorted(items, key=lambda i: i.utt.duration_s)
-    batches = [ordered[k : k + batch_size] for k in range(0, len(ordered), batch_size)]
+    (items x longest prompt), so similar lengths together waste little on padding. With `max_batch_s`,
+    a batch also stops before (items x longest duration) would pass it (a single item always fits)."""
+    batches: list[list[Item]] = []
+    for item in sorted(items, key=lambda i: i.utt.duration_s):
+        batch = batches[-1] if batches else None
+        # ascending order: the new item is the batch's longest
+        if batch is None or len(batch) == batch_size or (max_batch_s and (len(batch) + 1) * item.utt.duration_s > max_batch_s):
+            batches.append([item])
+        else:
+            batch.append(item)
     rng.shuffle(batches)
     return batches
 
@@ -621,7 +635,7 @@ def train(config: SpeechLMTrainConfig) -> dict:
             for _ in range(config.batch_size * config.bucket_batches):
                 task = rng.choices(tasks, weights)[0]
                 drawn.append(rng.choice(items_of(rng.choice(by_task[task]), task)))
-            pending = bucketed_batches(drawn, config.batch_size, rng)
+            pending = bucketed_batches(drawn, config.batch_size, rng, config.max_batch_s)
         batch = pending.pop()
         for group in optimizer.param_groups:
             group["lr"] = lr_now(step, clock.seconds, optim) * group["lr_scale"]

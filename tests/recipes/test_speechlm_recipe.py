@@ -248,6 +248,11 @@ def test_bucketed_batches_keep_every_item_and_group_similar_lengths():
     cost = lambda bs: sum(len(b) * max(i.utt.duration_s for i in b) for b in bs)  # noqa: E731
     assert cost(batches) < 0.7 * cost([items[k : k + 16] for k in range(0, len(items), 16)])
     assert [len(b) for b in bucketed_batches(items[:20], 16, random.Random(1))] in ([16, 4], [4, 16])
+    # a cap on padded seconds cuts long buckets into smaller batches, keeping every item
+    capped = bucketed_batches(items, 16, random.Random(1), max_batch_s=240.0)
+    assert sorted(i.utt.id for b in capped for i in b) == sorted(i.utt.id for i in items)
+    assert all(len(b) <= 16 and len(b) * max(i.utt.duration_s for i in b) <= 240.0 for b in capped)
+    assert len(capped) > len(batches) and min(len(b) for b in capped) < 16  # long items: fewer per batch
 
 
 def test_scores_follow_the_metric_definitions():
