@@ -575,11 +575,14 @@ def train(config: SpeechLMTrainConfig) -> dict:
     started = time.monotonic()
     used = train_utts + [u for u in utts if u.split != config.train_split]
     features = FeatureCache(config.feature_cache or cache_dir() / "features", encoder, max_chunk_s=config.max_chunk_s)
-    features.build(used, AudioCache(), part=(rank(), world_size()))
+    features.build(used, AudioCache(), part=(rank(), world_size()), keep=False)
     barrier()  # every worker's shards are on disk
-    features.load(used)
-    tokens, ctc_text = speech_tokens(compressor, features, used, batch_size=config.encode_batch_size)
-    del features  # the tokens are all training reads
+    tokens, ctc_text = {}, {}
+    # one shard at a time: the tokens (~13/s) are all training reads, the features (50/s) never all held
+    for group in features.by_shard(used):
+        shard_tokens, shard_text = speech_tokens(compressor, features, group, batch_size=config.encode_batch_size)
+        tokens.update(shard_tokens)
+        ctc_text.update(shard_text)
     transcripts = ctc_text if config.prompt_transcript else None
     if transcripts is not None and any(t is None for t in transcripts.values()):
         raise ValueError("prompt_transcript needs a compressor with a CTC head (its greedy transcript goes in the prompt)")

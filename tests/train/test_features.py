@@ -89,3 +89,25 @@ def test_build_resumes_and_the_key_follows_the_weights(tmp_path, utts, encoder) 
     assert encoder_fingerprint(other) != encoder_fingerprint(encoder)
     assert FeatureCache(tmp_path, other).dir != cache.dir
     assert FeatureCache(tmp_path, encoder, max_chunk_s=10.0).dir != cache.dir
+
+
+def test_by_shard_holds_one_shard_at_a_time(tmp_path, utts, encoder) -> None:
+    written = FeatureCache(tmp_path, encoder)
+    written.build(utts, AudioCache(), keep=False)
+    assert not any(u.id in written for u in utts)  # on disk only
+    held = FeatureCache(tmp_path, encoder)
+    held.load(utts)
+
+    seen = []
+    for group in written.by_shard(utts):
+        assert all(u.id in written for u in group)
+        assert not any(u.id in written for u in utts if u not in group)  # the other shards are not held
+        for utt in group:
+            torch.testing.assert_close(written.get(utt), held.get(utt), rtol=0, atol=0)
+        seen += [u.id for u in group]
+    assert sorted(seen) == sorted(u.id for u in utts)
+    assert not any(u.id in written for u in utts)  # all released after the pass
+
+    held_before = [u.id in held for u in utts]
+    assert sum(1 for _ in held.by_shard(utts)) >= 1
+    assert [u.id in held for u in utts] == held_before  # what was held before stays held
