@@ -483,14 +483,24 @@ def build_speechlm(config: SpeechLMConfig) -> SpeechLM:
 
 
 def save_bundle(
-    model: SpeechLM, path: str | Path, *, encoder_base: BaseRef | None = None, llm_base: BaseRef | None = None
+    model: SpeechLM,
+    path: str | Path,
+    *,
+    encoder_base: BaseRef | None = None,
+    llm_base: BaseRef | None = None,
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write `model` as a bundle directory (module docstring).
 
     encoder_base / llm_base: that part is the pretrained base, unchanged (the caller knows; nothing
     here compares weights): the bundle names the base instead of holding its weights. The LLM's LoRA
     and a "weighted" encoder's layer weights, which are trained, are saved either way.
+    weights_dtype: the small trained parts (compressor, adapter, LoRA) store their floating weights in
+    this dtype (torch.bfloat16 halves a bundle that must be committed); loading casts them back into
+    the modules' own dtype. None: as they are.
     """
+    if weights_dtype is not None and not (isinstance(weights_dtype, torch.dtype) and weights_dtype.is_floating_point):
+        raise ValueError(f"weights_dtype must be a floating torch dtype or None, got {weights_dtype!r}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if encoder_base is None:
@@ -510,6 +520,10 @@ def save_bundle(
     llm_meta["prompt_transcript"] = model.llm.prompt_transcript
     if has_lora:
         save_lora(model.llm, path / "lora")
+    if weights_dtype is not None:
+        small = [path / "compressor" / "model.safetensors", path / "adapter.safetensors"]
+        for file in small + ([path / "lora" / "adapter_model.safetensors"] if has_lora else []):
+            _cast_safetensors(file, weights_dtype)
     draft_meta = None
     if model.draft is not None:
         save_llm(model.draft.llm, path / "draft" / "llm")
@@ -533,6 +547,17 @@ def save_bundle(
     }
     (path / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
+
+
+def _cast_safetensors(file: Path, dtype: torch.dtype) -> None:
+    """Rewrite a safetensors file with its floating tensors in `dtype`, its metadata kept."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        metadata = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(file), metadata=metadata)
 
 
 ENCODER_LAYER_WEIGHTS = "encoder_layer_weights.safetensors"  # a base encoder's trained layer mix

@@ -251,3 +251,33 @@ def test_the_bundle_saves_the_config_it_was_built_from(tiny_bundle, tmp_path):
     pretrained = SpeechLMConfig(encoder=Pretrained(path="/enc", overrides={"bf16": True}),
                                 compressor=Pretrained(path="/ctc"), llm=config.llm)  # fmt: skip
     assert config_from_json(json.loads(json.dumps(config_to_json(pretrained)))) == pretrained
+
+
+def test_a_bundle_stored_in_bf16_loads_its_rounded_weights_in_fp32(tiny_bundle, tmp_path):
+    from safetensors import safe_open
+
+    model = load_bundle(tiny_bundle)
+    torch.manual_seed(0)
+    with torch.no_grad():  # trained-looking weights: LoRA's B starts at zero
+        for name, p in model.llm.model.named_parameters():
+            if ".lora_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    path = save_bundle(model, tmp_path / "bf16", weights_dtype=torch.bfloat16)
+    full = save_bundle(model, tmp_path / "fp32")
+    files = ["compressor/model.safetensors", "adapter.safetensors", "lora/adapter_model.safetensors"]
+    for file in files:
+        with safe_open(str(path / file), framework="pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}, file
+        assert (path / file).stat().st_size < 0.6 * (full / file).stat().st_size, file
+
+    again = load_bundle(path)
+    for before, after in [(model.compressor, again.compressor), (model.adapter, again.adapter), (model.llm.model, again.llm.model)]:
+        wanted = {k: v for k, v in before.state_dict().items() if v.is_floating_point()}
+        got = after.state_dict()
+        trained = [k for k in wanted if before is not model.llm.model or ".lora_" in k]
+        assert trained
+        for k in trained:
+            assert got[k].dtype == torch.float32, k
+            torch.testing.assert_close(got[k], wanted[k].to(torch.bfloat16).float(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"weights_dtype must be a floating torch dtype or None, got torch.int8"):
+        save_bundle(model, tmp_path / "bad", weights_dtype=torch.int8)

@@ -184,8 +184,13 @@ def test_hybrid_prompt_and_text_warmup(tmp_path, tiny_corpus, frozen_parts):
 
     out = tmp_path / "hybrid"
     summary = train(_config(out, tiny_corpus, frozen_parts, prompt_transcript=True, text_warmup_steps=10,
-                            eval_every=100, optim=OptimConfig(lr=3e-3, warmup_steps=2, max_steps=20)))  # fmt: skip
+                            eval_every=100, bundle_dtype="bfloat16",
+                            optim=OptimConfig(lr=3e-3, warmup_steps=2, max_steps=20)))  # fmt: skip
     assert summary["steps"] == 20
+    from safetensors import safe_open
+
+    with safe_open(str(out / "bundle" / "adapter.safetensors"), framework="pt") as f:  # stored small
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     evaluation = json.loads((out / "eval_dev.json").read_text())
     prompt = evaluation["examples"]["asr"][0]["prompt"]
     assert TRANSCRIPT_HINT in prompt  # the CTC transcript rides in the prompt
@@ -215,6 +220,7 @@ def test_shipped_configs_parse(name):
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / name, SpeechLMTrainConfig)
     assert config.mode == ("full" if "full" in name else "lora") and config.optim.max_minutes == 75
     assert config.optim.lr_over_minutes and config.bf16
+    assert config.bundle_dtype == ("float32" if "full" in name else "bfloat16")  # a LoRA bundle is committed
     assert config.manifest == ("../corpus/manifest.jsonl", "../corpus-fsdd/manifest.jsonl")
     assert config.encoder_base == "whisper-tiny.en" and config.llm_base == "smollm2-135m-instruct"
     assert config.prompt_transcript == ("speech_only" not in name)
