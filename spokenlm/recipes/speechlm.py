@@ -39,6 +39,7 @@ en→es BLEU (sacrebleu, every reference translation), QA exact match / token F1
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -87,6 +88,10 @@ class SpeechLMTrainConfig:
     llm_dir: str | None = None  # an HF causal-LM dir with its tokenizer (text-lm's OUT/llm) or a .gguf file
     llm_base: str | None = None  # or a pinned base ("smollm2-135m-instruct")
     feature_cache: str | None = None  # root of the encoder feature cache (default <cache>/features, shared with ctc)
+    init_from: str | None = None
+    """A speechlm bundle (an earlier run's OUT/bundle, a committed part) whose adapter and LoRA weights
+    this run starts from instead of fresh ones, so training goes on across sessions and machines; its
+    adapter and LoRA shapes must be this config's. A checkpoint in out_dir still wins (a resume)."""
 
     prompt_transcript: bool = False
     """The hybrid prompt: the CTC compressor's greedy transcript goes into the prompt as text after the
@@ -468,6 +473,8 @@ def _check_inputs(config: SpeechLMTrainConfig) -> None:
     checks = [("compressor_dir", "compressor.json", "the ctc recipe's OUT/compressor")]
     if config.encoder_dir:
         checks.append(("encoder_dir", None, "the ctc recipe's OUT/encoder, or a Whisper / Wav2Vec2 checkpoint dir"))
+    if config.init_from:
+        checks.append(("init_from", "spokenlm.json", "a speechlm bundle (an earlier run's OUT/bundle)"))
     if config.llm_dir and not config.llm_dir.endswith(".gguf"):
         checks.append(("llm_dir", "config.json", "the text-lm recipe's OUT/llm, or a .gguf file"))
     for name, marker, hint in checks:
@@ -545,6 +552,42 @@ def model_config(config: SpeechLMTrainConfig):
     )
 
 
+def start_from_bundle(path: Path, adapter: nn.Module, llm) -> None:
+    """Copy a bundle's trained adapter and LoRA weights into this run's fresh ones (`init_from`);
+    a bundle whose parts have other shapes is refused, naming the part."""
+    from safetensors.torch import load_file
+
+    from spokenlm.model import read_bundle_meta
+
+    meta = read_bundle_meta(path)
+    ours = dataclasses.asdict(adapter.config)
+    if meta["adapter"] != ours:
+        raise ValueError(f"init_from {path}: its adapter is {meta['adapter']}, this run's is {ours}")
+    lora_dir = path / "lora"
+    has_lora = hasattr(llm.model, "peft_config")
+    if (meta["llm"].get("lora") is not None) != has_lora:
+        raise ValueError(f"init_from {path}: {'no LoRA' if has_lora else 'LoRA'} there, {'LoRA' if has_lora else 'none'} here")
+    adapter.load_state_dict(load_file(str(path / "adapter.safetensors")))  # bf16 files are cast on copy
+    if has_lora:
+        from peft import set_peft_model_state_dict
+
+        theirs = json.loads((lora_dir / "adapter_config.json").read_text())
+        mine = llm.model.peft_config["default"]
+        for key in ("r", "lora_alpha"):
+            if theirs.get(key) != getattr(mine, key):
+                raise ValueError(f"init_from {path}: LoRA {key} {theirs.get(key)} there, {getattr(mine, key)} here")
+        if sorted(theirs.get("target_modules") or []) != sorted(mine.target_modules):
+            raise ValueError(
+                f"init_from {path}: LoRA targets {sorted(theirs.get('target_modules') or [])} there, "
+                f"{sorted(mine.target_modules)} here"
+            )
+        result = set_peft_model_state_dict(llm.model, load_file(str(lora_dir / "adapter_model.safetensors")))
+        missing = [k for k in result.missing_keys if ".lora_" in k]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"init_from {path}: LoRA weights do not match: missing {missing[:3]}, "
+                             f"unexpected {list(result.unexpected_keys)[:3]}")  # fmt: skip
+
+
 def train(config: SpeechLMTrainConfig) -> dict:
     from spokenlm.model import BundleInfo, build_speechlm, save_bundle
 
@@ -609,7 +652,10 @@ def train(config: SpeechLMTrainConfig) -> dict:
     optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
     model = wrap_ddp(AdaptedLLM(adapter, llm))
     checkpoints, metrics = Checkpointer(out), MetricsLog(out)
-    state = checkpoints.restore({"adapter": adapter, "llm": llm.model}, optimizer) or {"step": 0, "wall_s": 0.0}
+    state = checkpoints.restore({"adapter": adapter, "llm": llm.model}, optimizer)
+    if state is None and config.init_from:
+        start_from_bundle(Path(config.init_from), adapter, llm)
+    state = state or {"step": 0, "wall_s": 0.0}
     for group, wanted in zip(optimizer.param_groups, groups):
         group["lr_scale"] = wanted["lr_scale"]  # the config's scale wins over the checkpoint's
     step, clock = state["step"], WallClock(state["wall_s"])

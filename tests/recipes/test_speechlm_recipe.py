@@ -315,3 +315,26 @@ def test_speechlm_runs_under_ray_train_with_two_workers(tmp_path, tiny_corpus, f
     assert (out / "bundle" / "spokenlm.json").is_file() and (out / "eval_dev.json").is_file()
     shards = list((tmp_path / "features").rglob("shard-*.safetensors"))
     assert sum(len(load_file(str(s))) for s in shards) == 22  # each worker encoded its shards, none twice
+
+
+def test_a_run_starts_from_an_earlier_bundle(tmp_path, tiny_corpus, frozen_parts):
+    short = OptimConfig(lr=3e-3, warmup_steps=2, max_steps=10)
+    train(_config(tmp_path / "first", tiny_corpus, frozen_parts, eval_every=100, optim=short))
+    first_dev = json.loads((tmp_path / "first" / "eval_dev.json").read_text())
+
+    out = tmp_path / "second"
+    train(_config(out, tiny_corpus, frozen_parts, eval_every=100, optim=short, init_from=str(tmp_path / "first" / "bundle")))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # its step-0 dev loss is the first run's final one: the same weights, the same dev items
+    assert rows[0]["step"] == 0 and rows[0]["val_loss"] == pytest.approx(first_dev["loss"], rel=1e-5)
+    fresh = [json.loads(line) for line in (tmp_path / "first" / "metrics.jsonl").read_text().splitlines()][0]
+    assert rows[0]["val_loss"] < fresh["val_loss"] - 0.2  # 10 steps moved it (5.53 -> 5.18)
+
+    with pytest.raises(ValueError, match=r"init_from .*: LoRA r 4 there, 8 here"):
+        train(_config(tmp_path / "third", tiny_corpus, frozen_parts, lora_rank=8, optim=short,
+                      init_from=str(tmp_path / "first" / "bundle")))  # fmt: skip
+    with pytest.raises(ValueError, match=r"init_from .*: its adapter is .*'hidden_dim': 64.*this run's is .*'hidden_dim': 32"):
+        train(_config(tmp_path / "fourth", tiny_corpus, frozen_parts, adapter_hidden_dim=32, optim=short,
+                      init_from=str(tmp_path / "first" / "bundle")))  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"init_from .* is not a directory; expected a speechlm bundle"):
+        train(_config(tmp_path / "fifth", tiny_corpus, frozen_parts, init_from=str(tmp_path / "nowhere")))
