@@ -1,6 +1,6 @@
 """Our bundle against three peer recognizers on the same clips in one run: WER, real-time factor, peak RSS.
 
-    python bench/pipeline.py [--model models/default | --peers-only] [--whisper DIR]
+    python bench/pipeline.py [--model models/default | --peers-only] [--whisper DIR] [--speedups merge,bf16 ...]
                              [--manifest ../corpus/manifest.jsonl] [--split test] [--limit 200]
                              [--tsv FILE ...] [--threads 2] [--batch 8]
 
@@ -14,7 +14,10 @@ The recognizers (spokenlm/peers.py):
   by our code;
 - faster_whisper: the same tiny.en CTranslate2 dir through faster-whisper, int8, beam 5, no VAD, one
   clip at a time: the recognizer a user would pick instead of ours.
-``--whisper`` is that dir (default: the tiny.en base, ``spokenlm bases fetch``).
+``--whisper`` is that dir (default: the tiny.en base, ``spokenlm bases fetch``). Each ``--speedups
+LIST`` adds the bundle once more as ``ours[LIST]``, its LLM changed for inference
+(``spokenlm.lm.LLMSpeedups``: merged LoRA, bf16, int8 dynamic quantization), so a speed-up is kept
+only where this table shows it pays at the same WER (issue 17).
 
 Clips: the --split utterances of a corpus manifest (`spokenlm data synth`; its test split holds
 sentences and voice settings never used in training), the first --limit of them in manifest order,
@@ -142,6 +145,17 @@ def run_asr(model, clips: list[Clip], batch: int, max_new_tokens: int) -> list:
     return outputs
 
 
+def variant_speedups(name: str) -> str:
+    """"ours[merge,bf16]" -> "merge,bf16"; plain "ours" -> "" (no speed-ups)."""
+    return name[len("ours[") : -1] if name.startswith("ours[") else ""
+
+
+def describe(name: str) -> str:
+    if name.startswith("ours["):
+        return f"{RECOGNIZERS['ours']}, LLM speed-ups {variant_speedups(name)}"
+    return RECOGNIZERS[name]
+
+
 def wer(refs: list[str], hyps: list[str]) -> float:
     """Corpus WER (%) with references and hypotheses in ``english_normal_form``."""
     from spokenlm.peers import english_normal_form
@@ -170,11 +184,12 @@ def worker(args: argparse.Namespace) -> dict:
     clips = load_clips(args)  # imports torch and spokenlm.audio: every child's baseline
     base_rss = _rss_mb("VmRSS")
     notes: list[str] = []
-    if args.worker == "ours":
+    if args.worker.startswith("ours"):
         from spokenlm.data.text import normalize
+        from spokenlm.lm import LLMSpeedups
         from spokenlm.model import load_bundle
 
-        model = load_bundle(args.model)
+        model = load_bundle(args.model, speedups=LLMSpeedups.parse(variant_speedups(args.worker)))
         if not model.info.trained:
             notes.append(f"{args.model} is UNTRAINED (random weights): its WER is meaningless")
         run_asr(model, clips[:1], 1, 4)  # warm-up
@@ -219,7 +234,7 @@ def run_worker(name: str, args: argparse.Namespace) -> tuple[Run, list]:
                    "--batch", str(args.batch), "--max-new-tokens", str(args.max_new_tokens)]  # fmt: skip
         command += ["--manifest", str(args.manifest)] if args.manifest else []
         command += [arg for tsv in args.tsv for arg in ("--tsv", str(tsv))]
-        command += ["--model", str(args.model)] if name == "ours" else []
+        command += ["--model", str(args.model)] if name.startswith("ours") else []
         command += ["--whisper", str(args.whisper)] if name in ("whisper_hf", "faster_whisper") else []
         print(f"running {name} ...", flush=True)
         env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -249,11 +264,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     parser.add_argument("--batch", type=int, default=8, help="clips per batch (ours, whisper_hf)")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="ours: tokens generated per clip at most")
     parser.add_argument("--show", type=int, default=3, help="print this many example hypotheses")
-    parser.add_argument("--worker", choices=sorted(RECOGNIZERS), help=argparse.SUPPRESS)  # a child's job
+    parser.add_argument("--speedups", action="append", default=[], metavar="LIST",
+                        help="also run ours with these LLM speed-ups (spokenlm.lm.LLMSpeedups: a comma list of "
+                             "merge, bf16, int8), as the recognizer ours[LIST]; repeatable")  # fmt: skip
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a child's job: a recognizer name
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads < 1 or args.batch < 1 or args.limit < 1 or args.max_new_tokens < 1:
         parser.error("--threads, --batch, --limit and --max-new-tokens must be positive")
+    from spokenlm.lm import LLMSpeedups
+
+    for value in args.speedups:
+        try:
+            LLMSpeedups.parse(value)
+        except ValueError as e:
+            parser.error(f"--speedups {value!r}: {e}")
+    if args.worker and args.worker not in RECOGNIZERS and not args.worker.startswith("ours["):
+        parser.error(f"unknown worker {args.worker!r}")
     return parser, args
 
 
@@ -265,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.manifest and not args.tsv:
         parser.error("no clips: give --manifest and/or --tsv")
     names = list(RECOGNIZERS)
+    names[1:1] = [f"ours[{value}]" for value in args.speedups]  # beside plain ours
     if args.peers_only and args.model is not None:
         parser.error("--peers-only leaves the bundle out: give --model or --peers-only, not both")
     if args.model is not None and not (args.model / "spokenlm.json").is_file():
@@ -272,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None and not args.peers_only and (DEFAULT_BUNDLE / "spokenlm.json").is_file():
         args.model = DEFAULT_BUNDLE
     if args.model is None:
+        if args.speedups:
+            parser.error("--speedups needs a bundle (--model, or models/default)")
         names.remove("ours")
         why = "--peers-only" if args.peers_only else f"no bundle given and none at {DEFAULT_BUNDLE} (no trained bundle yet)"
         print(f"note: {why}: comparing the peers only")
@@ -306,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, run in runs.items():
         w, rtf = scores[name]
         print(f"| {name} | {w:.1f} | {rtf:.4f} | {run.peak_rss_mb:.0f} | {run.peak_rss_mb - run.base_rss_mb:.0f} | "
-              f"{RECOGNIZERS[name].format(batch=args.batch)} |")  # fmt: skip
+              f"{describe(name).format(batch=args.batch)} |")  # fmt: skip
     print(f"(threads: {args.threads}; every child's baseline, imports and clips: "
           f"{min(r.base_rss_mb for r in runs.values()):.0f}-{max(r.base_rss_mb for r in runs.values()):.0f} MB)")  # fmt: skip
     width = max(len(n) for n in runs) + 1
@@ -319,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     fields = [f"clips={len(clips)}", f"audio_min={audio_s / 60:.1f}"] + ([] if "ours" in runs else ["ours=none"])
     for name, run in runs.items():
         w, rtf = scores[name]
-        fields += [f"{name}_wer={w:.2f}", f"{name}_rtf={rtf:.4f}", f"{name}_rss_mb={run.peak_rss_mb:.0f}"]
+        key = name.replace("[", "+").replace("]", "").replace(",", "+")  # ours[merge,bf16] -> ours+merge+bf16
+        fields += [f"{key}_wer={w:.2f}", f"{key}_rtf={rtf:.4f}", f"{key}_rss_mb={run.peak_rss_mb:.0f}"]
     ratio = scores["faster_whisper"][1] / scores[mine][1]
     print(f"bench pipeline: {' '.join(fields)} ratio_is=faster_whisper_rtf/{mine}_rtf ratio={ratio:.2f}")
     return 0

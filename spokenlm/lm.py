@@ -581,6 +581,57 @@ def add_lora(llm: SpeechLLM, config: LoRAConfig = LoRAConfig()) -> SpeechLLM:
     return SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript)
 
 
+@dataclass(frozen=True, kw_only=True)
+class LLMSpeedups:
+    """Inference-only changes to a loaded LLM (issue 17): each is kept in a deployment only where
+    `spokenlm bench pipeline` shows it pays on the trained default, with its WER beside it.
+
+    merge_lora: fold the LoRA product into the base weights (peft's merge_and_unload): the same
+        function, one matmul per projection instead of three;
+    dtype: "bfloat16" runs the LLM's weights and activations in bf16 (this CPU has avx512_bf16);
+    int8: dynamic int8 quantization of every Linear layer (torch.ao, weights int8, activations
+        quantized per batch); implies merge_lora, since peft's LoRA layers are not Linear."""
+
+    merge_lora: bool = False
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    int8: bool = False
+
+    def validate(self) -> None:
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"LLMSpeedups dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.int8 and self.dtype != "float32":
+            raise ValueError("LLMSpeedups int8 quantizes float32 Linear layers; leave dtype float32 with it")
+
+    @classmethod
+    def parse(cls, text: str) -> LLMSpeedups:
+        """From a comma list such as "merge,bf16" or "int8" ("" or "none": no change)."""
+        names = {n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"}
+        unknown = sorted(names - {"merge", "bf16", "int8"})
+        if unknown:
+            raise ValueError(f"unknown LLM speed-up(s) {unknown}; expected some of merge, bf16, int8")
+        options = cls(merge_lora="merge" in names, dtype="bfloat16" if "bf16" in names else "float32", int8="int8" in names)
+        options.validate()
+        return options
+
+
+def speed_up_llm(llm: SpeechLLM, options: LLMSpeedups) -> SpeechLLM:
+    """`llm` changed for inference as `options` say (LLMSpeedups); frozen, in eval mode. Its model
+    is changed in place (no second copy of the weights): use only the returned LLM. Training never
+    sees this: a merged or quantized model cannot take LoRA gradients."""
+    options.validate()
+    model = llm.model
+    if (options.merge_lora or options.int8) and llm.has_lora:
+        model = model.merge_and_unload()
+    if options.dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+    if options.int8:
+        from torch.ao.quantization import quantize_dynamic
+
+        model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    model.eval().requires_grad_(False)
+    return SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript)
+
+
 def save_lora(llm: SpeechLLM, path: str | Path) -> None:
     """Save only the LoRA weights and config (a peft adapter dir, adapter_model.safetensors)."""
     if not llm.has_lora:
@@ -614,6 +665,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationOutput",
     "IGNORE_INDEX",
+    "LLMSpeedups",
     "LoRAConfig",
     "MAX_DRAFT_TOKENS",
     "STRATEGIES",
@@ -629,5 +681,6 @@ __all__ = [
     "sampling_probs",
     "save_llm",
     "save_lora",
+    "speed_up_llm",
     "speculative_generate",
 ]

@@ -71,6 +71,7 @@ from spokenlm.encoders.whisper import WhisperEncoderConfig, load_whisper_encoder
 from spokenlm.lm import (
     DraftLM,
     GenerationConfig,
+    LLMSpeedups,
     LookupDraft,
     LoRAConfig,
     SpeechLLM,
@@ -80,6 +81,7 @@ from spokenlm.lm import (
     load_lora,
     save_llm,
     save_lora,
+    speed_up_llm,
 )
 from spokenlm.output import RunOutput
 from spokenlm.speech import (  # the speech half; re-exported: the feature cache and recipes import them from here
@@ -678,9 +680,13 @@ def load_bundle_draft(path: str | Path) -> DraftLM | None:
     return DraftLM(llm=load_llm(draft_dir / "llm"), adapter=adapter).eval()
 
 
-def load_bundle(path: str | Path) -> SpeechLM:
-    """Every part of a bundle, as one SpeechLM in eval mode."""
+def load_bundle(path: str | Path, *, speedups: LLMSpeedups | None = None) -> SpeechLM:
+    """Every part of a bundle, as one SpeechLM in eval mode; `speedups`: inference-only changes to
+    its LLM (`spokenlm.lm.LLMSpeedups`: merged LoRA, bf16, int8)."""
     meta = read_bundle_meta(path)
+    llm = load_bundle_llm(path)
+    if speedups is not None:
+        llm = speed_up_llm(llm, speedups)
     encoder, max_chunk_s = load_bundle_encoder(path)
     compressor, adapter = load_bundle_compressor(path)
     info = BundleInfo(
@@ -692,7 +698,7 @@ def load_bundle(path: str | Path) -> SpeechLM:
         encoder=encoder,
         compressor=compressor,
         adapter=adapter,
-        llm=load_bundle_llm(path),
+        llm=llm,
         max_chunk_s=max_chunk_s,
         info=info,
         draft=load_bundle_draft(path),

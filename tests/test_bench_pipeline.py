@@ -87,15 +87,17 @@ def _last_line(out: str) -> dict[str, str]:
 def test_spokenlm_bench_pipeline_puts_the_bundle_beside_three_peers(tiny_bundle, capsys):
     whisper = _tiny_en()
     code = main(["bench", "pipeline", "--model", str(tiny_bundle), "--whisper", str(whisper),
-                 "--tsv", str(LIBRIVOX / "manifest.tsv"), "--max-new-tokens", "4", "--batch", "2", "--threads", "1"])  # fmt: skip
+                 "--tsv", str(LIBRIVOX / "manifest.tsv"), "--max-new-tokens", "4", "--batch", "2", "--threads", "1",
+                 "--speedups", "merge,bf16"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0 and "UNTRAINED" in out
-    for name in ("ours", "pocketsphinx", "whisper_hf", "faster_whisper"):
+    for name in ("ours", r"ours\[merge,bf16\]", "pocketsphinx", "whisper_hf", "faster_whisper"):
         assert re.search(rf"^\| {name} \| [\d.]+ \| [\d.]+ \| \d+ \| -?\d+ \| ", out, re.M), name
     line = _last_line(out)
     assert list(line) == [
-        "clips", "audio_min",
-        "ours_wer", "ours_rtf", "ours_rss_mb", "pocketsphinx_wer", "pocketsphinx_rtf", "pocketsphinx_rss_mb",
+        "clips", "audio_min", "ours_wer", "ours_rtf", "ours_rss_mb",
+        "ours+merge+bf16_wer", "ours+merge+bf16_rtf", "ours+merge+bf16_rss_mb",
+        "pocketsphinx_wer", "pocketsphinx_rtf", "pocketsphinx_rss_mb",
         "whisper_hf_wer", "whisper_hf_rtf", "whisper_hf_rss_mb",
         "faster_whisper_wer", "faster_whisper_rtf", "faster_whisper_rss_mb", "ratio_is", "ratio",
     ]  # fmt: skip
@@ -127,3 +129,7 @@ def test_bench_pipeline_refuses_what_is_not_a_bundle(tmp_path, capsys):
     assert "give --model or --peers-only, not both" in capsys.readouterr().err
     assert main(["bench", "pipeline", "--peers-only"]) == 2
     assert "no clips: give --manifest and/or --tsv" in capsys.readouterr().err
+    assert main(["bench", "pipeline", "--speedups", "merge,fp8", "--tsv", "x.tsv"]) == 2
+    assert "--speedups 'merge,fp8': unknown LLM speed-up(s) ['fp8']; expected some of merge, bf16, int8" in capsys.readouterr().err
+    assert main(["bench", "pipeline", "--peers-only", "--speedups", "int8", "--tsv", "x.tsv"]) == 2
+    assert "--speedups needs a bundle (--model, or models/default)" in capsys.readouterr().err

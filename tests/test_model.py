@@ -9,7 +9,7 @@ import torch
 
 from spokenlm.audio import SAMPLE_RATE, load_audio
 from spokenlm.lm import GenerationConfig
-from spokenlm.model import BundleError, load_bundle, save_bundle
+from spokenlm.model import BundleError, load_bundle, save_bundle, speed_up_llm
 from spokenlm.tasks import TASK_NAMES, Entities, TaskRequest
 
 GREEDY = GenerationConfig(max_new_tokens=8)
@@ -281,3 +281,45 @@ def test_a_bundle_stored_in_bf16_loads_its_rounded_weights_in_fp32(tiny_bundle, 
             torch.testing.assert_close(got[k], wanted[k].to(torch.bfloat16).float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"weights_dtype must be a floating torch dtype or None, got torch.int8"):
         save_bundle(model, tmp_path / "bad", weights_dtype=torch.int8)
+
+
+def test_llm_speedups_keep_the_outputs(tiny_bundle, example_clips):
+    from spokenlm.lm import LLMSpeedups
+
+    def trained():
+        model = load_bundle(tiny_bundle)
+        torch.manual_seed(0)
+        with torch.no_grad():  # a LoRA that changes the function: B starts at zero
+            for name, p in model.llm.model.named_parameters():
+                if ".lora_B" in name:
+                    p.add_(0.05 * torch.randn_like(p))
+        return model
+
+    model = trained()
+    waves = [load_audio(p) for p in example_clips]
+    tokens = model.encode_recordings(waves)
+    prompts = ["<audio>\nTranscribe."] * len(waves)
+
+    def first_logits(llm):
+        embeds, mask = llm.embed_prompts(prompts, tokens.embeddings, tokens.lengths)
+        logits, _ = llm.prefill(embeds, mask)
+        return logits.float()
+
+    with torch.inference_mode():
+        reference = first_logits(model.llm)
+        spread = (reference - reference.mean()).abs().max()
+        for options, tolerance in [(LLMSpeedups(merge_lora=True), 1e-4), (LLMSpeedups(merge_lora=True, dtype="bfloat16"), 0.1),
+                                   (LLMSpeedups(int8=True), 0.1)]:  # fmt: skip
+            fast = speed_up_llm(trained().llm, options)
+            assert not fast.has_lora  # merged: the LoRA product is in the weights
+            error = (first_logits(fast) - reference).abs().max()
+            assert error <= tolerance * spread, (options, float(error), float(spread))
+            if options.int8:
+                assert not any(type(m) is torch.nn.Linear for m in fast.model.modules())  # every Linear quantized
+    for text, expected in [("merge,bf16", LLMSpeedups(merge_lora=True, dtype="bfloat16")), ("none", LLMSpeedups()),
+                           (" int8 ", LLMSpeedups(int8=True))]:  # fmt: skip
+        assert LLMSpeedups.parse(text) == expected
+    with pytest.raises(ValueError, match=r"unknown LLM speed-up\(s\) \['fp8'\]; expected some of merge, bf16, int8"):
+        LLMSpeedups.parse("merge,fp8")
+    with pytest.raises(ValueError, match=r"LLMSpeedups int8 quantizes float32 Linear layers"):
+        LLMSpeedups.parse("int8,bf16")
