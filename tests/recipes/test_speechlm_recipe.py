@@ -338,3 +338,16 @@ def test_a_run_starts_from_an_earlier_bundle(tmp_path, tiny_corpus, frozen_parts
                       init_from=str(tmp_path / "first" / "bundle")))  # fmt: skip
     with pytest.raises(FileNotFoundError, match=r"init_from .* is not a directory; expected a speechlm bundle"):
         train(_config(tmp_path / "fifth", tiny_corpus, frozen_parts, init_from=str(tmp_path / "nowhere")))
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, tiny_corpus, frozen_parts):
+    short = OptimConfig(lr=3e-3, warmup_steps=2, max_steps=10)
+    losses = {}
+    for checkpointing in (False, True):
+        out = tmp_path / f"gc-{checkpointing}"
+        train(_config(out, tiny_corpus, frozen_parts, eval_every=100, log_every=1, gradient_checkpointing=checkpointing,
+                      optim=short))  # fmt: skip
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[checkpointing] = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses[True]) == 10
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)  # recomputed, not changed
