@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 import warnings
@@ -54,7 +53,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.stages import _actor_device, _interrupt_on_sigterm, _set_threads, ensure_ray
+from pipelines.stages import _actor_device, _set_threads, ray_session
 from spokenlm.slue.scoring import (
     SUITE_TASKS,
     entities,
@@ -349,9 +348,7 @@ def _run_pool(config, generation, items, path, done, ids, worker, on_row) -> int
     import ray
     from tqdm import tqdm
 
-    started = ensure_ray(math.ceil(max(os.cpu_count() or 1, config.workers * config.num_cpus_per_worker + 1)))
-    previous = _interrupt_on_sigterm()  # after connecting: Ray's own handler aborts, leaving its processes
-    try:
+    with ray_session(math.ceil(max(os.cpu_count() or 1, config.workers * config.num_cpus_per_worker + 1))):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours below counts utterances, not blocks
         ctx.print_on_execution_start = False
@@ -397,11 +394,6 @@ def _run_pool(config, generation, items, path, done, ids, worker, on_row) -> int
                     if config.limit is not None and written >= config.limit:
                         return written
         return written
-    finally:
-        if started:
-            ray.shutdown()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 # --- the report's view of each utterance -----------------------------------------------------------

@@ -17,12 +17,13 @@ Not here: request batching across clients (serve/), the SLUE job (slue_eval.py).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -238,18 +239,14 @@ def run_files_on_ray(
     """`spokenlm run --ray`: `request` on every file through the stage actors, one file per chain
     (as the CLI runs them in process, so outputs match it), in input order. An unreadable file gives
     a FileOutput with `error` set; the others still run. Starts a local Ray if none is running."""
-    import ray
-
     from spokenlm.lm import GenerationConfig
 
     build_prompt(request)  # validate before starting anything
     generation = generation or GenerationConfig()
     generation.validate()
     read_bundle_meta(model_dir)
-    started = ensure_ray()
-    previous = _interrupt_on_sigterm()
     outputs: list[FileOutput] = []
-    try:
+    with ray_session():
         pipeline = StagePipeline(model_dir, resources)
         pending: deque = deque()
         try:
@@ -261,27 +258,44 @@ def run_files_on_ray(
                 outputs.append(_collect(*pending.popleft()))
         finally:
             pipeline.shutdown()
+    return outputs
+
+
+@contextlib.contextmanager
+def ray_session(num_cpus: int | None = None) -> Iterator[None]:
+    """`ensure_ray` for the body, which a SIGTERM interrupts with KeyboardInterrupt (so its `finally`
+    blocks stop actors); afterwards Ray is shut down if this started it, and the handler restored.
+
+    Ray's core worker installs a SIGTERM handler of its own while connecting, one that aborts the
+    process and leaves its raylet and workers running. So SIGTERM is blocked from before connecting
+    until ours is set: a scheduler's SIGTERM in that window waits, then reaches ours (threads Ray
+    starts meanwhile keep it blocked, so it always lands in the main thread). Off the main thread
+    nothing is blocked or set: Python runs signal handlers in the main thread only."""
+    import threading
+
+    import ray
+
+    main = threading.current_thread() is threading.main_thread()
+    started, previous = False, None
+    if main:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        started = ensure_ray(num_cpus)
+        if main:
+
+            def interrupt(signum, frame):
+                raise KeyboardInterrupt(f"signal {signum}")
+
+            previous = signal.signal(signal.SIGTERM, interrupt)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # one that came meanwhile raises here
+        yield
     finally:
+        if main:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if started:
             ray.shutdown()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return outputs
-
-
-def _interrupt_on_sigterm():
-    """SIGTERM raises KeyboardInterrupt in the main thread, so `finally` shuts the actors and Ray down;
-    set after connecting, as Ray's core worker installs a SIGTERM handler of its own that aborts the
-    process. The previous handler, to restore (None off the main thread: nothing set)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _collect(path: str, ref) -> FileOutput:

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +66,27 @@ class OwnRay:
     def __init__(self, temp_dir: str):
         self.temp_dir = temp_dir
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": temp_dir}
+        self.commands: list[subprocess.Popen] = []
+
+    def popen(self, command: list[str]) -> subprocess.Popen:
+        """`command` started with this Ray's environment, text pipes; killed after the test if still up."""
+        proc = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.commands.append(proc)
+        return proc
+
+    def interrupt(self, proc: subprocess.Popen) -> tuple[str, str]:
+        """SIGTERM `proc` and check what a spokenlm command owes a scheduler's stop: exit 130 within
+        30 s, "spokenlm: interrupted" last on stderr, and no process of its Ray left. Its stdout and
+        stderr."""
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        stopped_s = time.monotonic() - sent
+        assert proc.returncode == 130, err[-2000:]
+        assert err.endswith("spokenlm: interrupted\n"), err[-2000:]
+        assert stopped_s < 30, f"took {stopped_s:.1f} s to stop"
+        assert self.left_after(15) == []
+        return out, err
 
     def processes(self) -> list[int]:
         """Pids of the processes whose command line names the temp dir."""
@@ -88,11 +110,16 @@ class OwnRay:
 
 @pytest.fixture
 def own_ray():
-    """An `OwnRay`; afterwards whatever of that Ray is left (a failed shutdown) is killed, nothing else."""
+    """An `OwnRay`; afterwards its commands still running and whatever of that Ray is left (a failed
+    shutdown) are killed, nothing else."""
     if not Path("/proc").is_dir():
         pytest.skip("lists processes through /proc")
     ray = OwnRay(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's unix socket paths live under it
     yield ray
+    for proc in ray.commands:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     for pid in ray.processes():
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
