@@ -684,11 +684,11 @@ def load_bundle(path: str | Path, *, speedups: LLMSpeedups | None = None) -> Spe
     """Every part of a bundle, as one SpeechLM in eval mode; `speedups`: inference-only changes to
     its LLM (`spokenlm.lm.LLMSpeedups`: merged LoRA, bf16, int8)."""
     meta = read_bundle_meta(path)
+    encoder, max_chunk_s = load_bundle_encoder(path)  # first: a missing base is named in part order
+    compressor, adapter = load_bundle_compressor(path)
     llm = load_bundle_llm(path)
     if speedups is not None:
         llm = speed_up_llm(llm, speedups)
-    encoder, max_chunk_s = load_bundle_encoder(path)
-    compressor, adapter = load_bundle_compressor(path)
     info = BundleInfo(
         trained=bool(meta.get("trained", False)),
         tasks=tuple(meta.get("tasks", TASK_NAMES)),
