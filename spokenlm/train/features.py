@@ -136,18 +136,20 @@ class FeatureCache:
             if shard % workers != rank:
                 continue
             path = self._shard_path(shard)
-            stored = self._read_shard(shard)
-            have = {_parse_key(k)[0] for k in stored}
+            have = {_parse_key(k)[0] for k in self._shard_keys(shard)}  # the header only: no tensors read
             missing = [u for u in members if u.id not in have]
             if missing:
+                stored = self._read_shard(shard)
                 stored.update(self._encode(missing, audio, max_batch_s))
                 fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
                 os.close(fd)
                 save_file({k: v.contiguous() for k, v in stored.items()}, tmp)
                 os.replace(tmp, path)  # atomic: a reader sees the old shard or the new one
-            if keep:
-                self._keep(stored, members)
-            del stored
+                if keep:
+                    self._keep(stored, members)
+                del stored
+            elif keep:
+                self._keep(self._read_shard(shard), members)
             done += len(members)
             if progress is not None:
                 progress(done, len(utts))
@@ -178,6 +180,15 @@ class FeatureCache:
             for utt in fresh:
                 del self._chunks[utt.id]
         release_freed_memory()
+
+    def _shard_keys(self, shard: int) -> list[str]:
+        from safetensors import safe_open
+
+        path = self._shard_path(shard)
+        if not path.is_file():
+            return []
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
 
     def _read_shard(self, shard: int) -> dict[str, Tensor]:
         from safetensors.torch import load_file
