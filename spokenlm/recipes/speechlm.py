@@ -568,7 +568,7 @@ def start_from_bundle(path: Path, adapter: nn.Module, llm) -> None:
     if meta["adapter"] != ours:
         raise ValueError(f"init_from {path}: its adapter is {meta['adapter']}, this run's is {ours}")
     lora_dir = path / "lora"
-    has_lora = hasattr(llm.model, "peft_config")
+    has_lora = llm.has_lora
     if (meta["llm"].get("lora") is not None) != has_lora:
         raise ValueError(f"init_from {path}: {'no LoRA' if has_lora else 'LoRA'} there, {'LoRA' if has_lora else 'none'} here")
     adapter.load_state_dict(load_file(str(path / "adapter.safetensors")))  # bf16 files are cast on copy
