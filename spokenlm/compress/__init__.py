@@ -5,6 +5,7 @@
 
     compressor.json      {"kind": "ctc" | "stack", ...the config's fields...}
     model.safetensors    the module's state dict (empty for the parameter-free stack compressor)
+    lm.arpa.gz           a CTC compressor's word LM, when its config has beam settings (its lm_file)
 
 Loading never unpickles.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 from torch import nn
@@ -99,6 +101,13 @@ def save_compressor(compressor: nn.Module, directory: str | Path) -> None:
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     state = {name: t.detach().cpu().contiguous() for name, t in compressor.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
+    beam = getattr(compressor.config, "beam", None)
+    if beam is not None:
+        if compressor.lm_path is None:
+            raise ValueError("this CTC compressor has beam settings but no LM attached (attach_lm)")
+        target = directory / beam.lm_file
+        if compressor.lm_path.resolve() != target.resolve():
+            shutil.copyfile(compressor.lm_path, target)
 
 
 def load_compressor(directory: str | Path, *, device: str = "cpu") -> nn.Module:
@@ -112,6 +121,9 @@ def load_compressor(directory: str | Path, *, device: str = "cpu") -> nn.Module:
     config = compressor_config_from_json(json.loads(config_path.read_text()), where=str(config_path))
     compressor = build_compressor(config)
     compressor.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=device), strict=True)
+    beam = getattr(config, "beam", None)
+    if beam is not None:
+        compressor.attach_lm(directory / beam.lm_file)
     return compressor.to(device)
 
 

@@ -26,6 +26,7 @@ Frames at or beyond ``lengths`` never contribute: not to tokens, spans, transcri
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spokenlm.compress.base import CharSpan, CompressedOutput
+from spokenlm.compress.beam import CTCBeamConfig, CTCBeamDecoder
 from spokenlm.compress.vocab import BLANK, DEFAULT_ALPHABET, CharVocab
 from spokenlm.encoders.base import EncoderOutput
 
@@ -61,6 +63,15 @@ class CTCCompressorConfig:
     ffn_dim: int = 0  # their feed-forward width; 0: 4 * input_dim
     dropout: float = 0.1  # in those layers, training only
 
+    beam: CTCBeamConfig | None = None
+    """None: the transcript is the greedy path. Otherwise it is the lexicon + word-LM beam search of
+    ``spokenlm.compress.beam`` over the head's log-probabilities, with the LM file that the compressor
+    directory holds (``load_compressor`` attaches it); the tokens stay the greedy path's."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.beam, dict):  # as compressor.json / spokenlm.json hold it
+            object.__setattr__(self, "beam", CTCBeamConfig(**self.beam))
+
     def validate(self) -> None:
         if isinstance(self.input_dim, bool) or not isinstance(self.input_dim, int) or self.input_dim < 1:
             raise ValueError(f"CTCCompressorConfig.input_dim must be a positive int, got {self.input_dim!r}")
@@ -82,6 +93,10 @@ class CTCCompressorConfig:
                 )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"CTCCompressorConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.beam is not None:
+            if not isinstance(self.beam, CTCBeamConfig):
+                raise ValueError(f"CTCCompressorConfig.beam must be a CTCBeamConfig or None, got {self.beam!r}")
+            self.beam.validate()
 
 
 class CTCCompressor(nn.Module):
@@ -95,6 +110,15 @@ class CTCCompressor(nn.Module):
         self.output_dim = config.input_dim
         self.context = _context_layers(config) if config.num_layers else None
         self.head = nn.Linear(config.input_dim, self.vocab.size)
+        self.beam: CTCBeamDecoder | None = None  # attach_lm: config.beam's search, once its LM file is known
+        self.lm_path: Path | None = None
+
+    def attach_lm(self, lm_path: str | Path) -> None:
+        """Read transcripts with ``config.beam``'s search over the ARPA LM at ``lm_path``."""
+        if self.config.beam is None:
+            raise ValueError("this CTC compressor's config has no beam settings (CTCCompressorConfig.beam)")
+        self.beam = CTCBeamDecoder(self.vocab, lm_path, self.config.beam)
+        self.lm_path = Path(lm_path)
 
     def features(self, encoded: EncoderOutput) -> Tensor:
         """(B, T, D) what the head reads and the compressor pools: the encoder's features, or the
@@ -129,7 +153,7 @@ class CTCCompressor(nn.Module):
             frame_rate_hz=encoded.frame_rate_hz,
             tokens_per_second=token_lengths.to(torch.float32) / seconds,
             ctc_log_probs=log_probs,
-            chars=self.char_alignment(log_probs, lengths),
+            chars=self.char_alignment(log_probs, lengths) if self.beam is None else self.beam.decode(log_probs, lengths),
         )
 
     def ctc_loss(self, encoded: EncoderOutput, texts: list[str]) -> Tensor:

@@ -15,6 +15,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "encoder-ssl": ("spokenlm.recipes.encoder_ssl", "EncoderSSLConfig"),
     "sylber": ("spokenlm.recipes.sylber", "SylberTrainConfig"),
     "ctc": ("spokenlm.recipes.ctc", "CTCTrainConfig"),
+    "ctc-lm": ("spokenlm.recipes.ctc_lm", "CTCLMConfig"),
     "speechlm": ("spokenlm.recipes.speechlm", "SpeechLMTrainConfig"),
 }
 

@@ -283,6 +283,7 @@ def test_save_load_round_trip(tmp_path, mode: str) -> None:
         "num_heads": 4,
         "ffn_dim": 0,
         "dropout": 0.1,
+        "beam": None,  # the greedy transcript (test_beam.py: with a word LM)
     }
     loaded = load_compressor(tmp_path / "compressor")
     assert isinstance(loaded, CTCCompressor) and loaded.config == compressor.config

@@ -7,6 +7,7 @@ bundle and run `spokenlm run --task asr`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import replace
@@ -130,6 +131,38 @@ def test_outputs_load_and_run_asr_in_a_bundle(trained, tiny_corpus, tmp_path, ca
     assert main(["run", "--model", str(bundle), "--task", "asr", "--max-new-tokens", "4", "--json", str(clip)]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["task"] == "asr" and 1.0 < record["tokens_per_second"] < 20.0
+
+
+def test_ctc_lm_gives_the_compressor_a_word_lm_picked_on_dev(trained, tiny_corpus, tmp_path):
+    from spokenlm.compress import load_compressor
+    from spokenlm.recipes.ctc_lm import CTCLMConfig
+    from spokenlm.recipes.ctc_lm import train as train_lm
+
+    config, _ = trained
+    out = Path(config.out_dir)
+    lm_config = CTCLMConfig(
+        out_dir=str(tmp_path / "lm"), manifest=str(tiny_corpus), compressor_dir=str(out / "compressor"),
+        encoder_dir=str(out / "encoder"), dev_split="fine-tune", lm_weights=(0.5, 3.0), word_scores=(0.0,),
+        dev_utterances=8,
+    )  # fmt: skip
+    metrics = train_lm(lm_config)
+    # dev is the LM's own text here (the tiny corpus has 2 dev clips): the search reads the weak
+    # 150-step head (CER ~0.5) better than greedy (measured: WER 0.90 -> 0.68), and says that its dev
+    # sentences were in the LM text
+    assert metrics["dev_sentences_in_lm_text"] == metrics["dev_utterances"] == 8
+    assert metrics["dev_wer"] < 0.8 * metrics["dev_greedy_wer"]
+    assert [r["setting"] for r in metrics["grid"]] == ["greedy", "lm_weight=0.5 word_score=0.0", "lm_weight=3.0 word_score=0.0"]
+    assert metrics["dev_wer"] == min(r["wer"] for r in metrics["grid"][1:])
+
+    compressor = load_compressor(tmp_path / "lm" / "compressor")
+    assert compressor.config.beam.lm_weight == metrics["best"]["lm_weight"]
+    rows = [json.loads(line) for line in Path(tiny_corpus).read_text().splitlines()]
+    words = {w for r in rows if r["split"] == "fine-tune" for w in r["task_labels"]["text"].split()}
+    assert set(compressor.beam.words) == words  # the lexicon: the train transcripts' words
+    assert sorted(p.name for p in (tmp_path / "lm").iterdir()) == ["compressor", "metrics.json"]
+
+    with pytest.raises(ValueError, match="ctc-lm needs exactly one of encoder_base and encoder_dir"):
+        train_lm(dataclasses.replace(lm_config, encoder_base="whisper-tiny.en"))
 
 
 def test_frozen_encoder_steps_train_the_head_alone_with_masking_and_bf16(tiny_corpus, tmp_path):
@@ -279,6 +312,13 @@ def test_the_shipped_configs_parse():
     assert default.mode == "frame_averaging" and default.out_dir == "runs/ctc"
     assert dinosr.encoder_dir == "runs/encoder-ssl/encoder" and dinosr.optim.max_minutes == 60
     assert scratch.encoder_preset == "dinosr_tiny_conformer" and scratch.encoder_dir is None
+
+    from spokenlm.recipes.ctc_lm import CTCLMConfig
+
+    lm = load_config(root / "ctc_lm.yaml", CTCLMConfig)
+    lm.validate()
+    assert lm.compressor_dir == default.out_dir + "/compressor" and lm.encoder_base == default.encoder_base
+    assert lm.encoder_overrides == {"bf16": True} and lm.train_split == "fine-tune" and lm.dev_split == "dev"
 
 
 @pytest.mark.slow

@@ -1,0 +1,172 @@
+"""Recipe `ctc-lm`: a word n-gram LM for the CTC compressor's transcript, tuned on dev.
+
+    spokenlm train ctc-lm --config configs/ctc_lm.yaml
+
+1. Estimate an interpolated Kneser-Ney n-gram model (`spokenlm.ngram`) from the transcripts of the
+   train split only: dev and test sentences stay unseen, so their figures are held-out ones.
+2. Encode `dev_utterances` dev recordings once with the frozen encoder, take the CTC compressor's
+   log-probabilities, and read them greedily and with the lexicon beam search
+   (`spokenlm.compress.beam`) at every (lm_weight, word_score) of the grid.
+3. Write OUT/compressor/: the compressor (same weights) with the best setting's beam config and the
+   gzipped ARPA file, so `compressor_dir: OUT/compressor` gives the speechlm recipe and the bundle
+   the LM's transcripts; plus metrics.json with every setting's dev WER / CER and examples.
+
+Counting n-grams and a beam search at ~10 ms per utterance take minutes, not hours: there is no
+training loop, no checkpoint and no Ray Train worker split (`--workers` is refused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from spokenlm.compress import CTCCompressor, load_compressor, save_compressor
+from spokenlm.compress.beam import CTCBeamConfig
+from spokenlm.ngram import fit_ngram
+
+
+@dataclass(frozen=True, kw_only=True)
+class CTCLMConfig:
+    out_dir: str
+    manifest: str | tuple[str, ...]
+    compressor_dir: str  # the ctc recipe's OUT/compressor
+    encoder_base: str | None = None  # the frozen encoder the compressor was trained over (a known base),
+    encoder_dir: str | None = None  # ... or a saved one (the ctc recipe's OUT/encoder): exactly one of the two
+    encoder_overrides: dict = field(default_factory=dict)
+    train_split: str = "fine-tune"
+    dev_split: str = "dev"
+    order: int = 3
+    lm_weights: tuple[float, ...] = (0.5, 1.0, 1.5)
+    word_scores: tuple[float, ...] = (0.0, 1.0, 2.0)
+    beam_size: int = 50
+    dev_utterances: int = 300  # the first ones in id-hash order (a fixed sample that mixes sources)
+    max_duration_s: float = 30.0
+    examples: int = 8
+
+    def validate(self) -> None:
+        if (self.encoder_base is None) == (self.encoder_dir is None):
+            raise ValueError("ctc-lm needs exactly one of encoder_base and encoder_dir")
+        if not self.lm_weights or not self.word_scores:
+            raise ValueError("lm_weights and word_scores need at least one value each")
+        for lm_weight in self.lm_weights:
+            for word_score in self.word_scores:
+                CTCBeamConfig(lm_weight=lm_weight, word_score=word_score, beam_size=self.beam_size).validate()
+        if not isinstance(self.dev_utterances, int) or self.dev_utterances < 1:
+            raise ValueError(f"dev_utterances must be a positive int, got {self.dev_utterances!r}")
+
+
+def train(config: CTCLMConfig) -> dict:
+    import jiwer
+
+    from spokenlm.bases import KNOWN_BASES, resolve_base
+    from spokenlm.encoders import load_encoder, with_config
+    from spokenlm.speech import encode_chunks, join_chunks
+    from spokenlm.train.data import AudioCache, read_manifest
+    from spokenlm.train.loop import world_size
+
+    config.validate()
+    if world_size() > 1:
+        raise ValueError("ctc-lm has no training loop to split: run it without --workers")
+    started = time.monotonic()
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    utts = read_manifest(config.manifest, splits=(config.train_split, config.dev_split))
+    texts = [u.labels["text"] for u in utts if u.split == config.train_split and u.labels.get("text")]
+    dev = [u for u in utts if u.split == config.dev_split and u.labels.get("text")
+           and u.duration_s <= config.max_duration_s]  # fmt: skip
+    if not texts or not dev:
+        raise ValueError(f"{config.manifest}: need transcripts in both {config.train_split!r} and {config.dev_split!r}")
+    dev = sorted(dev, key=lambda u: hashlib.sha1(u.id.encode()).hexdigest())[: config.dev_utterances]
+    seen = set(texts)
+    leaked = sum(u.labels["text"] in seen for u in dev)  # the corpus holds none; a user's may
+
+    # 1. the LM, from train transcripts only
+    lm = fit_ngram(texts, config.order)
+    arpa = out / "lm.arpa"
+    lm.write_arpa(arpa)
+    with open(arpa, "rb") as src, gzip.open(out / "lm.arpa.gz", "wb", compresslevel=9) as dst:
+        shutil.copyfileobj(src, dst)
+    arpa.unlink()
+    lm_path = out / "lm.arpa.gz"
+
+    # 2. dev: encode once, then read the same log-probabilities every way
+    compressor = load_compressor(config.compressor_dir).eval()
+    if not isinstance(compressor, CTCCompressor):
+        raise ValueError(f"{config.compressor_dir} is a {type(compressor).__name__}, not a CTC compressor")
+    if config.encoder_dir is not None:
+        source = config.encoder_dir
+    elif config.encoder_base in KNOWN_BASES:
+        source = str(resolve_base(KNOWN_BASES[config.encoder_base]))
+    else:
+        raise ValueError(f"unknown encoder_base {config.encoder_base!r}; expected one of {', '.join(KNOWN_BASES)}")
+    encoder = with_config(load_encoder(source), dict(config.encoder_overrides), source=source).eval()
+    audio = AudioCache()
+    waves = [audio.get(u) for u in dev]
+    with torch.inference_mode():
+        batches = encode_chunks(encoder, waves, max_chunk_s=config.max_duration_s)
+    durations = [u.duration_s for u in dev]
+    refs = [u.labels["text"] for u in dev]
+
+    def read(beam: CTCBeamConfig | None) -> tuple[list[str], float]:
+        compressor.config = dataclasses.replace(compressor.config, beam=beam)
+        compressor.beam = None
+        if beam is not None:
+            compressor.attach_lm(lm_path)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            hyps = join_chunks(compressor, batches, durations).transcripts
+        return hyps, (time.perf_counter() - t0) / len(dev) * 1e3
+
+    greedy, greedy_ms = read(None)
+    rows = [{"setting": "greedy", "wer": jiwer.wer(refs, greedy), "cer": jiwer.cer(refs, greedy), "ms_per_utterance": greedy_ms}]
+    best, best_hyps = None, greedy
+    for lm_weight in config.lm_weights:
+        for word_score in config.word_scores:
+            beam = CTCBeamConfig(lm_weight=lm_weight, word_score=word_score, beam_size=config.beam_size)
+            hyps, ms = read(beam)
+            row = {"setting": f"lm_weight={lm_weight} word_score={word_score}", "lm_weight": lm_weight,
+                   "word_score": word_score, "wer": jiwer.wer(refs, hyps), "cer": jiwer.cer(refs, hyps),
+                   "ms_per_utterance": ms}  # fmt: skip
+            rows.append(row)
+            print(f"ctc-lm: {row['setting']}: dev WER {row['wer']:.4f} CER {row['cer']:.4f} ({ms:.1f} ms/utt)")
+            if best is None or row["wer"] < best[1]["wer"]:
+                best, best_hyps = (beam, row), hyps
+
+    # 3. the compressor with the best setting and its LM
+    beam, row = best
+    compressor.config = dataclasses.replace(compressor.config, beam=beam)
+    compressor.attach_lm(lm_path)
+    save_compressor(compressor, out / "compressor")
+    lm_path.unlink()  # the copy in OUT/compressor is the one that is used
+    metrics = {
+        "stage": "ctc-lm",
+        "compressor_dir": config.compressor_dir,
+        "order": config.order,
+        "lm_sentences": len(texts),
+        "lm_ngrams": {str(k): len(lm.logprobs[k]) for k in range(1, config.order + 1)},
+        "lexicon_words": len(compressor.beam.words),
+        "lm_file_mb": round((out / "compressor" / beam.lm_file).stat().st_size / 1e6, 2),
+        "dev_split": config.dev_split,
+        "dev_utterances": len(dev),
+        "dev_sentences_in_lm_text": leaked,
+        "dev_greedy_wer": rows[0]["wer"],
+        "dev_greedy_cer": rows[0]["cer"],
+        "dev_wer": row["wer"],
+        "dev_cer": row["cer"],
+        "best": {"lm_weight": beam.lm_weight, "word_score": beam.word_score, "beam_size": beam.beam_size},
+        "grid": rows,
+        "wall_minutes": round((time.monotonic() - started) / 60, 2),
+        "examples": [{"ref": r, "greedy": g, "beam": b}
+                     for r, g, b in list(zip(refs, greedy, best_hyps))[: config.examples]],  # fmt: skip
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"ctc-lm: dev WER {rows[0]['wer']:.4f} greedy -> {row['wer']:.4f} with {row['setting']}; wrote {out / 'compressor'}")
+    return metrics
