@@ -48,7 +48,7 @@ class SpeechTokens:
     lengths: Tensor  # (B,) tokens per recording
     spans_s: list[list[tuple[float, float]]]  # per recording, per token: seconds in the recording
     durations_s: list[float]
-    transcripts: list[str] | None  # greedy CTC transcripts when the compressor has a CTC head
+    transcripts: list[str] | None  # CTC transcripts (greedy, or its word-LM beam search) when the compressor has a CTC head
     char_times: list[list[tuple[str, float, float]]] | None  # per recording: (char, start_s, end_s)
     projected: Tensor | None = None  # (B, N, D_llm) the adapter's output, once adapted (`adapt`)
     timing_ms: list[dict[str, float]] = field(default_factory=list)  # per recording: ms per stage so far

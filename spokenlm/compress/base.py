@@ -30,7 +30,7 @@ class CompressedOutput:
     frame_rate_hz: float  # encoder frames per second, to turn spans into seconds
     tokens_per_second: Tensor  # (B,) float: lengths / (valid frames / frame_rate_hz)
     ctc_log_probs: Tensor | None = None  # (B, T, V) when the compressor owns a CTC head
-    chars: list[list[CharSpan]] | None = None  # per item: its greedy CTC transcript, timed; CTC head only
+    chars: list[list[CharSpan]] | None = None  # per item: its CTC transcript (greedy or beam), timed; CTC head only
 
     def span_seconds(self, item: int) -> list[tuple[float, float]]:
         """The time spans of item's tokens in seconds."""

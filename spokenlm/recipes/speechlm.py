@@ -97,6 +97,12 @@ class SpeechLMTrainConfig:
     """The hybrid prompt: the CTC compressor's greedy transcript goes into the prompt as text after the
     speech (`build_prompt(request, transcript)`), as DeSTA2 gives its LLM the recognizer's words."""
 
+    train_transcript_lms: str | None = None
+    """With a compressor that reads its transcript with a word LM (the ctc-lm recipe's OUT/compressor),
+    the ctc-lm run's OUT/folds: each train utterance's prompt transcript is then read with the fold LM
+    that never saw its sentence (`spokenlm.recipes.ctc_lm.transcript_fold`), so training transcripts
+    are as wrong as held-out ones. Dev, test and the bundle use the compressor's own LM."""
+
     text_warmup_steps: int = 0
     """Steps of text-only warm-up before any speech: the prompt carries no speech tokens and, as its
     transcript, the label text with CTC-like character errors (`ctc_like_noise`); needs prompt_transcript."""
@@ -161,6 +167,8 @@ class SpeechLMTrainConfig:
                 raise ValueError(f"unknown {part}_base {base!r}; expected one of {', '.join(KNOWN_BASES)}")
         if self.text_warmup_steps < 0 or not 0.0 <= self.warmup_cer < 1.0:
             raise ValueError(f"need text_warmup_steps >= 0 and warmup_cer in [0, 1), got {self.text_warmup_steps}, {self.warmup_cer}")
+        if self.train_transcript_lms and not self.prompt_transcript:
+            raise ValueError("train_transcript_lms needs prompt_transcript: it changes the prompt's transcripts")
         if self.text_warmup_steps and not self.prompt_transcript:
             raise ValueError("text_warmup_steps needs prompt_transcript: the warm-up prompt is the transcript alone")
         if self.mode not in MODES:
@@ -299,6 +307,36 @@ def speech_tokens(compressor: nn.Module, features: FeatureCache, utts: list[Utte
             tokens[utt.id] = joined.embeddings[j, : int(joined.lengths[j])].to(torch.float16).clone()
             transcripts[utt.id] = joined.transcripts[j] if joined.transcripts is not None else None
     return tokens, transcripts
+
+
+def transcript_readers(config: SpeechLMTrainConfig, compressor: nn.Module):
+    """A function: utterances -> [(compressor, its utterances)], the compressor each one's transcript is
+    read with. Without `train_transcript_lms` that is `compressor` for all; with it, a train utterance
+    goes to a copy of `compressor` whose beam search reads the fold LM that lacks its sentence (the
+    tokens are the same either way: the LM changes the transcript only)."""
+    if not config.train_transcript_lms:
+        return lambda utts: [(compressor, list(utts))]
+    from spokenlm.compress import load_compressor
+    from spokenlm.recipes.ctc_lm import fold_lm_files, transcript_fold
+
+    if getattr(compressor.config, "beam", None) is None:
+        raise ValueError(f"train_transcript_lms needs a compressor that reads with a word LM; {config.compressor_dir} has none")
+    folds = []
+    for path in fold_lm_files(config.train_transcript_lms):
+        reader = load_compressor(config.compressor_dir).eval()
+        reader.attach_lm(path)
+        for p in reader.parameters():
+            p.requires_grad_(False)
+        folds.append(reader)
+
+    def readers(utts):
+        groups = [(compressor, [u for u in utts if u.split != config.train_split])]
+        train = [u for u in utts if u.split == config.train_split]
+        for fold, reader in enumerate(folds):
+            groups.append((reader, [u for u in train if transcript_fold(u.labels.get("text") or u.id, len(folds)) == fold]))
+        return [(r, members) for r, members in groups if members]
+
+    return readers
 
 
 _NOISE_ALPHABET = "abcdefghijklmnopqrstuvwxyz '"
@@ -628,15 +666,19 @@ def train(config: SpeechLMTrainConfig) -> dict:
     features.build(used, AudioCache(), part=(rank(), world_size()), keep=False)
     barrier()  # every worker's shards are on disk
     tokens, ctc_text = {}, {}
+    readers = transcript_readers(config, compressor)  # train utterance -> the compressor to read it with
     # one shard at a time: the tokens (~13/s) are all training reads, the features (50/s) never all held
     for group in features.by_shard(used):
-        shard_tokens, shard_text = speech_tokens(compressor, features, group, batch_size=config.encode_batch_size)
-        tokens.update(shard_tokens)
-        ctc_text.update(shard_text)
+        for reader, members in readers(group):
+            shard_tokens, shard_text = speech_tokens(reader, features, members, batch_size=config.encode_batch_size)
+            tokens.update(shard_tokens)
+            ctc_text.update(shard_text)
     transcripts = ctc_text if config.prompt_transcript else None
     if transcripts is not None and any(t is None for t in transcripts.values()):
         raise ValueError("prompt_transcript needs a compressor with a CTC head (its greedy transcript goes in the prompt)")
     cache_minutes = (time.monotonic() - started) / 60
+    # how wrong the training prompts' transcripts are (with train_transcript_lms: as dev's, by design)
+    train_ctc_wer = ctc_stage_scores(train_utts, ctc_text).get("ctc_wer")
     dev_utts = [u for u in utts if u.split == config.dev_split]
     dev_sample = heldout_items(dev_utts, config.dev_items_per_task)
 
@@ -725,6 +767,7 @@ def train(config: SpeechLMTrainConfig) -> dict:
     summary: dict = {
         "stage": "speechlm", "mode": config.mode, "steps": step, "wall_minutes": round(clock.seconds / 60, 2),
         "cache_minutes": round(cache_minutes, 2), "workers": world_size(), "tasks": tasks,
+        "train_ctc_wer": train_ctc_wer,
     }  # fmt: skip
     if is_main():
         provenance = _finish(config, out, utts, train_utts, tokens, ctc_text, adapter, llm, metrics, trainable, summary)

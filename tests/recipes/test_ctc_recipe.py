@@ -143,7 +143,7 @@ def test_ctc_lm_gives_the_compressor_a_word_lm_picked_on_dev(trained, tiny_corpu
     lm_config = CTCLMConfig(
         out_dir=str(tmp_path / "lm"), manifest=str(tiny_corpus), compressor_dir=str(out / "compressor"),
         encoder_dir=str(out / "encoder"), dev_split="fine-tune", lm_weights=(0.5, 3.0), word_scores=(0.0,),
-        dev_utterances=8,
+        dev_utterances=8, folds=2,
     )  # fmt: skip
     metrics = train_lm(lm_config)
     # dev is the LM's own text here (the tiny corpus has 2 dev clips): the search reads the weak
@@ -159,7 +159,17 @@ def test_ctc_lm_gives_the_compressor_a_word_lm_picked_on_dev(trained, tiny_corpu
     rows = [json.loads(line) for line in Path(tiny_corpus).read_text().splitlines()]
     words = {w for r in rows if r["split"] == "fine-tune" for w in r["task_labels"]["text"].split()}
     assert set(compressor.beam.words) == words  # the lexicon: the train transcripts' words
-    assert sorted(p.name for p in (tmp_path / "lm").iterdir()) == ["compressor", "metrics.json"]
+    assert sorted(p.name for p in (tmp_path / "lm").iterdir()) == ["compressor", "folds", "metrics.json"]
+
+    # the jackknife LMs: fold i's lacks the sentences of fold i, so their words that no other has
+    from spokenlm.compress.beam import arpa_unigrams
+    from spokenlm.recipes.ctc_lm import fold_lm_files, transcript_fold
+
+    texts = [r["task_labels"]["text"] for r in rows if r["split"] == "fine-tune"]
+    for fold, path in enumerate(fold_lm_files(tmp_path / "lm" / "folds")):
+        assert path.name == f"fold{fold}.arpa.gz"
+        kept = {w for t in texts if transcript_fold(t, 2) != fold for w in t.split()}
+        assert set(arpa_unigrams(path)) - {"<s>", "</s>", "<unk>"} == kept != words
 
     with pytest.raises(ValueError, match="ctc-lm needs exactly one of encoder_base and encoder_dir"):
         train_lm(dataclasses.replace(lm_config, encoder_base="whisper-tiny.en"))

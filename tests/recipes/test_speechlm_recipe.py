@@ -351,3 +351,49 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, tiny_corpus, f
         losses[checkpointing] = [r["loss"] for r in rows if "loss" in r]
     assert len(losses[True]) == 10
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)  # recomputed, not changed
+
+
+def test_train_transcripts_are_read_with_the_fold_lm_that_lacks_their_sentence(tmp_path):
+    from spokenlm.compress import CTCCompressor, CTCCompressorConfig, load_compressor, save_compressor
+    from spokenlm.compress.beam import CTCBeamConfig
+    from spokenlm.ngram import fit_ngram
+    from spokenlm.recipes.ctc_lm import FOLDS_FILE, transcript_fold
+    from spokenlm.recipes.speechlm import transcript_readers
+
+    sentences = ["a cat sat", "the dog ran", "a bird sang", "the fish swam", "one two three", "red and blue"]
+    utts = [Utterance(id=f"u{i}", split="fine-tune" if i < 6 else "dev", audio=Path("x.wav"), duration_s=1.0,
+                      labels={"text": text}) for i, text in enumerate(sentences + ["a new one"])]  # fmt: skip
+    full = fit_ngram(sentences, 2).write_arpa(tmp_path / "lm.arpa")
+    compressor = CTCCompressor(CTCCompressorConfig(input_dim=8, beam=CTCBeamConfig(lm_file="lm.arpa")))
+    compressor.attach_lm(full)
+    save_compressor(compressor, tmp_path / "compressor")
+    (tmp_path / "folds").mkdir()
+    files = []
+    for fold in range(2):
+        kept = [s for s in sentences if transcript_fold(s, 2) != fold]
+        files.append(fit_ngram(kept, 2).write_arpa(tmp_path / "folds" / f"fold{fold}.arpa").name)
+    (tmp_path / "folds" / FOLDS_FILE).write_text(json.dumps({"folds": 2, "files": files}))
+
+    config = SpeechLMTrainConfig(out_dir="-", manifest="-", compressor_dir=str(tmp_path / "compressor"),
+                                 encoder_base="whisper-tiny.en", llm_base="smollm2-135m-instruct",
+                                 prompt_transcript=True, train_transcript_lms=str(tmp_path / "folds"))  # fmt: skip
+    main = load_compressor(tmp_path / "compressor")
+    groups = transcript_readers(config, main)(utts)
+    assert groups[0][0] is main and [u.id for u in groups[0][1]] == ["u6"]  # dev: the full LM
+    assert sorted(u.id for _, members in groups[1:] for u in members) == [f"u{i}" for i in range(6)]
+    for reader, members in groups[1:]:
+        fold = {transcript_fold(u.labels["text"], 2) for u in members}
+        assert len(fold) == 1 and reader.lm_path.name == f"fold{fold.pop()}.arpa"
+        # the fold's LM has never seen these sentences' words where no other sentence has them
+        assert not {u.labels["text"].split()[-1] for u in members} & set(reader.beam.words)
+
+    # without the setting every utterance is read by the compressor it is given
+    plain = dataclasses.replace(config, train_transcript_lms=None)
+    assert transcript_readers(plain, main)(utts) == [(main, utts)]
+    with pytest.raises(ValueError, match="train_transcript_lms needs prompt_transcript"):
+        dataclasses.replace(config, prompt_transcript=False).validate()
+    with pytest.raises(ValueError, match=r"needs a compressor that reads with a word LM; .* has none"):
+        transcript_readers(config, CTCCompressor(CTCCompressorConfig(input_dim=8)))
+    (tmp_path / "folds" / "fold1.arpa").unlink()
+    with pytest.raises(FileNotFoundError, match=r"fold LMs missing: \[.*fold1\.arpa'\]"):
+        transcript_readers(config, main)
