@@ -224,6 +224,8 @@ def test_shipped_configs_parse(name):
     assert config.manifest == ("../corpus/manifest.jsonl", "../corpus-fsdd/manifest.jsonl")
     assert config.encoder_base == "whisper-tiny.en" and config.llm_base == "smollm2-135m-instruct"
     assert config.prompt_transcript == ("speech_only" not in name)
+    if config.prompt_transcript:  # the transcript read with the ctc-lm stage's word LM, jackknifed in training
+        assert config.compressor_dir == "runs/ctc_lm/compressor" and config.train_transcript_lms == "runs/ctc_lm/folds"
 
 
 def test_items_follow_the_labels():
