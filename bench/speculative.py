@@ -15,9 +15,10 @@ Two measurements, greedy, batch 1 (the latency case speculative decoding is for)
    a trained model. The speed-up is printed next to the acceptance that produced it; the expected
    speed-up at other acceptance rates follows Leviathan et al. (2023), eq. 1, and is printed as well.
 2. With --model DIR: the bundle's LLM on ASR requests for the example clips (or, with --manifest,
-   the first --limit transcribed clips of its --split, as bench/pipeline.py takes them), drafted by the bundle's
-   draft LM (DIR/draft/) when it ships one, else by a lookup draft of its CTC transcript
-   (`LookupDraft`, free to run): trained parts, so the acceptance is real.
+   the --split's fixed held-out sample of --limit items per task of --tasks, as bench default takes
+   it), drafted by the bundle's draft LM (DIR/draft/) when it ships one, else by a lookup draft of
+   its CTC transcript (`LookupDraft`, free to run; prompt lookup for the tasks that are not ASR):
+   trained parts, so the acceptance is real. One row per task.
 
 Both assert that the speculative output equals plain greedy decoding token for token.
 The last line: ``bench speculative: ... ratio=<plain time / speculative time>`` for measurement 1.
@@ -35,9 +36,6 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from spokenlm.lm import DraftLM, GenerationConfig, LookupDraft, SpeechLLM, build_llm, speculative_generate
 from spokenlm.tokenizer import train_bpe_tokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import manifest_clips  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -127,47 +125,63 @@ def bench_base(args) -> dict:
     }
 
 
-def bench_bundle(model_dir: Path, args) -> dict | None:
+def bundle_requests(args) -> dict[str, list[tuple[torch.Tensor, "TaskRequest"]]]:
+    """Per task, (clip, request) pairs for measurement 2: the example clips (ASR), or with --manifest
+    the --split's fixed held-out sample (`heldout_items`, as bench default takes it), --limit per task."""
     from spokenlm.audio import load_audio
-    from spokenlm.model import load_bundle
-    from spokenlm.tasks import TaskRequest, build_prompt
+    from spokenlm.recipes.speechlm import heldout_items
+    from spokenlm.tasks import TaskRequest
+    from spokenlm.train.data import read_manifest
+
+    if args.manifest is None:
+        examples = sorted((REPO / "examples").glob("*.flac")) + sorted((REPO / "examples").glob("*.wav"))
+        return {"asr": [(load_audio(path), TaskRequest(task="asr")) for path in examples]}
+    utts = read_manifest(args.manifest, splits=(args.split,))
+    by_task = heldout_items(utts, args.limit)
+    tasks = list(by_task) if args.tasks == ["all"] else args.tasks
+    missing = [t for t in tasks if t not in by_task]
+    if missing:
+        raise SystemExit(f"{args.manifest} split {args.split!r} has no items for tasks {missing}")
+    return {t: [(load_audio(item.utt.audio), item.request) for item in by_task[t]] for t in tasks}
+
+
+def bench_bundle(model_dir: Path, args) -> dict[str, dict] | None:
+    """Per task: plain and speculative greedy decoding of each (clip, request), batch 1, timed."""
+    from spokenlm.model import load_bundle, request_prompts
 
     model = load_bundle(model_dir)
-    kind = "its draft LM" if model.draft is not None else "a lookup draft of the CTC transcript"
-    if args.manifest is not None:  # held-out corpus clips: the speech the bundle was trained for
-        clips = [clip.wav for clip in manifest_clips(args.manifest, args.split, args.limit)]
-        if not clips:
-            raise SystemExit(f"{args.manifest} has no transcribed utterance in split {args.split!r}")
-    else:
-        examples = sorted((REPO / "examples").glob("*.flac")) + sorted((REPO / "examples").glob("*.wav"))
-        clips = [load_audio(path) for path in examples]
-    prompt = build_prompt(TaskRequest(task="asr"))
     plain_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=0)
     spec_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=args.draft_tokens)
-    t_plain = t_spec = 0.0
-    drafted = accepted = 0
-    identical = True
-    for clip in clips:
-        with torch.inference_mode():
-            speech = model.encode_recordings([clip])
-            projected = model.adapter(speech.embeddings)
-        plain, dt = timed(lambda: model.llm.generate([prompt], projected, speech.lengths, plain_config))
-        t_plain += dt
-        draft = model.draft
-        if draft is None:
-            if speech.transcripts is None:
-                print(f"{model_dir} has neither a draft LM nor a CTC compressor: bundle measurement skipped")
-                return None
-            draft = LookupDraft(speech.transcripts)
-        (spec, stats), dt = timed(
-            lambda: speculative_generate(model.llm, draft, [prompt], projected, speech.lengths, spec_config)
-        )
-        t_spec += dt
-        drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
-        identical &= spec[0].token_ids == plain[0].token_ids
-    assert identical, "speculative greedy output differs from plain greedy output"
-    return {"clips": len(clips), "plain_s": t_plain, "spec_s": t_spec, "acceptance": accepted / max(drafted, 1),
-            "kind": kind}  # fmt: skip
+    results = {}
+    for task, pairs in bundle_requests(args).items():
+        row = {"items": len(pairs), "plain_s": 0.0, "spec_s": 0.0, "drafted": 0, "accepted": 0, "tokens": 0,
+               "identical": True}  # fmt: skip
+        for clip, request in pairs:
+            with torch.inference_mode():
+                speech = model.encode_recordings([clip])
+                projected = model.adapter(speech.embeddings)
+            prompts = request_prompts(model.llm, [request], speech.char_times)
+            draft = model.draft
+            if draft is None:
+                if speech.transcripts is None:
+                    print(f"{model_dir} has neither a draft LM nor a CTC compressor: bundle measurement skipped")
+                    return None
+                draft = LookupDraft(speech.transcripts)
+            plain, dt = timed(lambda: model.llm.generate(prompts, projected, speech.lengths, plain_config))
+            row["plain_s"] += dt
+            (spec, stats), dt = timed(
+                lambda: speculative_generate(model.llm, draft, prompts, projected, speech.lengths, spec_config)
+            )
+            row["spec_s"] += dt
+            row["drafted"] += stats.drafted
+            row["accepted"] += stats.accepted
+            row["tokens"] += len(plain[0].token_ids)
+            row["identical"] &= spec[0].token_ids == plain[0].token_ids
+        assert row["identical"], f"{task}: speculative greedy output differs from plain greedy output"
+        row["acceptance"] = row["accepted"] / max(row["drafted"], 1)
+        row["kind"] = "its draft LM" if model.draft is not None else "a lookup draft of the CTC transcript"
+        results[task] = row
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, default=None,
                         help="measurement 2 on this corpus manifest's --split clips (default: the example clips)")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--limit", type=int, default=20, help="clips taken from the manifest split")
+    parser.add_argument("--limit", type=int, default=20, help="items per task taken from the manifest split")
+    parser.add_argument("--tasks", nargs="+", default=["asr"], help="measurement 2's tasks (with --manifest), or: all")
     args = parser.parse_args(argv)
 
     r = bench_base(args)
@@ -199,11 +214,15 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle = bench_bundle(args.model, args) if args.model is not None else None
     extra = ""
-    if bundle is not None:
-        b_ratio = bundle["plain_s"] / bundle["spec_s"]
-        print(f"2. {args.model} with {bundle['kind']}: {bundle['clips']} clips, ASR, plain {bundle['plain_s']:.2f} s, speculative "
-              f"{bundle['spec_s']:.2f} s ({b_ratio:.2f}x), acceptance {bundle['acceptance']:.3f}, identical outputs")
-        extra = f" bundle_acceptance={bundle['acceptance']:.3f} bundle_ratio={b_ratio:.2f}"
+    if bundle:
+        kind = next(iter(bundle.values()))["kind"]
+        print(f"2. {args.model} with {kind}, greedy, batch 1, {args.draft_tokens} drafted per block; outputs identical")
+        print("| task | items | tokens | plain s | speculative s | speed-up | acceptance |\n|---|---:|---:|---:|---:|---:|---:|")
+        for task, b in bundle.items():
+            print(f"| {task} | {b['items']} | {b['tokens']} | {b['plain_s']:.2f} | {b['spec_s']:.2f} | "
+                  f"{b['plain_s'] / b['spec_s']:.2f}x | {b['acceptance']:.3f} |")
+        extra = "".join(f" {t}_acceptance={b['acceptance']:.3f} {t}_ratio={b['plain_s'] / b['spec_s']:.2f}"
+                        for t, b in bundle.items())  # fmt: skip
     print(
         f"bench speculative: size={args.size} draft_layers={args.draft_layers} draft_tokens={args.draft_tokens} "
         f"acceptance={r['acceptance']:.3f} cost={r['cost']:.2f} plain_tok_s={r['tokens'] / r['plain_s']:.2f} "

@@ -33,18 +33,20 @@ def test_the_bundle_measurement_reads_clips_from_a_manifest_split(tiny_bundle, e
     rows = []
     for i, split in enumerate(["test", "dev", "test"]):
         shutil.copy(example_clips[i % len(example_clips)], tmp_path / f"{i}.wav")
-        rows.append({"id": f"u{i}", "split": split, "audio": f"{i}.wav", "duration_s": 3.0, "tasks": ["asr"],
-                     "task_labels": {"text": "x"}})  # fmt: skip
+        rows.append({"id": f"u{i}", "split": split, "audio": f"{i}.wav", "duration_s": 3.0,
+                     "tasks": ["asr", "sentiment"] if i == 2 else ["asr"],
+                     "task_labels": {"text": "x", "sentiment": "Positive"}})  # fmt: skip
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["bench", "speculative", "--size", "tiny", "--prompts", "1", "--new-tokens", "4",
-                 "--model", str(tiny_bundle), "--manifest", str(tmp_path / "manifest.jsonl")]) == 0  # fmt: skip
+                 "--model", str(tiny_bundle), "--manifest", str(tmp_path / "manifest.jsonl"), "--tasks", "all"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert re.search(r"^2\. .* with a lookup draft of the CTC transcript: 2 clips, ASR", out, re.M), out
-    assert re.search(r" bundle_acceptance=\S+ bundle_ratio=\S+ ratio=\S+$", out.strip().splitlines()[-1])
+    assert re.search(r"^2\. .* with a lookup draft of the CTC transcript, greedy, batch 1", out, re.M), out
+    assert re.search(r"^\| asr \| 2 \| \d+ \|", out, re.M) and re.search(r"^\| sentiment \| 1 \| \d+ \|", out, re.M), out
+    assert re.search(r" asr_acceptance=\S+ asr_ratio=\S+ sentiment_acceptance=\S+ sentiment_ratio=\S+ ratio=\S+$",
+                     out.strip().splitlines()[-1])  # fmt: skip
     assert main(["bench", "speculative", "--size", "tiny", "--prompts", "1", "--new-tokens", "4",
                  "--model", str(tiny_bundle), "--manifest", str(tmp_path / "manifest.jsonl"), "--split", "train"]) == 1
-    assert "manifest.jsonl has no transcribed utterance in split 'train'" in capsys.readouterr().err
-
+    assert "manifest.jsonl split 'train' has no items for tasks ['asr']" in capsys.readouterr().err
 
 def test_a_draft_with_every_layer_is_the_target_and_always_accepted():
     import torch
