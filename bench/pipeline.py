@@ -16,8 +16,9 @@ The recognizers (spokenlm/peers.py):
   clip at a time: the recognizer a user would pick instead of ours.
 ``--whisper`` is that dir (default: the tiny.en base, ``spokenlm bases fetch``). Each ``--speedups
 LIST`` adds the bundle once more as ``ours[LIST]``, its LLM changed for inference
-(``spokenlm.lm.LLMSpeedups``: merged LoRA, bf16, int8 dynamic quantization), so a speed-up is kept
-only where this table shows it pays at the same WER (issue 17).
+(``spokenlm.lm.LLMSpeedups``: merged LoRA, bf16, int8 dynamic quantization) and, with the item
+``ctc-draft``, decoded speculatively from a lookup of the CTC transcript (exact: the same greedy
+output), so a speed-up is kept only where this table shows it pays at the same WER (issue 17).
 
 Clips: the --split utterances of a corpus manifest (`spokenlm data synth`; its test split holds
 sentences and voice settings never used in training), the first --limit of them in manifest order,
@@ -130,14 +131,15 @@ def load_clips(args: argparse.Namespace) -> list[Clip]:
     return clips
 
 
-def run_asr(model, clips: list[Clip], batch: int, max_new_tokens: int) -> list:
-    """The bundle's ASR RunOutput per clip (in clip order), greedy, in length-sorted batches."""
+def run_asr(model, clips: list[Clip], batch: int, max_new_tokens: int, ctc_draft: bool = False) -> list:
+    """The bundle's ASR RunOutput per clip (in clip order), greedy, in length-sorted batches;
+    ctc_draft: speculative, drafted by a lookup of each clip's CTC transcript (the same output)."""
     from spokenlm.lm import GenerationConfig
     from spokenlm.tasks import TaskRequest
 
     order = sorted(range(len(clips)), key=lambda i: clips[i].seconds)
     outputs: list = [None] * len(clips)
-    config = GenerationConfig(max_new_tokens=max_new_tokens)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, ctc_draft=ctc_draft)
     for start in range(0, len(order), batch):
         index = order[start : start + batch]
         for i, out in zip(index, model.run([clips[i].wav for i in index], [TaskRequest(task="asr")] * len(index), config)):
@@ -145,14 +147,24 @@ def run_asr(model, clips: list[Clip], batch: int, max_new_tokens: int) -> list:
     return outputs
 
 
+CTC_DRAFT = "ctc-draft"  # a --speedups item that is a decoding option, not an LLM change
+
+
 def variant_speedups(name: str) -> str:
-    """"ours[merge,bf16]" -> "merge,bf16"; plain "ours" -> "" (no speed-ups)."""
-    return name[len("ours[") : -1] if name.startswith("ours[") else ""
+    """"ours[merge,bf16,ctc-draft]" -> "merge,bf16" (the LLM's); plain "ours" -> "" (no speed-ups)."""
+    items = name[len("ours[") : -1].split(",") if name.startswith("ours[") else []
+    return ",".join(i for i in items if i.strip() != CTC_DRAFT)
+
+
+def variant_ctc_draft(name: str) -> bool:
+    """Whether the variant decodes speculatively with the CTC lookup draft ("ours[...,ctc-draft]")."""
+    return name.startswith("ours[") and CTC_DRAFT in [i.strip() for i in name[len("ours[") : -1].split(",")]
 
 
 def describe(name: str) -> str:
     if name.startswith("ours["):
-        return f"{RECOGNIZERS['ours']}, LLM speed-ups {variant_speedups(name)}"
+        draft = ", speculative from the CTC transcript" if variant_ctc_draft(name) else ""
+        return f"{RECOGNIZERS['ours']}, LLM speed-ups {variant_speedups(name) or 'none'}{draft}"
     return RECOGNIZERS[name]
 
 
@@ -194,8 +206,10 @@ def worker(args: argparse.Namespace) -> dict:
             notes.append(f"{args.model} is UNTRAINED (random weights): its WER is meaningless")
         run_asr(model, clips[:1], 1, 4)  # warm-up
 
+        ctc_draft = variant_ctc_draft(args.worker)
+
         def transcribe(cs: list[Clip]) -> list[str]:
-            return [normalize(o.result.text) for o in run_asr(model, cs, args.batch, args.max_new_tokens)]
+            return [normalize(o.result.text) for o in run_asr(model, cs, args.batch, args.max_new_tokens, ctc_draft)]
 
     else:
         from spokenlm.peers import FasterWhisper, Pocketsphinx, WhisperPeer
@@ -276,7 +290,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
     for value in args.speedups:
         try:
-            LLMSpeedups.parse(value)
+            LLMSpeedups.parse(variant_speedups(f"ours[{value}]"))
         except ValueError as e:
             parser.error(f"--speedups {value!r}: {e}")
     if args.worker and args.worker not in RECOGNIZERS and not args.worker.startswith("ours["):

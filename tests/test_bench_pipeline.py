@@ -133,3 +133,15 @@ def test_bench_pipeline_refuses_what_is_not_a_bundle(tmp_path, capsys):
     assert "--speedups 'merge,fp8': unknown LLM speed-up(s) ['fp8']; expected some of merge, bf16, int8" in capsys.readouterr().err
     assert main(["bench", "pipeline", "--peers-only", "--speedups", "int8", "--tsv", "x.tsv"]) == 2
     assert "--speedups needs a bundle (--model, or models/default)" in capsys.readouterr().err
+    assert main(["bench", "pipeline", "--speedups", "ctc-draft,fp8", "--tsv", "x.tsv"]) == 2
+    assert "--speedups 'ctc-draft,fp8': unknown LLM speed-up(s) ['fp8']" in capsys.readouterr().err
+
+
+def test_ctc_draft_is_a_decoding_item_of_a_variant_not_an_llm_change():
+    import runpy
+
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "pipeline.py"))
+    assert bench["variant_speedups"]("ours[merge,ctc-draft]") == "merge"
+    assert bench["variant_speedups"]("ours[ctc-draft]") == "" and bench["variant_speedups"]("ours") == ""
+    assert bench["variant_ctc_draft"]("ours[merge, ctc-draft]") and not bench["variant_ctc_draft"]("ours[merge]")
+    assert bench["describe"]("ours[ctc-draft]").endswith("LLM speed-ups none, speculative from the CTC transcript")
