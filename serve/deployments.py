@@ -114,6 +114,25 @@ class _Work:
         return f"work has run {age:.0f} s, over the {self.stuck_after_s:g} s limit" if age > self.stuck_after_s else None
 
 
+class _Replica:
+    """What both deployments answer about their `work` (a _Work): Serve's health check and the
+    ingress's readiness and stats."""
+
+    work: _Work
+
+    def ready(self) -> str | None:
+        """None when ready, else why not (the ingress's /readyz reports it)."""
+        return self.work.stuck()
+
+    def check_health(self) -> None:
+        if reason := self.work.stuck():
+            raise RuntimeError(reason)
+
+    def stats(self) -> dict:
+        """Work running now, and work stopped early by why: what tests and operators look at."""
+        return {"running": len(self.work.started), "stopped": dict(self.work.stopped)}
+
+
 async def _until_cancelled(stop: _Stop, call):
     """Await `call` (a coroutine); when the caller is cancelled, mark `stop` so the work stops too."""
     try:
@@ -152,7 +171,7 @@ def _init_torch() -> "Any":
     ray_actor_options={"num_cpus": 0.25, "num_gpus": 0},
     user_config=DEFAULT_BATCH,
 )
-class Encoder:
+class Encoder(_Replica):
     def __init__(self, model_dir: str, stuck_after_s: float = STUCK_AFTER_S):
         from spokenlm.model import load_bundle_compressor, load_bundle_encoder
 
@@ -166,18 +185,6 @@ class Encoder:
 
     def reconfigure(self, config: dict) -> None:
         _configure_batching(self, ("_encode_batched",), config)
-
-    def ready(self) -> str | None:
-        """None when ready, else why not (the ingress's /readyz reports it)."""
-        return self.work.stuck()
-
-    def check_health(self) -> None:
-        if reason := self.work.stuck():
-            raise RuntimeError(reason)
-
-    def stats(self) -> dict:
-        """Work running now, and work stopped early by why: what tests and operators look at."""
-        return {"running": len(self.work.started), "stopped": dict(self.work.stopped)}
 
     async def encode(self, wav: Tensor, deadline: float) -> tuple[SpeechTokens, int]:
         """One recording of at most LONG_AUDIO_S, batched with others: its SpeechTokens (B = 1, CPU)
@@ -209,7 +216,7 @@ class Encoder:
     ray_actor_options={"num_cpus": 0.25, "num_gpus": 0},
     user_config=DEFAULT_BATCH,
 )
-class LLM:
+class LLM(_Replica):
     def __init__(self, model_dir: str, stuck_after_s: float = STUCK_AFTER_S):
         from spokenlm.model import load_bundle_draft, load_bundle_llm
 
@@ -222,18 +229,6 @@ class LLM:
 
     def reconfigure(self, config: dict) -> None:
         _configure_batching(self, ("_decode_batched",), config)
-
-    def ready(self) -> str | None:
-        """None when ready, else why not (the ingress's /readyz reports it)."""
-        return self.work.stuck()
-
-    def check_health(self) -> None:
-        if reason := self.work.stuck():
-            raise RuntimeError(reason)
-
-    def stats(self) -> dict:
-        """Work running now, and work stopped early by why: what tests and operators look at."""
-        return {"running": len(self.work.started), "stopped": dict(self.work.stopped)}
 
     async def decode(
         self, item: tuple[SpeechTokens, int], request: TaskRequest, generation: GenerationConfig, deadline: float
