@@ -150,15 +150,19 @@ def run_asr(model, clips: list[Clip], batch: int, max_new_tokens: int, ctc_draft
 CTC_DRAFT = "ctc-draft"  # a --speedups item that is a decoding option, not an LLM change
 
 
+def _variant_items(name: str) -> list[str]:
+    """"ours[merge, ctc-draft]" -> ["merge", "ctc-draft"]; plain "ours" -> []."""
+    return [i.strip() for i in name[len("ours[") : -1].split(",")] if name.startswith("ours[") else []
+
+
 def variant_speedups(name: str) -> str:
     """"ours[merge,bf16,ctc-draft]" -> "merge,bf16" (the LLM's); plain "ours" -> "" (no speed-ups)."""
-    items = name[len("ours[") : -1].split(",") if name.startswith("ours[") else []
-    return ",".join(i for i in items if i.strip() != CTC_DRAFT)
+    return ",".join(i for i in _variant_items(name) if i != CTC_DRAFT)
 
 
 def variant_ctc_draft(name: str) -> bool:
     """Whether the variant decodes speculatively with the CTC lookup draft ("ours[...,ctc-draft]")."""
-    return name.startswith("ours[") and CTC_DRAFT in [i.strip() for i in name[len("ours[") : -1].split(",")]
+    return CTC_DRAFT in _variant_items(name)
 
 
 def describe(name: str) -> str:

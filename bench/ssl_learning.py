@@ -53,7 +53,6 @@ Not here: training (spokenlm/recipes), the segmentation-time benchmark (bench/sy
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import random
@@ -73,7 +72,7 @@ from spokenlm.encoders.sylber import segment_batch
 from spokenlm.envelope import envelope_segments
 from spokenlm.peers import PocketsphinxAligner
 from spokenlm.probes import ProbeConfig, ProbeReport, ctc_log_prob_source, forced_align_labels, probe_layers
-from spokenlm.train.data import Utterance, read_manifest
+from spokenlm.train.data import Utterance, id_hash_order, read_manifest
 
 TOLERANCE_S = 0.050  # the "within 50 ms"
 DEDUP_S = 0.020  # boundaries this close are one boundary (one frame at 50 Hz)
@@ -111,8 +110,7 @@ def heldout_utterances(
             f"{manifest} has no transcribed utterance in splits {', '.join(splits)}"
             + (f" voiced by {engine!r}" if engine else "")
         )
-    utts.sort(key=lambda u: hashlib.sha1(u.id.encode()).hexdigest())
-    return utts[:max_utterances]
+    return id_hash_order(utts)[:max_utterances]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from spokenlm.audio import SAMPLE_RATE
 from spokenlm.compress import CTCCompressor, CTCCompressorConfig, CharVocab, save_compressor
 from spokenlm.encoders import load_encoder, save_encoder, with_config, with_overrides
 from spokenlm.encoders.base import EncoderOutput
-from spokenlm.train.data import AudioCache, Utterance, duration_batches, read_manifest, total_hours
+from spokenlm.train.data import AudioCache, Utterance, duration_batches, id_hash_order, read_manifest, total_hours
 from spokenlm.train.features import FeatureCache
 from spokenlm.train.loop import (
     Checkpointer,
@@ -218,10 +217,6 @@ def usable_utterances(utts: list[Utterance], encoder: nn.Module, vocab: CharVoca
         if ids and len(ids) + sum(a == b for a, b in zip(ids, ids[1:])) <= n:
             keep.append(utt)
     return keep, len(utts) - len(keep)
-
-
-def _id_hash(utt: Utterance) -> str:
-    return hashlib.sha1(utt.id.encode()).hexdigest()
 
 
 # --- SpecAugment on the frames entering the Transformer ------------------------------------------
@@ -460,7 +455,7 @@ def train(config: CTCTrainConfig) -> dict:
 
     train_utts, skipped = split(config.train_splits)
     dev_utts, _ = split((config.dev_split,))
-    dev_utts = sorted(dev_utts, key=_id_hash)[: config.eval_max_utts]
+    dev_utts = id_hash_order(dev_utts)[: config.eval_max_utts]
     if not train_utts:
         raise ValueError(f"{config.manifest}: no usable asr utterances in splits {list(config.train_splits)}")
     if not dev_utts:

@@ -92,6 +92,10 @@ class CTCLMConfig:
     def validate(self) -> None:
         if (self.encoder_base is None) == (self.encoder_dir is None):
             raise ValueError("ctc-lm needs exactly one of encoder_base and encoder_dir")
+        from spokenlm.bases import KNOWN_BASES
+
+        if self.encoder_base is not None and self.encoder_base not in KNOWN_BASES:
+            raise ValueError(f"unknown encoder_base {self.encoder_base!r}; expected one of {', '.join(KNOWN_BASES)}")
         if not self.lm_weights or not self.word_scores:
             raise ValueError("lm_weights and word_scores need at least one value each")
         for lm_weight in self.lm_weights:
@@ -106,10 +110,10 @@ class CTCLMConfig:
 def train(config: CTCLMConfig) -> dict:
     import jiwer
 
-    from spokenlm.bases import KNOWN_BASES, resolve_base
     from spokenlm.encoders import load_encoder, with_config
+    from spokenlm.recipes.speechlm import part_source
     from spokenlm.speech import encode_chunks, join_chunks
-    from spokenlm.train.data import AudioCache, read_manifest
+    from spokenlm.train.data import AudioCache, id_hash_order, read_manifest
     from spokenlm.train.loop import world_size
 
     config.validate()
@@ -124,7 +128,7 @@ def train(config: CTCLMConfig) -> dict:
            and u.duration_s <= config.max_duration_s]  # fmt: skip
     if not texts or not dev:
         raise ValueError(f"{config.manifest}: need transcripts in both {config.train_split!r} and {config.dev_split!r}")
-    dev = sorted(dev, key=lambda u: hashlib.sha1(u.id.encode()).hexdigest())[: config.dev_utterances]
+    dev = id_hash_order(dev)[: config.dev_utterances]
     seen = set(texts)
     leaked = sum(u.labels["text"] in seen for u in dev)  # the corpus holds none; a user's may
 
@@ -143,12 +147,7 @@ def train(config: CTCLMConfig) -> dict:
     compressor = load_compressor(config.compressor_dir).eval()
     if not isinstance(compressor, CTCCompressor):
         raise ValueError(f"{config.compressor_dir} is a {type(compressor).__name__}, not a CTC compressor")
-    if config.encoder_dir is not None:
-        source = config.encoder_dir
-    elif config.encoder_base in KNOWN_BASES:
-        source = str(resolve_base(KNOWN_BASES[config.encoder_base]))
-    else:
-        raise ValueError(f"unknown encoder_base {config.encoder_base!r}; expected one of {', '.join(KNOWN_BASES)}")
+    source = part_source(config, "encoder")
     encoder = with_config(load_encoder(source), dict(config.encoder_overrides), source=source).eval()
     audio = AudioCache()
     waves = [audio.get(u) for u in dev]

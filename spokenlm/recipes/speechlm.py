@@ -40,7 +40,6 @@ en→es BLEU (sacrebleu, every reference translation), QA exact match / token F1
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 import re
@@ -56,7 +55,7 @@ from torch import Tensor, nn
 
 from spokenlm.tasks import TASK_NAMES, TASKS, TaskRequest, build_prompt, parse_output
 from spokenlm.train.config import to_dict
-from spokenlm.train.data import AudioCache, Utterance, read_manifest
+from spokenlm.train.data import AudioCache, Utterance, id_hash_order, read_manifest
 from spokenlm.train.features import FeatureCache
 from spokenlm.train.loop import (
     Checkpointer,
@@ -276,8 +275,7 @@ def tasks_of(utts: list[Utterance]) -> list[str]:
 def heldout_items(utts: list[Utterance], per_task: int) -> dict[str, list[Item]]:
     """Per task, the first `per_task` items (0: all) in id-hash order: the same items on every call."""
     out = {}
-    # in id-hash order: a fixed sample that mixes the sources (ids of one corpus share a prefix)
-    ordered = sorted(utts, key=lambda u: hashlib.sha1(u.id.encode()).hexdigest())
+    ordered = id_hash_order(utts)
     for task in tasks_of(utts):
         items = [i for u in ordered if task in u.tasks for i in items_of(u, task)]
         out[task] = items[:per_task] if per_task else items

@@ -14,6 +14,7 @@ transcript: audio only), and the audio loaded by spokenlm.corpora.load_ref (a cu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -37,6 +38,13 @@ class Utterance:
     tasks: tuple[str, ...] = ("asr",)
     voice: dict = field(default_factory=dict, repr=False)
     audio_ref: AudioRef | None = field(default=None, repr=False)  # other formats: a cut or a table row of `audio`
+
+
+def id_hash_order(utts: Sequence[Utterance]) -> list[Utterance]:
+    """`utts` in id-hash order: their first N are a fixed sample that mixes the sources (the ids of
+    one corpus share a prefix), the same on every call; what the recipes' and benches' held-out
+    samples are cut from."""
+    return sorted(utts, key=lambda u: hashlib.sha1(u.id.encode()).hexdigest())
 
 
 def read_manifest(path: str | Path | Sequence[str | Path], *, splits: tuple[str, ...] | None = None,
