@@ -17,8 +17,9 @@
    they would be far cleaner (measured on 200 train utterances: WER 0.096 against dev's 0.209), and
    the LLM would learn to trust them more than it should.
 
-Counting n-grams and a beam search at ~10 ms per utterance take minutes, not hours: there is no
-training loop, no checkpoint and no Ray Train worker split (`--workers` is refused).
+Counting n-grams and searching 300 dev utterances per grid point take minutes (2.6 for the
+committed config, 6.3 beside a training run): there is no training loop, no checkpoint and no
+Ray Train worker split (`--workers` is refused).
 """
 
 from __future__ import annotations
