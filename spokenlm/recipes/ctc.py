@@ -187,17 +187,10 @@ def build_start_encoder(config: CTCTrainConfig) -> nn.Module:
 
     if config.encoder_preset is not None:
         return build_encoder(with_overrides(encoder_presets()[config.encoder_preset](), config.encoder_overrides))
-    source = encoder_source(config)
+    from spokenlm.bases import base_or_dir
+
+    source = base_or_dir(config.encoder_base, config.encoder_dir)
     return with_config(load_encoder(source), config.encoder_overrides, source=source)
-
-
-def encoder_source(config: CTCTrainConfig) -> str:
-    """The directory the encoder loads from: encoder_dir, or the resolved encoder_base."""
-    if config.encoder_base is not None:
-        from spokenlm.bases import KNOWN_BASES, resolve_base
-
-        return str(resolve_base(KNOWN_BASES[config.encoder_base]))
-    return str(config.encoder_dir)
 
 
 # --- data ----------------------------------------------------------------------------------------

@@ -111,8 +111,8 @@ class CTCLMConfig:
 def train(config: CTCLMConfig) -> dict:
     import jiwer
 
+    from spokenlm.bases import base_or_dir
     from spokenlm.encoders import load_encoder, with_config
-    from spokenlm.recipes.speechlm import part_source
     from spokenlm.speech import encode_chunks, join_chunks
     from spokenlm.train.data import AudioCache, id_hash_order, read_manifest
     from spokenlm.train.loop import world_size
@@ -148,7 +148,7 @@ def train(config: CTCLMConfig) -> dict:
     compressor = load_compressor(config.compressor_dir).eval()
     if not isinstance(compressor, CTCCompressor):
         raise ValueError(f"{config.compressor_dir} is a {type(compressor).__name__}, not a CTC compressor")
-    source = part_source(config, "encoder")
+    source = base_or_dir(config.encoder_base, config.encoder_dir)
     encoder = with_config(load_encoder(source), dict(config.encoder_overrides), source=source).eval()
     audio = AudioCache()
     waves = [audio.get(u) for u in dev]

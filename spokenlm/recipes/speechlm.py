@@ -526,12 +526,9 @@ def _check_inputs(config: SpeechLMTrainConfig) -> None:
 
 def part_source(config: SpeechLMTrainConfig, part: str) -> str:
     """Where the encoder or LLM loads from: `<part>_dir`, or the resolved `<part>_base`."""
-    base = getattr(config, f"{part}_base")
-    if base is None:
-        return str(getattr(config, f"{part}_dir"))
-    from spokenlm.bases import KNOWN_BASES, resolve_base
+    from spokenlm.bases import base_or_dir
 
-    return str(resolve_base(KNOWN_BASES[base]))
+    return base_or_dir(getattr(config, f"{part}_base"), getattr(config, f"{part}_dir"))
 
 
 def _upstream(path: Path) -> dict:
