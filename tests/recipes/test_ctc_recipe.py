@@ -318,6 +318,9 @@ def test_the_shipped_configs_parse():
     default = load_config(root / "ctc.yaml", CTCTrainConfig)
     dinosr = load_config(root / "ctc_dinosr.yaml", CTCTrainConfig)
     scratch = load_config(root / "ctc_scratch.yaml", CTCTrainConfig)
+    fsdd = load_config(root / "ctc_fsdd.yaml", CTCTrainConfig)
+    fsdd.validate()
+    assert fsdd.init_from == "models/parts/ctc/compressor" and fsdd.repeat == {"../corpus-fsdd/manifest.jsonl": 10}
     assert default.encoder_base == "whisper-tiny.en" and default.freeze_encoder and default.compressor_layers == 2
     assert default.mode == "frame_averaging" and default.out_dir == "runs/ctc"
     assert dinosr.encoder_dir == "runs/encoder-ssl/encoder" and dinosr.optim.max_minutes == 60
@@ -410,3 +413,30 @@ def test_encoder_source_errors(tiny_corpus, tmp_path):
         _config(tmp_path, tiny_corpus, encoder_preset=None, encoder_base="whisper-huge").validate()
     with pytest.raises(ValueError, match=r"freeze_encoder already keeps the encoder frozen; set freeze_encoder_steps to 0"):
         _config(tmp_path, tiny_corpus, freeze_encoder=True, freeze_encoder_steps=5).validate()
+
+
+def test_init_from_continues_a_compressor_and_repeat_weights_a_manifest(frozen_whisper_run, tiny_corpus, tmp_path):
+    config, summary, root = frozen_whisper_run
+    # a second corpus: the first four fine-tune clips again, under other ids, at absolute paths
+    rows = [json.loads(line) for line in tiny_corpus.read_text().splitlines()]
+    extra = [r | {"id": "b-" + r["id"], "audio": str(tiny_corpus.parent / r["audio"])}
+             for r in rows if r["split"] == "fine-tune"][:4]  # fmt: skip
+    second = tmp_path / "second.jsonl"
+    second.write_text("".join(json.dumps(r) + "\n" for r in extra))
+    trained_compressor = str(Path(config.out_dir) / "compressor")
+    continued = replace(
+        config, out_dir=str(tmp_path / "out"), manifest=(str(tiny_corpus), str(second)), repeat={str(second): 3},
+        init_from=trained_compressor, optim=replace(config.optim, max_steps=2),
+    )  # fmt: skip
+    result = train(continued)
+    assert result["train_utterances"] == 24 and result["train_utterances_repeated"] == 20 + 3 * 4
+    # the step-0 dev loss is the trained head's, not a fresh one's
+    assert result["dev_loss_start"] == pytest.approx(summary["dev_loss"], rel=0.02)
+    assert result["dev_loss_start"] < 0.5 * summary["dev_loss_start"]
+
+    with pytest.raises(ValueError, match=r"^init_from .*compressor: its num_layers is 1, this run's is 2$"):
+        train(replace(continued, out_dir=str(tmp_path / "bad"), compressor_layers=2))
+    with pytest.raises(ValueError, match=r"^repeat names 'x.jsonl', which is not one of the manifests \["):
+        replace(continued, repeat={"x.jsonl": 2}).validate()
+    with pytest.raises(ValueError, match=r"^repeat\[.*second.jsonl'\] must be an integer >= 1, got 0$"):
+        replace(continued, repeat={str(second): 0}).validate()
