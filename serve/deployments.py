@@ -173,11 +173,12 @@ def _init_torch() -> "Any":
 )
 class Encoder(_Replica):
     def __init__(self, model_dir: str, stuck_after_s: float = STUCK_AFTER_S):
-        from spokenlm.model import load_bundle_compressor, load_bundle_encoder
+        from spokenlm.model import load_bundle_compressor, load_bundle_encoder, load_bundle_transcriber
 
         self.device = _init_torch()
         encoder, self.max_chunk_s = load_bundle_encoder(model_dir)
         compressor, adapter = load_bundle_compressor(model_dir)
+        self.transcriber = load_bundle_transcriber(model_dir)  # Whisper's reading for the prompt, if the bundle has one
         self.encoder = encoder.to(self.device)
         self.compressor, self.adapter = compressor.to(self.device), adapter.to(self.device)
         _stoppable(self.encoder)
@@ -207,7 +208,8 @@ class Encoder(_Replica):
         from spokenlm.speech import encode_speech
 
         with self.work.running(stops):
-            speech = encode_speech(self.encoder, self.compressor, self.adapter, waves, max_chunk_s=self.max_chunk_s)
+            speech = encode_speech(self.encoder, self.compressor, self.adapter, waves, max_chunk_s=self.max_chunk_s,
+                                   transcriber=self.transcriber)  # fmt: skip
         return [(speech.item(i), len(waves)) for i in range(len(waves))]
 
 

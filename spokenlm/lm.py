@@ -81,13 +81,17 @@ class SpeechLLM(nn.Module):
     """A causal LM (possibly wrapped by peft) plus its tokenizer; see the module docstring."""
 
     def __init__(
-        self, *, model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt_transcript: bool = False
-    ) -> None:
+        self, *, model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt_transcript: bool = False,
+        asr_from_transcript: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         # How this LLM (its LoRA) was trained to be prompted: True = the hybrid prompt, the CTC
         # transcript as text after the speech (`spokenlm.tasks.build_prompt(request, transcript)`).
         # A bundle records it; `spokenlm.model.request_prompts` follows it.
         self.prompt_transcript = prompt_transcript
+        # ASR requests are answered with the prompt's transcript instead of decoded (`decode_speech`):
+        # a bundle sets it where that transcript scored better on dev than the LLM's rewrite of it.
+        self.asr_from_transcript = asr_from_transcript
         if tokenizer.convert_tokens_to_ids(AUDIO_TOKEN) in (None, tokenizer.unk_token_id):
             raise ValueError(f"tokenizer has no {AUDIO_TOKEN} token; build the LLM with load_llm or build_llm")
         if tokenizer.pad_token_id is None:
@@ -578,7 +582,8 @@ def add_lora(llm: SpeechLLM, config: LoRAConfig = LoRAConfig()) -> SpeechLLM:
         target_modules=list(config.target_modules), task_type="CAUSAL_LM",
     )  # fmt: skip
     model = get_peft_model(llm.model, peft_config)
-    return SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript)
+    return SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript,
+                     asr_from_transcript=llm.asr_from_transcript)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -629,7 +634,8 @@ def speed_up_llm(llm: SpeechLLM, options: LLMSpeedups) -> SpeechLLM:
 
         model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     model.eval().requires_grad_(False)
-    return SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript)
+    return SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript,
+                     asr_from_transcript=llm.asr_from_transcript)
 
 
 def save_lora(llm: SpeechLLM, path: str | Path) -> None:
@@ -655,7 +661,8 @@ def load_lora(llm: SpeechLLM, path: str | Path, *, trainable: bool = False) -> S
     for p in llm.model.parameters():
         p.requires_grad_(False)
     model = PeftModel.from_pretrained(llm.model, str(path), is_trainable=trainable)
-    return SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript)
+    return SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript,
+                     asr_from_transcript=llm.asr_from_transcript)
 
 
 __all__ = [

@@ -92,12 +92,21 @@ from spokenlm.speech import (  # the speech half; re-exported: the feature cache
     join_chunks,
 )
 from spokenlm.tasks import TASK_NAMES, Answer, Entities, TaskRequest, TaskResult, build_prompt, parse_output
+from spokenlm.transcriber import (
+    TranscriberConfig,
+    WhisperTranscriber,
+    load_transcriber,
+    transcriber_config_from_json,
+    transcriber_config_to_json,
+)
 
 __all__ = [
     "BundleError", "BundleInfo", "ChunkBatch", "LLMConfig", "Pretrained", "RunOutput", "SpeechLM", "SpeechLMConfig",
     "SpeechTokens", "build_speechlm", "bundle_bases", "decode_speech", "encode_chunks", "join_chunks",
     "load_bundle", "load_bundle_compressor", "load_bundle_draft", "load_bundle_encoder", "load_bundle_llm",
-    "locate_entities", "locate_text", "read_bundle_meta", "request_prompts", "save_bundle", "stream_speech",
+    "load_bundle_transcriber", "load_bundle_transcriber_config", "locate_entities", "locate_text",
+    "read_bundle_meta", "request_prompts", "save_bundle", "set_bundle_asr_from_transcript", "set_bundle_transcriber",
+    "stream_speech",
 ]  # fmt: skip
 
 BUNDLE_FORMAT_VERSION = 1
@@ -232,6 +241,7 @@ class SpeechLM(nn.Module):
         info: BundleInfo | None = None,
         draft: DraftLM | None = None,
         config: SpeechLMConfig | None = None,
+        transcriber: WhisperTranscriber | None = None,
     ):
         super().__init__()
         if compressor.output_dim != adapter.config.input_dim:
@@ -247,13 +257,16 @@ class SpeechLM(nn.Module):
         self.max_chunk_s = max_chunk_s
         self.info = info or BundleInfo()
         self.config = config  # what build_speechlm built it from (None: assembled by hand); the bundle saves it
+        if transcriber is not None and not llm.prompt_transcript:
+            raise ValueError("a transcriber writes the hybrid prompt's transcript, but this LLM was trained without one")
+        self.transcriber = transcriber  # Whisper's reading for the prompt where confident (spokenlm.transcriber)
 
     @torch.inference_mode()
     def encode_recordings(self, waves: Sequence[Tensor], *, uncompressed: bool = False) -> SpeechTokens:
         """Cut each recording (S,) at pauses, compress every chunk, join each recording's tokens, adapt
         them (`spokenlm.speech.encode_speech`)."""
         return encode_speech(self.encoder, self.compressor, self.adapter, waves, max_chunk_s=self.max_chunk_s,
-                             uncompressed=uncompressed)  # fmt: skip
+                             uncompressed=uncompressed, transcriber=self.transcriber)  # fmt: skip
 
     @torch.inference_mode()
     def run(
@@ -309,9 +322,34 @@ def decode_speech(
     (`request_prompts`).
     """
     t0 = time.perf_counter()
+    given = _transcript_answers(llm, speech, requests, recording)
+    if given is not None and all(text is not None for text in given):  # nothing for the LLM to decode
+        rows = list(range(len(requests))) if recording is None else list(recording)
+        return _run_outputs(requests, given, speech, rows, (time.perf_counter() - t0) * 1e3)
     prompts, projected, lengths, draft, recording = _decoding_inputs(llm, speech, requests, generation, recording, draft)
-    texts = [o.text for o in llm.generate(prompts, projected, lengths, generation, draft=draft)]
+    todo = [k for k in range(len(requests)) if given is None or given[k] is None]
+    texts = list(given) if given is not None else [None] * len(requests)
+    if len(todo) < len(requests):  # decode only the requests the transcript does not answer
+        index = torch.tensor(todo, device=projected.device)
+        prompts, projected, lengths = [prompts[k] for k in todo], projected[index], lengths[index]
+        if isinstance(draft, LookupDraft):  # one reference per prompt: keep those of the decoded ones
+            draft = dataclasses.replace(draft, references=[draft.references[k] for k in todo])
+    for k, o in zip(todo, llm.generate(prompts, projected, lengths, generation, draft=draft)):
+        texts[k] = o.text
     return _run_outputs(requests, texts, speech, recording, (time.perf_counter() - t0) * 1e3)
+
+
+def _transcript_answers(llm: SpeechLLM, speech: SpeechTokens, requests, recording) -> list[str | None] | None:
+    """Per request, its answer when the prompt's transcript is the answer (an ASR request and
+    `llm.asr_from_transcript`), else None; None when no request is answered so."""
+    if not getattr(llm, "asr_from_transcript", False) or not any(r.task == "asr" for r in requests):
+        return None
+    texts = speech.prompt_texts if speech.prompt_texts is not None else speech.transcripts
+    if texts is None:
+        raise ValueError("this bundle answers ASR with the prompt's transcript, but the compressor gave none")
+    rows = list(range(len(requests))) if recording is None else list(recording)
+    _check_recording(rows, len(requests), len(speech.durations_s))
+    return [texts[i] if r.task == "asr" else None for r, i in zip(requests, rows)]
 
 
 def stream_speech(
@@ -326,6 +364,12 @@ def stream_speech(
     """`decode_speech` of one request, as it is decoded: each new piece of text (a UTF-8 character is
     never split), then the RunOutput. Beam search gives its text at the end (its best prefix changes)."""
     t0 = time.perf_counter()
+    given = _transcript_answers(llm, speech, [request], [recording])
+    if given is not None:  # the transcript is the answer: all of it at once
+        if given[0]:
+            yield given[0]
+        yield _run_outputs([request], given, speech, [recording], (time.perf_counter() - t0) * 1e3)[0]
+        return
     prompts, projected, lengths, draft, rec = _decoding_inputs(llm, speech, [request], generation, [recording], draft)
     ids: list[int] = []
     text = ""
@@ -347,13 +391,15 @@ def _decoding_inputs(llm, speech: SpeechTokens, requests, generation: Generation
         raise ValueError("decoding needs adapted speech (SpeechTokens.projected); run the adapter first (adapt)")
     recording = list(range(len(requests))) if recording is None else list(recording)
     _check_recording(recording, len(requests), len(speech.durations_s))
-    prompts = request_prompts(llm, requests, speech.char_times, recording)  # validates every request
+    prompts = request_prompts(llm, requests, speech.char_times, recording, prompt_texts=speech.prompt_texts)  # validates every request
     projected, lengths = speech.projected, speech.lengths
     if recording != list(range(projected.shape[0])):
         index = torch.tensor(recording, device=projected.device)
         projected, lengths = projected[index], lengths.to(projected.device)[index]
     device = next(llm.parameters()).device
-    if draft is None and generation.ctc_draft and speech.char_times is not None:
+    if draft is None and generation.ctc_draft and speech.prompt_texts is not None:  # what the prompt reads
+        draft = LookupDraft([speech.prompt_texts[item] for item in recording])
+    elif draft is None and generation.ctc_draft and speech.char_times is not None:
         draft = LookupDraft(["".join(c for c, _, _ in speech.char_times[item]) for item in recording])
     return prompts, projected.to(device), lengths.to(device), draft, recording
 
@@ -398,12 +444,18 @@ def request_prompts(
     requests: Sequence[TaskRequest],
     char_times: Sequence[list[tuple[str, float, float]]] | None,
     recording: Sequence[int] | None = None,
+    *,
+    prompt_texts: Sequence[str] | None = None,
 ) -> list[str]:
-    """The prompt of each request: plain, or hybrid (the recording's CTC transcript after the speech)
-    when the LLM was trained so (`SpeechLLM.prompt_transcript`, from the bundle)."""
+    """The prompt of each request: plain, or hybrid (the recording's transcript after the speech)
+    when the LLM was trained so (`SpeechLLM.prompt_transcript`, from the bundle). The transcript is
+    `prompt_texts[i]` where given (the bundle's transcriber chose it: `SpeechTokens.prompt_texts`),
+    else the CTC transcript."""
     recording = list(range(len(requests))) if recording is None else list(recording)
     if not llm.prompt_transcript:
         return [build_prompt(r) for r in requests]
+    if prompt_texts is not None:
+        return [build_prompt(r, prompt_texts[i]) for r, i in zip(requests, recording)]
     if char_times is None:
         raise ValueError("this LLM was trained with the CTC transcript in its prompt, but the compressor gave none")
     return [build_prompt(r, "".join(c for c, _, _ in char_times[i])) for r, i in zip(requests, recording)]
@@ -520,6 +572,7 @@ def save_bundle(
         llm_base.validate()
         llm_meta = {"base": llm_base.to_json(), "lora": "lora" if has_lora else None}
     llm_meta["prompt_transcript"] = model.llm.prompt_transcript
+    llm_meta["asr_from_transcript"] = model.llm.asr_from_transcript
     if has_lora:
         save_lora(model.llm, path / "lora")
     if weights_dtype is not None:
@@ -546,6 +599,7 @@ def save_bundle(
         "tasks": list(model.info.tasks),
         "provenance": model.info.provenance,
         "config": None if model.config is None else config_to_json(model.config),
+        "transcriber": None if model.transcriber is None else transcriber_config_to_json(model.transcriber.config),
     }
     (path / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
@@ -663,7 +717,45 @@ def load_bundle_llm(path: str | Path) -> SpeechLLM:
     if part.get("lora"):
         llm = load_lora(llm, Path(path) / part["lora"])
     llm.prompt_transcript = bool(part.get("prompt_transcript", False))
+    llm.asr_from_transcript = bool(part.get("asr_from_transcript", False))
     return llm.eval()
+
+
+def load_bundle_transcriber_config(path: str | Path) -> TranscriberConfig | None:
+    """The bundle's transcriber settings (`spokenlm.transcriber`); None when its prompt reads the CTC
+    transcript only."""
+    meta = read_bundle_meta(path)
+    if meta.get("transcriber") is None:
+        return None
+    try:
+        return transcriber_config_from_json(meta["transcriber"], where=f"{Path(path) / 'spokenlm.json'}: transcriber")
+    except (TypeError, ValueError) as e:
+        raise BundleError(str(e)) from e
+
+
+def load_bundle_transcriber(path: str | Path) -> WhisperTranscriber | None:
+    """The bundle's transcriber, loaded (its Whisper base resolved); None when it has none."""
+    return load_transcriber(load_bundle_transcriber_config(path), bundle=path)
+
+
+def set_bundle_transcriber(path: str | Path, config: TranscriberConfig | None) -> None:
+    """Give a saved bundle a transcriber (or take it away: None), its weights untouched."""
+    meta = read_bundle_meta(path)
+    if config is not None:
+        config.validate()
+        if not meta.get("llm", {}).get("prompt_transcript"):
+            raise BundleError(f"{path}: its LLM was trained without a transcript in the prompt; a transcriber has no use")
+    meta["transcriber"] = None if config is None else transcriber_config_to_json(config)
+    (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def set_bundle_asr_from_transcript(path: str | Path, on: bool) -> None:
+    """Make a saved bundle answer ASR requests with its prompt's transcript (or decode them again)."""
+    meta = read_bundle_meta(path)
+    if on and not meta.get("llm", {}).get("prompt_transcript"):
+        raise BundleError(f"{path}: its LLM reads no transcript in the prompt; there is none to answer ASR with")
+    meta["llm"]["asr_from_transcript"] = bool(on)
+    (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def load_bundle_draft(path: str | Path) -> DraftLM | None:
@@ -703,6 +795,7 @@ def load_bundle(path: str | Path, *, speedups: LLMSpeedups | None = None) -> Spe
         info=info,
         draft=load_bundle_draft(path),
         config=None if meta.get("config") is None else config_from_json(meta["config"]),
+        transcriber=load_bundle_transcriber(path),
     )
     return model.eval()
 

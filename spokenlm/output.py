@@ -7,7 +7,8 @@ reads the Serve API's answers back with `from_record`), the SLUE job stores one 
 
     path        where the audio came from (a file, an upload's name), when the caller knows
     task, question, target_lang   the request
-    text        the transcript: the LLM's for asr and ner, else the CTC compressor's (or null)
+    text        the transcript: the LLM's for asr (the prompt's transcript where the bundle answers ASR
+                with it) and ner, else the CTC compressor's (or null)
     ctc_text    the CTC compressor's greedy transcript, where the bundle has a CTC head
     entities | sentiment | dialog_acts | translation | answer | summary
                 the task's result; null for every task that is not this one
@@ -15,7 +16,8 @@ reads the Serve API's answers back with `from_record`), the SLUE job stores one 
     duration_s  of the recording
     spans_s     [start, end] in seconds of each compressed speech token the LLM read
     tokens_per_second   compressed tokens per second of audio
-    timing_ms   per stage: load_audio (where the caller decoded a file), encoder, compress, adapter, llm
+    timing_ms   per stage: load_audio (where the caller decoded a file), encoder, transcriber (where the
+                bundle has one: Whisper reading the audio for the prompt), compress, adapter, llm
 
 Entities carry their character span in `text` and, where the CTC alignment placed them (as it places
 answers), their time in the audio. Numbers are rounded for the wire (seconds to the millisecond, timing to 0.1 ms).
@@ -43,7 +45,7 @@ from spokenlm.tasks import (
     Translation,
 )
 
-TIMING_STAGES = ("load_audio", "encoder", "compress", "adapter", "llm")  # the order of timing_ms
+TIMING_STAGES = ("load_audio", "encoder", "transcriber", "compress", "adapter", "llm")  # the order of timing_ms
 
 # the record field that holds each task's result (asr and ner: the transcript in `text`)
 RESULT_FIELD = {"asr": "text", "translate": "translation", "ner": "entities", "sentiment": "sentiment",

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from spokenlm.audio import SAMPLE_RATE, batch_audio, split_on_silence
 from spokenlm.compress.base import Compressor
 from spokenlm.encoders.base import EncoderOutput, SpeechEncoder
+from spokenlm.transcriber import Reading, TranscriberConfig, WhisperTranscriber, choose_prompt_texts
 
 MAX_CHUNKS_PER_BATCH = 8  # chunks per encoder forward pass
 
@@ -51,6 +52,9 @@ class SpeechTokens:
     transcripts: list[str] | None  # CTC transcripts (greedy, or its word-LM beam search) when the compressor has a CTC head
     char_times: list[list[tuple[str, float, float]]] | None  # per recording: (char, start_s, end_s)
     projected: Tensor | None = None  # (B, N, D_llm) the adapter's output, once adapted (`adapt`)
+    prompt_texts: list[str] | None = None
+    """Per recording: the transcript the hybrid prompt carries when it is not the CTC transcript (the
+    bundle's transcriber chose Whisper's reading: `spokenlm.transcriber`); None: the CTC transcript."""
     timing_ms: list[dict[str, float]] = field(default_factory=list)  # per recording: ms per stage so far
 
     @property
@@ -72,6 +76,7 @@ class SpeechTokens:
             transcripts=None if self.transcripts is None else [self.transcripts[i]],
             char_times=None if self.char_times is None else [self.char_times[i]],
             projected=one(self.projected),
+            prompt_texts=None if self.prompt_texts is None else [self.prompt_texts[i]],
             timing_ms=[dict(self.timing_ms[i])] if self.timing_ms else [],
         )
 
@@ -99,6 +104,7 @@ class SpeechTokens:
             transcripts=cat("transcripts"),
             char_times=cat("char_times"),
             projected=projected,
+            prompt_texts=cat("prompt_texts"),
             timing_ms=cat("timing_ms") or [],
         )
 
@@ -116,16 +122,35 @@ def encode_speech(
     max_chunk_s: float,
     max_chunks_per_batch: int = MAX_CHUNKS_PER_BATCH,
     uncompressed: bool = False,
+    transcriber: WhisperTranscriber | None = None,
 ) -> SpeechTokens:
     """Mono 16 kHz recordings (S,) -> adapted SpeechTokens, timed per stage (encoder, compress,
     adapter). uncompressed: the adapter reads every encoder frame instead of the compressor's tokens
-    (a comparison for dim-preserving compressors; the CTC transcript is still the compressor's)."""
+    (a comparison for dim-preserving compressors; the CTC transcript is still the compressor's).
+    transcriber: Whisper's reading of each recording, for the prompt where it is confident
+    (`with_prompt_texts`)."""
     t0 = time.perf_counter()
     batches = encode_chunks(encoder, waves, max_chunk_s=max_chunk_s, max_chunks_per_batch=max_chunks_per_batch)
     encoder_ms = (time.perf_counter() - t0) * 1e3
     durations = [wav.shape[-1] / SAMPLE_RATE for wav in waves]
     timing = [{"encoder": encoder_ms} for _ in waves]
-    return compress_speech(compressor, adapter, batches, durations, timing_ms=timing, uncompressed=uncompressed)
+    readings = None
+    if transcriber is not None:
+        t0 = time.perf_counter()
+        readings = transcriber.read(waves)
+        for t in timing:
+            t["transcriber"] = (time.perf_counter() - t0) * 1e3
+    speech = compress_speech(compressor, adapter, batches, durations, timing_ms=timing, uncompressed=uncompressed)
+    return speech if transcriber is None else with_prompt_texts(speech, readings, transcriber.config)
+
+
+def with_prompt_texts(speech: SpeechTokens, readings: Sequence[Reading], config: TranscriberConfig) -> SpeechTokens:
+    """`speech` with the prompt transcript of each recording chosen between Whisper's `readings` and
+    its CTC transcript (`spokenlm.transcriber.choose_prompt_texts`)."""
+    if speech.transcripts is None:
+        raise ValueError("a transcriber needs a CTC compressor: its transcript is the fallback reading")
+    texts = choose_prompt_texts(readings, speech.transcripts, speech.durations_s, config)
+    return dataclasses.replace(speech, prompt_texts=texts)
 
 
 @torch.inference_mode()

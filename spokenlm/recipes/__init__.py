@@ -16,6 +16,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "sylber": ("spokenlm.recipes.sylber", "SylberTrainConfig"),
     "ctc": ("spokenlm.recipes.ctc", "CTCTrainConfig"),
     "ctc-lm": ("spokenlm.recipes.ctc_lm", "CTCLMConfig"),
+    "transcriber": ("spokenlm.recipes.transcriber", "TranscriberRecipeConfig"),
     "speechlm": ("spokenlm.recipes.speechlm", "SpeechLMTrainConfig"),
 }
 

@@ -131,3 +131,24 @@ def test_cli_run_with_ray_stops_on_sigterm_with_ray_shut_down(tiny_bundle, examp
     assert own_ray.processes()
     out, _ = own_ray.interrupt(proc)
     assert out == ""
+
+
+def test_the_stage_actors_carry_the_transcriber_reading_to_the_prompt(tiny_bundle, tiny_whisper, example_clips, tmp_path):
+    """Encoder stage reads the audio with the bundle's Whisper, the compress stage applies its rule:
+    the prompt transcripts are the in-process model's."""
+    from pipelines.stages import CompressStage, EncoderStage, LoadedAudio
+    from spokenlm.model import save_bundle, set_bundle_transcriber
+    from spokenlm.transcriber import TranscriberConfig
+
+    model = load_bundle(tiny_bundle)
+    model.llm.prompt_transcript = True
+    path = save_bundle(model, tmp_path / "hybrid")
+    set_bundle_transcriber(path, TranscriberConfig(base=None, path=str(tiny_whisper["ct2_int8"]), cpu_threads=1,
+                                                   min_logprob=float("-inf"), max_tokens_per_second=1000.0))  # fmt: skip
+    waves = [load_audio(p) for p in example_clips]
+    expected = load_bundle(path).encode_recordings(waves)
+    assert expected.prompt_texts is not None and expected.prompt_texts != expected.transcripts  # some chosen
+    encoded = EncoderStage(str(path)).encode(*[LoadedAudio(wav=w, timing_ms={}) for w in waves])
+    assert encoded.readings is not None and all("transcriber" in t for t in encoded.timing_ms)
+    speech = CompressStage(str(path)).compress(encoded)
+    assert speech.prompt_texts == expected.prompt_texts

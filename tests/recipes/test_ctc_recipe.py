@@ -440,3 +440,31 @@ def test_init_from_continues_a_compressor_and_repeat_weights_a_manifest(frozen_w
         replace(continued, repeat={"x.jsonl": 2}).validate()
     with pytest.raises(ValueError, match=r"^repeat\[.*second.jsonl'\] must be an integer >= 1, got 0$"):
         replace(continued, repeat={str(second): 0}).validate()
+
+
+def test_transcriber_recipe_picks_the_threshold_with_the_lowest_dev_wer(trained, tiny_corpus, tiny_whisper, tmp_path):
+    from spokenlm.recipes.transcriber import TranscriberRecipeConfig
+    from spokenlm.recipes.transcriber import train as pick
+    from spokenlm.transcriber import TranscriberConfig, read_transcriber_config
+
+    config, _ = trained
+    whisper = TranscriberConfig(base=None, path=str(tiny_whisper["ct2_int8"]), cpu_threads=1, max_tokens_per_second=1000.0)
+    recipe = TranscriberRecipeConfig(
+        out_dir=str(tmp_path / "out"), manifest=str(tiny_corpus), compressor_dir=config.out_dir + "/compressor",
+        encoder_dir=config.out_dir + "/encoder", transcriber=whisper, min_logprobs=(-1e-9, -1.0, -1e9),
+        dev_split="fine-tune", dev_utterances=6,
+    )  # fmt: skip
+    metrics = pick(recipe)
+    rows = {r["setting"]: r for r in metrics["rows"]}
+    grid = [r for r in metrics["rows"] if "min_logprob" in r]
+    assert metrics["dev_utterances"] == {str(tiny_corpus): 6} and len(grid) == 3
+    best = min(grid, key=lambda r: r["mean"])
+    assert metrics["min_logprob"] == best["min_logprob"] and metrics["dev_wer"] == best["mean"]
+    # a threshold nothing reaches is the CTC transcript; one everything reaches is Whisper's
+    assert grid[0]["mean"] == rows["ctc"]["mean"] and grid[0]["whisper_share"] == 0.0
+    assert grid[2]["mean"] == pytest.approx(metrics["dev_wer_whisper"])
+    assert metrics["dev_wer_oracle"] <= min(r["mean"] for r in metrics["rows"])
+    written = read_transcriber_config(recipe.out_dir)
+    assert written == replace(whisper, min_logprob=metrics["min_logprob"])
+    with pytest.raises(ValueError, match="exactly one of encoder_base and encoder_dir"):
+        replace(recipe, encoder_base="whisper-tiny.en").validate()
