@@ -723,8 +723,9 @@ class Ingress:
 
 def resolve_model_dir(model_dir: str | None) -> str:
     """The bundle to serve: the argument, else $SPOKENLM_MODEL, else the library's default bundle
-    (models/default, else an untrained demo bundle: its outputs are noise; it shows the service working)."""
-    from spokenlm.demo import default_bundle
+    (models/default, else the best trained part, else an untrained demo bundle: its outputs are noise;
+    it shows the service working)."""
+    from spokenlm.demo import default_bundle, default_bundle_note
 
     model_dir = model_dir or os.environ.get("SPOKENLM_MODEL")
     if model_dir:
@@ -733,7 +734,11 @@ def resolve_model_dir(model_dir: str | None) -> str:
     def say(path: Path) -> None:
         print(f"spokenlm serve: no model given; building an UNTRAINED demo bundle in {path}", file=sys.stderr)
 
-    return str(default_bundle(on_build=say))
+    path = default_bundle(on_build=say)
+    note = default_bundle_note(path)
+    if note is not None:
+        print(f"spokenlm serve: no model given; {note}", file=sys.stderr)
+    return str(path)
 
 
 def build_app(args: dict) -> "Application":

@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=0, help="> 0: run on Ray Train with this many workers")
 
     serve = commands.add_parser("serve", help="serve a bundle over HTTP (Ray Serve, OpenAI-compatible routes)")
-    serve.add_argument("--model", help="a bundle (default: models/default, else the untrained demo bundle)")
+    serve.add_argument("--model", help="a bundle (default: models/default, else the best trained part, else untrained)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
 
@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="on: ASR requests get the prompt's transcript instead of the LLM's rewrite of it")
 
     demo = commands.add_parser("demo", help="run every task on the example clips")
-    demo.add_argument("--model", help="a bundle (default: the embedded default, else an untrained one)")
+    demo.add_argument("--model", help="a bundle (default: models/default, else the best trained part, else an untrained one)")
     _generation_args(demo)
     return parser
 
@@ -378,15 +378,19 @@ DEMO_REQUESTS = [
 
 
 def run_demo(*, model_dir: str | None, generation) -> int:
-    """`spokenlm demo`: every task on the example clips, with the default bundle (spokenlm.demo): the
-    untrained demo bundle until models/default/ exists, which the demo says plainly."""
+    """`spokenlm demo`: every task on the example clips, with the default bundle (spokenlm.demo): until
+    models/default/ exists, the best trained part or else the untrained demo bundle, which the demo
+    says plainly."""
     from spokenlm.audio import SAMPLE_RATE, load_audio
-    from spokenlm.demo import EXAMPLES, default_bundle
+    from spokenlm.demo import EXAMPLES, default_bundle, default_bundle_note
     from spokenlm.model import load_bundle
 
     if model_dir is None:
         model_dir = str(default_bundle(on_build=lambda path: print(f"building an untrained demo bundle in {path} ...",
                                                                    flush=True)))  # fmt: skip
+        note = default_bundle_note(model_dir)
+        if note is not None:
+            print(f"NOTE: {note}", flush=True)
     model = load_bundle(model_dir)
     if not model.info.trained:
         print(

@@ -1,9 +1,13 @@
-"""The embedded default bundle and the untrained demo bundle that stands in for it.
+"""The embedded default bundle, and what stands in for it until models/default/ holds one.
 
 `default_bundle()` is the bundle every surface uses when given none (`spokenlm demo`, `spokenlm
-serve`, the UI): models/default/ of a source checkout when it exists, else a small bundle with random
-weights built once in the cache (`build_untrained_bundle`), whose outputs are untrained noise: it
-shows the graph works end to end, not that it understands speech. EXAMPLES are the clips the demo runs.
+serve`, the UI), the first that exists of:
+1. models/default/ of a source checkout: a bundle that met issue 15's bar;
+2. models/parts/speechlm/bundle: the best trained part so far (models/parts/README.md has its
+   measured figures; below that bar, which `default_bundle_note` says);
+3. a small bundle with random weights built once in the cache (`build_untrained_bundle`), whose
+   outputs are untrained noise: it shows the graph works end to end, not that it understands speech.
+EXAMPLES are the clips the demo runs.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPO_ROOT / "models" / "default"
+TRAINED_PART = REPO_ROOT / "models" / "parts" / "speechlm" / "bundle"
 EXAMPLES = REPO_ROOT / "examples"
 
 # Sentences for the untrained bundle's tokenizer; real text, so the BPE merges look like English.
@@ -31,19 +36,33 @@ _TOKENIZER_TEXT = [
 
 
 def default_bundle(*, on_build: Callable[[Path], None] | None = None) -> Path:
-    """models/default when it holds a bundle, else the untrained demo bundle in the cache
-    (`<cache>/untrained-demo`, spokenlm.bases.cache_dir), built on first use; `on_build(path)` is
-    called before building it (it takes a few seconds), so a surface can say so."""
+    """The first of models/default, the trained part and the untrained demo bundle in the cache
+    (`<cache>/untrained-demo`, spokenlm.bases.cache_dir) that exists (module docstring); the
+    untrained one is built on first use, and `on_build(path)` is called before (it takes a few
+    seconds), so a surface can say so."""
     from spokenlm.bases import cache_dir
 
-    if (DEFAULT_BUNDLE / "spokenlm.json").is_file():
-        return DEFAULT_BUNDLE
+    for path in (DEFAULT_BUNDLE, TRAINED_PART):
+        if (path / "spokenlm.json").is_file():
+            return path
     path = cache_dir() / "untrained-demo"
     if not (path / "spokenlm.json").is_file():
         if on_build is not None:
             on_build(path)
         build_untrained_bundle(path)
     return path
+
+
+def default_bundle_note(path: str | Path) -> str | None:
+    """What a user should know before reading the outputs of the default bundle at `path`, when it is
+    the trained part standing in for models/default; else None (an untrained bundle says so itself:
+    `BundleInfo.trained`)."""
+    if Path(path).resolve() != TRAINED_PART.resolve():
+        return None
+    return (
+        "models/default does not exist yet: this is the best trained part, models/parts/speechlm/bundle, "
+        "which is below issue 15's quality bar (measured figures: models/parts/README.md)."
+    )
 
 
 def build_untrained_bundle(

@@ -186,3 +186,21 @@ def test_the_bundle_command_sets_and_clears_the_options(hybrid_bundle, tiny_whis
     assert "give --transcriber and/or --asr-from-transcript" in capsys.readouterr().err
     assert main(["bundle", "set", str(tmp_path), "--asr-from-transcript", "on"]) == 2
     assert "spokenlm.json is missing" in capsys.readouterr().err
+
+
+def test_the_default_bundle_falls_back_to_the_trained_part_then_an_untrained_one(tmp_path, monkeypatch):
+    from spokenlm import demo
+
+    monkeypatch.setenv("SPOKENLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo, "DEFAULT_BUNDLE", tmp_path / "default")
+    monkeypatch.setattr(demo, "TRAINED_PART", tmp_path / "part")
+    built: list = []
+    untrained = demo.default_bundle(on_build=built.append)
+    assert built == [untrained] and demo.default_bundle_note(untrained) is None
+    (tmp_path / "part").mkdir()
+    (tmp_path / "part" / "spokenlm.json").write_text("{}")
+    assert demo.default_bundle() == tmp_path / "part"
+    assert "models/default does not exist yet" in demo.default_bundle_note(tmp_path / "part")
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "spokenlm.json").write_text("{}")
+    assert demo.default_bundle() == tmp_path / "default" and demo.default_bundle_note(tmp_path / "default") is None

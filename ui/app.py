@@ -36,10 +36,15 @@ TASK_LABELS = {
 
 
 def default_model_dir() -> str:
-    """The library's default bundle: models/default when it exists, else the untrained demo bundle."""
-    from spokenlm.demo import default_bundle
+    """The library's default bundle: models/default, else the best trained part, else the untrained
+    demo bundle (`spokenlm.demo.default_bundle`)."""
+    from spokenlm.demo import default_bundle, default_bundle_note
 
-    return str(default_bundle(on_build=lambda path: log.warning("building an untrained demo bundle in %s ...", path)))
+    path = default_bundle(on_build=lambda path: log.warning("building an untrained demo bundle in %s ...", path))
+    note = default_bundle_note(path)
+    if note is not None:
+        log.warning(note)
+    return str(path)
 
 
 def build_app(model_dir: str | os.PathLike | None = None, api_url: str | None = None) -> gr.Blocks:

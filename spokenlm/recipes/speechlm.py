@@ -96,6 +96,16 @@ class SpeechLMTrainConfig:
     """The hybrid prompt: the CTC compressor's greedy transcript goes into the prompt as text after the
     speech (`build_prompt(request, transcript)`), as DeSTA2 gives its LLM the recognizer's words."""
 
+    transcriber: str | None = None
+    """The transcriber recipe's OUT (or a transcriber.json): the bundle this run writes reads the
+    Whisper base's transcript into its prompt where Whisper is confident (`spokenlm.transcriber`).
+    Training and this recipe's eval_*.json read the CTC transcript; `spokenlm bench default` scores
+    the bundle as it runs. Needs prompt_transcript."""
+
+    asr_from_transcript: bool = False
+    """The bundle answers ASR requests with its prompt's transcript instead of the LLM's rewrite of
+    it (measured on held-out splits: the rewrite adds errors). Needs prompt_transcript."""
+
     train_transcript_lms: str | None = None
     """With a compressor that reads its transcript with a word LM (the ctc-lm recipe's OUT/compressor),
     the ctc-lm run's OUT/folds: each train utterance's prompt transcript is then read with the fold LM
@@ -166,6 +176,9 @@ class SpeechLMTrainConfig:
                 raise ValueError(f"unknown {part}_base {base!r}; expected one of {', '.join(KNOWN_BASES)}")
         if self.text_warmup_steps < 0 or not 0.0 <= self.warmup_cer < 1.0:
             raise ValueError(f"need text_warmup_steps >= 0 and warmup_cer in [0, 1), got {self.text_warmup_steps}, {self.warmup_cer}")
+        for name in ("transcriber", "asr_from_transcript"):
+            if getattr(self, name) and not self.prompt_transcript:
+                raise ValueError(f"{name} needs prompt_transcript: it is about the prompt's transcript")
         if self.train_transcript_lms and not self.prompt_transcript:
             raise ValueError("train_transcript_lms needs prompt_transcript: it changes the prompt's transcripts")
         if self.text_warmup_steps and not self.prompt_transcript:
@@ -776,6 +789,15 @@ def train(config: SpeechLMTrainConfig) -> dict:
         llm_base = KNOWN_BASES[config.llm_base] if config.llm_base and config.mode == "lora" else None
         save_bundle(speechlm, out / "bundle", encoder_base=encoder_base, llm_base=llm_base,
                     weights_dtype=getattr(torch, config.bundle_dtype))  # fmt: skip
+        if config.transcriber:
+            from spokenlm.model import set_bundle_transcriber
+            from spokenlm.transcriber import read_transcriber_config
+
+            set_bundle_transcriber(out / "bundle", read_transcriber_config(config.transcriber))
+        if config.asr_from_transcript:
+            from spokenlm.model import set_bundle_asr_from_transcript
+
+            set_bundle_asr_from_transcript(out / "bundle", True)
     barrier()
     return summary
 
