@@ -320,7 +320,7 @@ def test_the_shipped_configs_parse():
     scratch = load_config(root / "ctc_scratch.yaml", CTCTrainConfig)
     fsdd = load_config(root / "ctc_fsdd.yaml", CTCTrainConfig)
     fsdd.validate()
-    assert fsdd.init_from == "models/parts/ctc/compressor" and fsdd.repeat == {"../corpus-fsdd/manifest.jsonl": 10}
+    assert fsdd.init_from == default.out_dir + "/compressor" and fsdd.repeat == {"../corpus-fsdd/manifest.jsonl": 10}
     assert default.encoder_base == "whisper-tiny.en" and default.freeze_encoder and default.compressor_layers == 2
     assert default.mode == "frame_averaging" and default.out_dir == "runs/ctc"
     assert dinosr.encoder_dir == "runs/encoder-ssl/encoder" and dinosr.optim.max_minutes == 60
@@ -330,7 +330,13 @@ def test_the_shipped_configs_parse():
 
     lm = load_config(root / "ctc_lm.yaml", CTCLMConfig)
     lm.validate()
-    assert lm.compressor_dir == default.out_dir + "/compressor" and lm.encoder_base == default.encoder_base
+    assert lm.compressor_dir == fsdd.out_dir + "/compressor" and lm.encoder_base == default.encoder_base
+
+    from spokenlm.recipes.transcriber import TranscriberRecipeConfig
+
+    picker = load_config(root / "transcriber.yaml", TranscriberRecipeConfig)
+    picker.validate()
+    assert picker.compressor_dir == lm.out_dir + "/compressor" and picker.transcriber.base == "whisper-tiny.en"
     assert lm.encoder_overrides == {"bf16": True} and lm.train_split == "fine-tune" and lm.dev_split == "dev"
 
 
