@@ -91,12 +91,7 @@ class CTCLMConfig:
     folds: int = 0  # > 1: also write the jackknife LMs of step 4 (OUT/folds)
 
     def validate(self) -> None:
-        if (self.encoder_base is None) == (self.encoder_dir is None):
-            raise ValueError("ctc-lm needs exactly one of encoder_base and encoder_dir")
-        from spokenlm.bases import KNOWN_BASES
-
-        if self.encoder_base is not None and self.encoder_base not in KNOWN_BASES:
-            raise ValueError(f"unknown encoder_base {self.encoder_base!r}; expected one of {', '.join(KNOWN_BASES)}")
+        check_encoder_source("ctc-lm", self.encoder_base, self.encoder_dir)
         if not self.lm_weights or not self.word_scores:
             raise ValueError("lm_weights and word_scores need at least one value each")
         for lm_weight in self.lm_weights:
@@ -108,11 +103,32 @@ class CTCLMConfig:
             raise ValueError(f"dev_utterances must be a positive int, got {self.dev_utterances!r}")
 
 
+def check_encoder_source(recipe: str, encoder_base: str | None, encoder_dir: str | None) -> None:
+    """The frozen encoder of a recipe that reads a CTC compressor: exactly one of a known base and a dir."""
+    if (encoder_base is None) == (encoder_dir is None):
+        raise ValueError(f"{recipe} needs exactly one of encoder_base and encoder_dir")
+    from spokenlm.bases import KNOWN_BASES
+
+    if encoder_base is not None and encoder_base not in KNOWN_BASES:
+        raise ValueError(f"unknown encoder_base {encoder_base!r}; expected one of {', '.join(KNOWN_BASES)}")
+
+
+def load_ctc_reader(config) -> tuple[torch.nn.Module, CTCCompressor]:
+    """(encoder, CTC compressor), in eval mode, of a config with compressor_dir, encoder_base or
+    encoder_dir and encoder_overrides (this recipe's, the transcriber recipe's)."""
+    from spokenlm.bases import base_or_dir
+    from spokenlm.encoders import load_encoder, with_config
+
+    compressor = load_compressor(config.compressor_dir).eval()
+    if not isinstance(compressor, CTCCompressor):
+        raise ValueError(f"{config.compressor_dir} is a {type(compressor).__name__}, not a CTC compressor")
+    source = base_or_dir(config.encoder_base, config.encoder_dir)
+    return with_config(load_encoder(source), dict(config.encoder_overrides), source=source).eval(), compressor
+
+
 def train(config: CTCLMConfig) -> dict:
     import jiwer
 
-    from spokenlm.bases import base_or_dir
-    from spokenlm.encoders import load_encoder, with_config
     from spokenlm.speech import encode_chunks, join_chunks
     from spokenlm.train.data import AudioCache, id_hash_order, read_manifest
     from spokenlm.train.loop import world_size
@@ -145,11 +161,7 @@ def train(config: CTCLMConfig) -> dict:
         (out / "folds" / FOLDS_FILE).write_text(json.dumps({"folds": config.folds, "files": files}, indent=2) + "\n")
 
     # 2. dev: encode once, then read the same log-probabilities every way
-    compressor = load_compressor(config.compressor_dir).eval()
-    if not isinstance(compressor, CTCCompressor):
-        raise ValueError(f"{config.compressor_dir} is a {type(compressor).__name__}, not a CTC compressor")
-    source = base_or_dir(config.encoder_base, config.encoder_dir)
-    encoder = with_config(load_encoder(source), dict(config.encoder_overrides), source=source).eval()
+    encoder, compressor = load_ctc_reader(config)
     audio = AudioCache()
     waves = [audio.get(u) for u in dev]
     with torch.inference_mode():

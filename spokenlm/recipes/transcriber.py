@@ -52,8 +52,9 @@ class TranscriberRecipeConfig:
     examples: int = 8
 
     def validate(self) -> None:
-        if (self.encoder_base is None) == (self.encoder_dir is None):
-            raise ValueError("transcriber needs exactly one of encoder_base and encoder_dir")
+        from spokenlm.recipes.ctc_lm import check_encoder_source
+
+        check_encoder_source("transcriber", self.encoder_base, self.encoder_dir)
         if not self.min_logprobs:
             raise ValueError("min_logprobs needs at least one value")
         for value in self.min_logprobs:
@@ -65,9 +66,7 @@ class TranscriberRecipeConfig:
 def train(config: TranscriberRecipeConfig) -> dict:
     import jiwer
 
-    from spokenlm.bases import base_or_dir
-    from spokenlm.compress import CTCCompressor, load_compressor
-    from spokenlm.encoders import load_encoder, with_config
+    from spokenlm.recipes.ctc_lm import load_ctc_reader
     from spokenlm.speech import encode_chunks, join_chunks
     from spokenlm.train.data import AudioCache, id_hash_order, read_manifest
     from spokenlm.train.loop import world_size
@@ -88,11 +87,7 @@ def train(config: TranscriberRecipeConfig) -> dict:
     if not samples:
         raise ValueError(f"{list(manifests)}: no asr utterances with a transcript in {config.dev_split!r}")
 
-    compressor = load_compressor(config.compressor_dir).eval()
-    if not isinstance(compressor, CTCCompressor):
-        raise ValueError(f"{config.compressor_dir} is a {type(compressor).__name__}, not a CTC compressor")
-    source = base_or_dir(config.encoder_base, config.encoder_dir)
-    encoder = with_config(load_encoder(source), dict(config.encoder_overrides), source=source).eval()
+    encoder, compressor = load_ctc_reader(config)
     whisper = WhisperTranscriber(config.transcriber)
     audio = AudioCache()
     read: dict[str, dict] = {}
@@ -104,8 +99,12 @@ def train(config: TranscriberRecipeConfig) -> dict:
         read[path] = {"refs": [u.labels["text"] for u in utts], "ctc": ctc, "whisper": whisper.read(waves),
                       "durations": [u.duration_s for u in utts], "ids": [u.id for u in utts]}  # fmt: skip
 
-    def wers(choose) -> dict[str, float]:
-        by_manifest = {path: jiwer.wer(r["refs"], choose(r)) for path, r in read.items()}
+    def picks(choose) -> dict[str, list[str]]:
+        """Per manifest, the transcript `choose(reading)` takes for each recording."""
+        return {path: choose(r) for path, r in read.items()}
+
+    def wers(texts: dict[str, list[str]]) -> dict[str, float]:
+        by_manifest = {path: jiwer.wer(read[path]["refs"], hyps) for path, hyps in texts.items()}
         return {"mean": sum(by_manifest.values()) / len(by_manifest), **by_manifest}
 
     def chosen(min_logprob: float):
@@ -115,18 +114,20 @@ def train(config: TranscriberRecipeConfig) -> dict:
     def oracle(r) -> list[str]:
         return [min((c, w.text), key=lambda t: jiwer.wer(ref, t)) for ref, c, w in zip(r["refs"], r["ctc"], r["whisper"])]
 
-    rows = [{"setting": "ctc", **wers(lambda r: r["ctc"])}, {"setting": "whisper (empty or looping readings: ctc)", **wers(chosen(-math.inf))}]
+    rows = [{"setting": "ctc", **wers(picks(lambda r: r["ctc"]))},
+            {"setting": "whisper (empty or looping readings: ctc)", **wers(picks(chosen(-math.inf)))}]  # fmt: skip
     best = None
     for value in config.min_logprobs:
-        row = {"setting": f"min_logprob={value}", "min_logprob": value, **wers(chosen(value))}
-        share = [sum(t == w.text and t != c for t, w, c in zip(chosen(value)(r), r["whisper"], r["ctc"])) / len(r["refs"])
-                 for r in read.values()]  # fmt: skip
+        texts = picks(chosen(value))
+        row = {"setting": f"min_logprob={value}", "min_logprob": value, **wers(texts)}
+        share = [sum(t == w.text and t != c for t, w, c in zip(texts[path], r["whisper"], r["ctc"])) / len(r["refs"])
+                 for path, r in read.items()]  # fmt: skip
         row["whisper_share"] = sum(share) / len(share)
         rows.append(row)
         print(f"transcriber: {row['setting']}: dev WER mean {row['mean']:.4f} ({row['whisper_share']:.0%} Whisper)")
         if best is None or row["mean"] < best["mean"]:
             best = row
-    rows.append({"setting": "oracle", **wers(oracle)})
+    rows.append({"setting": "oracle", **wers(picks(oracle))})
 
     result = dataclasses.replace(config.transcriber, min_logprob=best["min_logprob"])
     (out / TRANSCRIBER_FILE).write_text(json.dumps(transcriber_config_to_json(result), indent=2) + "\n")

@@ -474,3 +474,11 @@ def test_transcriber_recipe_picks_the_threshold_with_the_lowest_dev_wer(trained,
     assert written == replace(whisper, min_logprob=metrics["min_logprob"])
     with pytest.raises(ValueError, match="exactly one of encoder_base and encoder_dir"):
         replace(recipe, encoder_base="whisper-tiny.en").validate()
+
+
+def test_transcriber_recipe_names_an_unknown_encoder_base():
+    from spokenlm.recipes.transcriber import TranscriberRecipeConfig
+
+    config = TranscriberRecipeConfig(out_dir="-", manifest="-", compressor_dir="-", encoder_base="whisper-huge")
+    with pytest.raises(ValueError, match=r"^unknown encoder_base 'whisper-huge'; expected one of whisper-tiny.en"):
+        config.validate()
