@@ -322,32 +322,29 @@ def decode_speech(
     (`request_prompts`).
     """
     t0 = time.perf_counter()
-    given = _transcript_answers(llm, speech, requests, recording)
-    if given is not None and all(text is not None for text in given):  # nothing for the LLM to decode
-        rows = list(range(len(requests))) if recording is None else list(recording)
-        return _run_outputs(requests, given, speech, rows, (time.perf_counter() - t0) * 1e3)
-    prompts, projected, lengths, draft, recording = _decoding_inputs(llm, speech, requests, generation, recording, draft)
-    todo = [k for k in range(len(requests)) if given is None or given[k] is None]
-    texts = list(given) if given is not None else [None] * len(requests)
-    if len(todo) < len(requests):  # decode only the requests the transcript does not answer
-        index = torch.tensor(todo, device=projected.device)
-        prompts, projected, lengths = [prompts[k] for k in todo], projected[index], lengths[index]
-        if isinstance(draft, LookupDraft):  # one reference per prompt: keep those of the decoded ones
-            draft = dataclasses.replace(draft, references=[draft.references[k] for k in todo])
-    for k, o in zip(todo, llm.generate(prompts, projected, lengths, generation, draft=draft)):
-        texts[k] = o.text
-    return _run_outputs(requests, texts, speech, recording, (time.perf_counter() - t0) * 1e3)
+    rows = list(range(len(requests))) if recording is None else list(recording)
+    texts = _transcript_answers(llm, speech, requests, rows)
+    todo = [k for k, text in enumerate(texts) if text is None]  # what the LLM decodes
+    if todo:
+        prompts, projected, lengths, draft, rows = _decoding_inputs(llm, speech, requests, generation, rows, draft)
+        if len(todo) < len(requests):  # the transcript answers the others
+            index = torch.tensor(todo, device=projected.device)
+            prompts, projected, lengths = [prompts[k] for k in todo], projected[index], lengths[index]
+            if isinstance(draft, LookupDraft):  # one reference per prompt: keep those of the decoded ones
+                draft = dataclasses.replace(draft, references=[draft.references[k] for k in todo])
+        for k, o in zip(todo, llm.generate(prompts, projected, lengths, generation, draft=draft)):
+            texts[k] = o.text
+    return _run_outputs(requests, texts, speech, rows, (time.perf_counter() - t0) * 1e3)
 
 
-def _transcript_answers(llm: SpeechLLM, speech: SpeechTokens, requests, recording) -> list[str | None] | None:
+def _transcript_answers(llm: SpeechLLM, speech: SpeechTokens, requests, rows: list[int]) -> list[str | None]:
     """Per request, its answer when the prompt's transcript is the answer (an ASR request and
-    `llm.asr_from_transcript`), else None; None when no request is answered so."""
-    if not getattr(llm, "asr_from_transcript", False) or not any(r.task == "asr" for r in requests):
-        return None
+    `llm.asr_from_transcript`), else None (the LLM decodes it)."""
+    if not llm.asr_from_transcript or not any(r.task == "asr" for r in requests):
+        return [None] * len(requests)
     texts = speech.prompt_texts if speech.prompt_texts is not None else speech.transcripts
     if texts is None:
         raise ValueError("this bundle answers ASR with the prompt's transcript, but the compressor gave none")
-    rows = list(range(len(requests))) if recording is None else list(recording)
     _check_recording(rows, len(requests), len(speech.durations_s))
     return [texts[i] if r.task == "asr" else None for r, i in zip(requests, rows)]
 
@@ -365,7 +362,7 @@ def stream_speech(
     never split), then the RunOutput. Beam search gives its text at the end (its best prefix changes)."""
     t0 = time.perf_counter()
     given = _transcript_answers(llm, speech, [request], [recording])
-    if given is not None:  # the transcript is the answer: all of it at once
+    if given[0] is not None:  # the transcript is the answer: all of it at once
         if given[0]:
             yield given[0]
         yield _run_outputs([request], given, speech, [recording], (time.perf_counter() - t0) * 1e3)[0]
