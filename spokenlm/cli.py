@@ -409,7 +409,7 @@ def run_demo(*, model_dir: str | None, generation) -> int:
         print(f"\n{clip.name} ({wav.shape[-1] / SAMPLE_RATE:.1f} s)")
         start = time.perf_counter()
         outputs = model.run([wav], DEMO_REQUESTS, generation, recording=[0] * len(DEMO_REQUESTS))  # all tasks in one batch
-        if outputs[0].transcript is not None:  # the CTC compressor's own greedy reading of the audio
+        if outputs[0].transcript is not None:  # the CTC compressor's own reading (greedy, or its word-LM beam search)
             print(f"  {'(ctc)':<11} {outputs[0].transcript!r}")
         for output in outputs:
             print(f"  {output.request.task:<11} {output.describe()}")
