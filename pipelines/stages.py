@@ -37,12 +37,10 @@ from spokenlm.model import (
     load_bundle_encoder,
     load_bundle_llm,
     load_bundle_transcriber,
-    load_bundle_transcriber_config,
     read_bundle_meta,
 )
-from spokenlm.speech import MAX_CHUNKS_PER_BATCH, ChunkBatch, SpeechTokens, compress_speech, encode_chunks, with_prompt_texts
+from spokenlm.speech import MAX_CHUNKS_PER_BATCH, ChunkBatch, SpeechTokens, compress_speech, encode_chunks
 from spokenlm.tasks import TaskRequest, build_prompt
-from spokenlm.transcriber import Reading
 
 if TYPE_CHECKING:
     from spokenlm.lm import GenerationConfig
@@ -124,7 +122,6 @@ class EncodedSpeech:
     batches: list[ChunkBatch]
     durations_s: list[float]  # per recording
     timing_ms: list[dict[str, float]]  # per recording: this stage and the ones before it
-    readings: list[Reading] | None = None  # the bundle's transcriber's reading of each recording, if it has one
 
 
 @dataclass(frozen=True)
@@ -155,7 +152,6 @@ class EncoderStage:
         encoder, self.max_chunk_s = load_bundle_encoder(model_dir)
         self.encoder = encoder.to(self.device)
         self.max_chunks_per_batch = max_chunks_per_batch
-        self.transcriber = load_bundle_transcriber(model_dir)  # reads the audio too: Whisper's own decoder
 
     def encode(self, *audio: LoadedAudio) -> EncodedSpeech:
         t0 = time.perf_counter()
@@ -166,13 +162,8 @@ class EncoderStage:
         batches = [replace(b, encoded=_to_cpu(b.encoded)) for b in batches]
         encoder_ms = _ms(t0)
         timing = [a.timing_ms | {"encoder": encoder_ms} for a in audio]
-        readings = None
-        if self.transcriber is not None:
-            t0 = time.perf_counter()
-            readings = self.transcriber.read(waves)
-            timing = [t | {"transcriber": _ms(t0)} for t in timing]
         durations = [w.shape[-1] / SAMPLE_RATE for w in waves]
-        return EncodedSpeech(batches=batches, durations_s=durations, timing_ms=timing, readings=readings)
+        return EncodedSpeech(batches=batches, durations_s=durations, timing_ms=timing)
 
 
 class CompressStage:
@@ -181,13 +172,14 @@ class CompressStage:
         self.device = _actor_device()
         compressor, adapter = load_bundle_compressor(model_dir)
         self.compressor, self.adapter = compressor.to(self.device), adapter.to(self.device)
-        self.transcriber = load_bundle_transcriber_config(model_dir)  # its rule; the encoder stage read the audio
+        # Whisper's reading of each chunk, judged against the CTC head's (spokenlm.transcriber): it runs
+        # here, where both readings and the CTC log-probabilities are (the chunks carry their audio)
+        self.transcriber = load_bundle_transcriber(model_dir)
 
     def compress(self, encoded: EncodedSpeech) -> SpeechTokens:
         batches = [replace(b, encoded=_to_device(b.encoded, self.device)) for b in encoded.batches]
-        speech = compress_speech(self.compressor, self.adapter, batches, encoded.durations_s, timing_ms=encoded.timing_ms)
-        if self.transcriber is not None and encoded.readings is not None:
-            speech = with_prompt_texts(speech, encoded.readings, self.transcriber)
+        speech = compress_speech(self.compressor, self.adapter, batches, encoded.durations_s, timing_ms=encoded.timing_ms,
+                                 transcriber=self.transcriber)  # fmt: skip
         return SpeechTokens.batch([speech.item(i) for i in range(len(encoded.durations_s))])  # on the CPU
 
 

@@ -105,8 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     bundle.add_argument("action", choices=("set",))
     bundle.add_argument("model", help="the bundle directory")
     bundle.add_argument("--transcriber", metavar="OUT|none",
-                        help="the transcriber recipe's OUT dir (or a transcriber.json): Whisper's reading for the "
-                        "prompt where confident; none: the CTC transcript only")  # fmt: skip
+                        help="the transcriber recipe's OUT dir (or a transcriber.json): Whisper reads each chunk too "
+                        "and the prompt takes the reading both models prefer; none: the CTC transcript only")  # fmt: skip
     bundle.add_argument("--asr-from-transcript", choices=("on", "off"),
                         help="on: ASR requests get the prompt's transcript instead of the LLM's rewrite of it")
 

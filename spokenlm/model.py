@@ -93,6 +93,7 @@ from spokenlm.speech import (  # the speech half; re-exported: the feature cache
 )
 from spokenlm.tasks import TASK_NAMES, Answer, Entities, TaskRequest, TaskResult, build_prompt, parse_output
 from spokenlm.transcriber import (
+    WINDOW_S,
     TranscriberConfig,
     WhisperTranscriber,
     load_transcriber,
@@ -259,7 +260,9 @@ class SpeechLM(nn.Module):
         self.config = config  # what build_speechlm built it from (None: assembled by hand); the bundle saves it
         if transcriber is not None and not llm.prompt_transcript:
             raise ValueError("a transcriber writes the hybrid prompt's transcript, but this LLM was trained without one")
-        self.transcriber = transcriber  # Whisper's reading for the prompt where confident (spokenlm.transcriber)
+        if transcriber is not None and max_chunk_s > WINDOW_S:
+            raise ValueError(f"a transcriber reads {WINDOW_S:.0f}-s windows: max_chunk_s must be at most that, got {max_chunk_s}")
+        self.transcriber = transcriber  # Whisper's reading of each chunk, judged against the CTC head's (spokenlm.transcriber)
 
     @torch.inference_mode()
     def encode_recordings(self, waves: Sequence[Tensor], *, uncompressed: bool = False) -> SpeechTokens:
@@ -742,6 +745,9 @@ def set_bundle_transcriber(path: str | Path, config: TranscriberConfig | None) -
         config.validate()
         if not meta.get("llm", {}).get("prompt_transcript"):
             raise BundleError(f"{path}: its LLM was trained without a transcript in the prompt; a transcriber has no use")
+        if float(meta.get("max_chunk_s", 30.0)) > WINDOW_S:
+            raise BundleError(f"{path}: a transcriber reads {WINDOW_S:.0f}-s windows, but the bundle cuts recordings "
+                              f"into chunks of up to {meta['max_chunk_s']} s")  # fmt: skip
     meta["transcriber"] = None if config is None else transcriber_config_to_json(config)
     (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
 

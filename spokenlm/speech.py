@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from spokenlm.audio import SAMPLE_RATE, batch_audio, split_on_silence
 from spokenlm.compress.base import Compressor
 from spokenlm.encoders.base import EncoderOutput, SpeechEncoder
-from spokenlm.transcriber import Reading, TranscriberConfig, WhisperTranscriber, choose_prompt_texts
+from spokenlm.transcriber import ChunkReadings, WhisperTranscriber, choose_prompt_texts
 
 MAX_CHUNKS_PER_BATCH = 8  # chunks per encoder forward pass
 
@@ -39,6 +39,7 @@ class ChunkBatch:
     items: list[int]  # recording index of each chunk, in batch order
     starts_s: list[float]  # offset of each chunk in its recording
     encoded: EncoderOutput  # features (B, T, D), lengths (B,); hidden_states dropped unless kept
+    audio: list[Tensor] = field(default_factory=list)  # each chunk's samples (S,), on the CPU: a transcriber reads them
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,10 @@ class SpeechTokens:
     char_times: list[list[tuple[str, float, float]]] | None  # per recording: (char, start_s, end_s)
     projected: Tensor | None = None  # (B, N, D_llm) the adapter's output, once adapted (`adapt`)
     prompt_texts: list[str] | None = None
-    """Per recording: the transcript the hybrid prompt carries when it is not the CTC transcript (the
-    bundle's transcriber chose Whisper's reading: `spokenlm.transcriber`); None: the CTC transcript."""
+    """Per recording: the transcript the hybrid prompt carries when the bundle has a transcriber (each
+    chunk's reading chosen between Whisper's and the CTC head's: `spokenlm.transcriber`); None: the
+    CTC transcript."""
+    readings: list[list[ChunkReadings]] | None = None  # per recording, per chunk: both readings, scored
     timing_ms: list[dict[str, float]] = field(default_factory=list)  # per recording: ms per stage so far
 
     @property
@@ -77,6 +80,7 @@ class SpeechTokens:
             char_times=None if self.char_times is None else [self.char_times[i]],
             projected=one(self.projected),
             prompt_texts=None if self.prompt_texts is None else [self.prompt_texts[i]],
+            readings=None if self.readings is None else [self.readings[i]],
             timing_ms=[dict(self.timing_ms[i])] if self.timing_ms else [],
         )
 
@@ -105,6 +109,7 @@ class SpeechTokens:
             char_times=cat("char_times"),
             projected=projected,
             prompt_texts=cat("prompt_texts"),
+            readings=cat("readings"),
             timing_ms=cat("timing_ms") or [],
         )
 
@@ -125,32 +130,17 @@ def encode_speech(
     transcriber: WhisperTranscriber | None = None,
 ) -> SpeechTokens:
     """Mono 16 kHz recordings (S,) -> adapted SpeechTokens, timed per stage (encoder, compress,
-    adapter). uncompressed: the adapter reads every encoder frame instead of the compressor's tokens
-    (a comparison for dim-preserving compressors; the CTC transcript is still the compressor's).
-    transcriber: Whisper's reading of each recording, for the prompt where it is confident
-    (`with_prompt_texts`)."""
+    transcriber, adapter). uncompressed: the adapter reads every encoder frame instead of the
+    compressor's tokens (a comparison for dim-preserving compressors; the CTC transcript is still the
+    compressor's). transcriber: each chunk also read by Whisper, the prompt taking the better reading
+    (`join_chunks`)."""
     t0 = time.perf_counter()
     batches = encode_chunks(encoder, waves, max_chunk_s=max_chunk_s, max_chunks_per_batch=max_chunks_per_batch)
     encoder_ms = (time.perf_counter() - t0) * 1e3
     durations = [wav.shape[-1] / SAMPLE_RATE for wav in waves]
     timing = [{"encoder": encoder_ms} for _ in waves]
-    readings = None
-    if transcriber is not None:
-        t0 = time.perf_counter()
-        readings = transcriber.read(waves)
-        for t in timing:
-            t["transcriber"] = (time.perf_counter() - t0) * 1e3
-    speech = compress_speech(compressor, adapter, batches, durations, timing_ms=timing, uncompressed=uncompressed)
-    return speech if transcriber is None else with_prompt_texts(speech, readings, transcriber.config)
-
-
-def with_prompt_texts(speech: SpeechTokens, readings: Sequence[Reading], config: TranscriberConfig) -> SpeechTokens:
-    """`speech` with the prompt transcript of each recording chosen between Whisper's `readings` and
-    its CTC transcript (`spokenlm.transcriber.choose_prompt_texts`)."""
-    if speech.transcripts is None:
-        raise ValueError("a transcriber needs a CTC compressor: its transcript is the fallback reading")
-    texts = choose_prompt_texts(readings, speech.transcripts, speech.durations_s, config)
-    return dataclasses.replace(speech, prompt_texts=texts)
+    return compress_speech(compressor, adapter, batches, durations, timing_ms=timing, uncompressed=uncompressed,
+                           transcriber=transcriber)  # fmt: skip
 
 
 @torch.inference_mode()
@@ -162,10 +152,11 @@ def compress_speech(
     *,
     timing_ms: Sequence[dict[str, float]] | None = None,
     uncompressed: bool = False,
+    transcriber: WhisperTranscriber | None = None,
 ) -> SpeechTokens:
     """Encoded chunks -> joined, adapted SpeechTokens (`join_chunks`, then `adapt`); `timing_ms`:
     per recording, the stages before this one (they come first in the result's timing)."""
-    speech = join_chunks(compressor, batches, durations_s)
+    speech = join_chunks(compressor, batches, durations_s, transcriber=transcriber)
     if uncompressed:
         speech = _every_frame(speech, batches)
     if timing_ms is not None:
@@ -192,16 +183,26 @@ def encode_chunks(
         encoded: EncoderOutput = encoder(audio.wav, audio.lengths)
         if not keep_hidden_states:  # (L, B, T, D) is large and no later stage reads it
             encoded = dataclasses.replace(encoded, hidden_states=None)
-        batches.append(ChunkBatch(items=[i for i, _ in group], starts_s=[c.start_s for _, c in group], encoded=encoded))
+        batches.append(ChunkBatch(items=[i for i, _ in group], starts_s=[c.start_s for _, c in group], encoded=encoded,
+                                  audio=[c.wav.detach().cpu() for _, c in group]))  # fmt: skip
     return batches
 
 
 @torch.inference_mode()
-def join_chunks(compressor: Compressor, batches: Sequence[ChunkBatch], durations_s: Sequence[float]) -> SpeechTokens:
+def join_chunks(
+    compressor: Compressor,
+    batches: Sequence[ChunkBatch],
+    durations_s: Sequence[float],
+    *,
+    transcriber: WhisperTranscriber | None = None,
+) -> SpeechTokens:
     """Compress every chunk batch and join each recording's tokens in time order (its CTC text too,
-    where the compressor gives its characters: `CompressedOutput.chars`)."""
+    where the compressor gives its characters: `CompressedOutput.chars`). transcriber: each chunk is
+    read by Whisper too, both readings are scored by both models, and the prompt's transcript takes
+    the chosen one per chunk (`spokenlm.transcriber`; timed as "transcriber")."""
     t0 = time.perf_counter()
     parts: list[list[tuple[Tensor, list, str | None, list]]] = [[] for _ in durations_s]
+    chunks: list[tuple[int, Tensor | None, str | None, Tensor | None]] = []  # what a transcriber reads, in chunk order
     for batch in batches:
         out = compressor(batch.encoded)
         rate = out.frame_rate_hz
@@ -213,10 +214,20 @@ def join_chunks(compressor: Compressor, batches: Sequence[ChunkBatch], durations
                 text = "".join(c.char for c in out.chars[j])
                 chars = [(c.char, start_s + c.start_frame / rate, start_s + c.end_frame / rate) for c in out.chars[j]]
             parts[item].append((out.embeddings[j, :n], spans, text, chars))
+            if transcriber is not None:
+                log_probs = None if out.ctc_log_probs is None else out.ctc_log_probs[j, : int(batch.encoded.lengths[j])]
+                chunks.append((item, batch.audio[j] if batch.audio else None, text, log_probs))
 
     embeddings = [torch.cat([p[0] for p in item_parts]) for item_parts in parts]
     has_ctc = all(p[2] is not None for item_parts in parts for p in item_parts)
     compress_ms = (time.perf_counter() - t0) * 1e3
+    timing = [{"compress": compress_ms} for _ in durations_s]
+    prompt_texts = readings = None
+    if transcriber is not None:
+        t0 = time.perf_counter()
+        readings = _read_chunks(transcriber, compressor, chunks, len(durations_s))
+        prompt_texts = choose_prompt_texts(readings, transcriber.config)
+        timing = [t | {"transcriber": (time.perf_counter() - t0) * 1e3} for t in timing]
     return SpeechTokens(
         embeddings=nn.utils.rnn.pad_sequence(embeddings, batch_first=True),  # (B, N, D_enc)
         lengths=torch.tensor([e.shape[0] for e in embeddings], dtype=torch.long),
@@ -224,8 +235,24 @@ def join_chunks(compressor: Compressor, batches: Sequence[ChunkBatch], durations
         durations_s=list(durations_s),
         transcripts=[" ".join(t for p in ps if (t := p[2])) for ps in parts] if has_ctc else None,
         char_times=[_join_char_times(ps) for ps in parts] if has_ctc else None,
-        timing_ms=[{"compress": compress_ms} for _ in durations_s],
+        prompt_texts=prompt_texts,
+        readings=readings,
+        timing_ms=timing,
     )
+
+
+def _read_chunks(transcriber: WhisperTranscriber, compressor: Compressor, chunks, recordings: int) -> list[list[ChunkReadings]]:
+    """Per recording, its chunks' two readings scored (`WhisperTranscriber.score`)."""
+    vocab = getattr(compressor, "vocab", None)
+    if vocab is None or any(text is None or log_probs is None for _, _, text, log_probs in chunks):
+        raise ValueError("a transcriber needs a CTC compressor: its transcript is the other reading, its head a judge")
+    if any(audio is None for _, audio, _, _ in chunks):
+        raise ValueError("a transcriber needs each chunk's audio: encode with encode_chunks (ChunkBatch.audio)")
+    scored = transcriber.score([c[1] for c in chunks], [c[2] for c in chunks], [c[3] for c in chunks], vocab)
+    readings: list[list[ChunkReadings]] = [[] for _ in range(recordings)]
+    for (item, *_), reading in zip(chunks, scored):
+        readings[item].append(reading)
+    return readings
 
 
 @torch.inference_mode()

@@ -1,6 +1,7 @@
 """The bundle's transcriber (Whisper's reading for the hybrid prompt, spokenlm/transcriber.py) and
 the ASR answer taken from the prompt's transcript, on the tiny random Whisper of conftest.py."""
 
+import dataclasses
 import json
 import math
 import re
@@ -19,10 +20,12 @@ from spokenlm.model import (
 )
 from spokenlm.tasks import TRANSCRIPT_HINT, TaskRequest
 from spokenlm.transcriber import (
-    Reading,
+    ChunkReadings,
+    Scores,
     TranscriberConfig,
     WhisperTranscriber,
     choose_prompt_texts,
+    ctc_log_likelihood,
     read_transcriber_config,
     transcriber_config_from_json,
 )
@@ -42,32 +45,112 @@ def hybrid_bundle(tiny_bundle, tmp_path_factory):
     return save_bundle(model, tmp_path_factory.mktemp("hybrid") / "bundle")
 
 
-def test_whisper_reads_each_recording_once_deterministically(tiny_whisper, example_clips):
+def _ctc_inputs(vocab, waves, frames_per_s=50, seed=0):
+    """Random CTC log-probabilities (T, V) for each wave, and a CTC transcript for each."""
+    gen = torch.Generator().manual_seed(seed)
+    log_probs = [torch.randn(max(1, int(w.shape[-1] / 16000 * frames_per_s)), vocab.size, generator=gen).log_softmax(-1)
+                 for w in waves]  # fmt: skip
+    return ["a cat", "the dog", ""][: len(waves)], log_probs
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    from spokenlm.compress.vocab import CharVocab
+
+    return CharVocab("abcdefghijklmnopqrstuvwxyz' ")
+
+
+def test_whisper_scores_chunks_deterministically_whatever_the_batch(tiny_whisper, example_clips, vocab):
     transcriber = WhisperTranscriber(_config(tiny_whisper))
     waves = [load_audio(c) for c in example_clips[:2]]
-    first, again = transcriber.read(waves), transcriber.read(list(reversed(waves)))
-    assert len(first) == 2 and first == list(reversed(again))
-    for reading in first:
-        assert reading.tokens > 0 and math.isfinite(reading.logprob) and reading.logprob <= 0
-        assert re.fullmatch(r"[a-z0-9' ]*", reading.text)  # normalized as our transcripts
+    waves.append(waves[0][:16000])
+    texts, log_probs = _ctc_inputs(vocab, waves)  # the third: a CTC head that read nothing
+    batched = transcriber.score(waves, texts, log_probs, vocab)
+    alone = WhisperTranscriber(_config(tiny_whisper, batch_size=1)).score(waves, texts, log_probs, vocab)
+    assert len(batched) == 3 and [r.whisper for r in batched] == [r.whisper for r in alone]
+    for one, other, wav, text in zip(batched, alone, waves, texts):
+        assert one.ctc == text and one.duration_s == pytest.approx(wav.shape[-1] / 16000)
+        assert re.fullmatch(r"[a-z0-9' ]*", one.whisper)  # normalized as our transcripts
+        assert one.whisper_tokens > 0 and math.isfinite(one.whisper_logprob) and one.whisper_logprob <= 0
+        for mine, theirs in ((one.whisper_scores, other.whisper_scores), (one.ctc_scores, other.ctc_scores)):
+            assert mine.ctc == pytest.approx(theirs.ctc) and mine.decoder == pytest.approx(theirs.decoder, abs=1e-3)
+            assert mine.ctc <= 0 and mine.decoder <= 0
+    assert batched[2].ctc_scores.ctc == pytest.approx(log_probs[2][:, 0].sum().item())  # "": every frame blank
+    with pytest.raises(ValueError, match=r"^got 3 chunks, 2 CTC transcripts, 3 CTC log-prob rows$"):
+        transcriber.score(waves, texts[:2], log_probs, vocab)
+    with pytest.raises(ValueError, match=r"^a transcriber reads 30-s windows; got a 31.0-s chunk \(the bundle's max_chunk_s"):
+        transcriber.score([torch.zeros(31 * 16000)], ["a"], [log_probs[0]], vocab)
 
 
-def test_the_rule_takes_whisper_only_when_confident_and_sane():
-    config = TranscriberConfig(min_logprob=-0.3)
-    readings = [
-        Reading("confident", -0.1, 3),
-        Reading("unsure", -0.9, 3),
-        Reading("", -0.05, 0),  # nothing read
-        Reading("loop loop loop", -0.01, 100),  # 100 tokens in 2 s: a decoding loop
-        Reading("at the threshold", -0.3, 4),
-    ]
-    ctc = ["a", "b", "c", "d", "e"]
-    assert choose_prompt_texts(readings, ctc, [2.0] * 5, config) == ["confident", "b", "c", "d", "at the threshold"]
-    assert choose_prompt_texts(readings[:2], ctc[:2], [2.0] * 2, TranscriberConfig(min_logprob=-math.inf)) == [
-        "confident", "unsure",
-    ]  # fmt: skip
-    with pytest.raises(ValueError, match=r"^got 2 readings, 1 CTC transcripts, 2 durations$"):
-        choose_prompt_texts(readings[:2], ["a"], [1.0, 1.0], config)
+def test_the_decoder_score_is_the_forced_log_probability_of_the_tokens(tiny_whisper, example_clips, vocab):
+    """Parity with transformers: the same Whisper (float32), teacher-forced on the same mel features,
+    each token's probability among the text tokens (ids below <|endoftext|>, as Whisper's aligner)."""
+    from transformers import WhisperForConditionalGeneration
+
+    config = dataclasses.replace(_config(tiny_whisper), compute_type="float32", path=str(tiny_whisper["ct2_float32"]))
+    transcriber = WhisperTranscriber(config)
+    wav = load_audio(example_clips[0])
+    text = "a cat sat"
+    (scored,) = transcriber.score([wav], [text], _ctc_inputs(vocab, [wav])[1], vocab)
+    hf = WhisperForConditionalGeneration.from_pretrained(tiny_whisper["hf"]).eval()
+    from faster_whisper.audio import pad_or_trim
+
+    mel = torch.from_numpy(pad_or_trim(transcriber._features(wav.numpy())))[None].float()
+    prompt = transcriber._prompt
+    tokens = transcriber._tokenizer.encode(" " + text)
+    with torch.no_grad():
+        logits = hf(input_features=mel, decoder_input_ids=torch.tensor([prompt + tokens])).logits[0]
+    logits = logits[:, : transcriber._tokenizer.eot].log_softmax(-1)
+    expected = sum(logits[len(prompt) - 1 + k, t].item() for k, t in enumerate(tokens))
+    assert scored.ctc_scores.decoder == pytest.approx(expected, rel=5e-3)  # CTranslate2 and torch kernels differ a little
+
+
+def test_the_ctc_score_sums_every_alignment():
+    """Parity with brute force: log P(text) = logsumexp over every frame path that collapses to it."""
+    import itertools
+
+    from spokenlm.compress.vocab import CharVocab
+
+    vocab = CharVocab("ab")  # 3^5 paths; no space, which normalizing would strip from a path's ends
+    torch.manual_seed(0)
+    log_probs = torch.randn(5, vocab.size).log_softmax(-1)
+    for text in ("ab", "aa", "ba", "a", ""):
+        target = vocab.encode(text)
+        paths = [p for p in itertools.product(range(vocab.size), repeat=5) if vocab.encode(vocab.ctc_decode(list(p))) == target]
+        assert paths
+        brute = torch.logsumexp(torch.stack([sum(log_probs[t, k] for t, k in enumerate(p)) for p in paths]), 0)
+        assert ctc_log_likelihood(log_probs, text, vocab) == pytest.approx(brute.item(), abs=1e-4)
+    assert ctc_log_likelihood(log_probs[:2], "aba", vocab) == -math.inf  # 3 labels cannot fit in 2 frames
+
+
+def _reading(whisper, ctc, w, c, *, tokens=3, seconds=2.0):
+    return ChunkReadings(whisper=whisper, ctc=ctc, whisper_scores=Scores(*w), ctc_scores=Scores(*c), whisper_tokens=tokens,
+                         whisper_logprob=-0.1, duration_s=seconds)  # fmt: skip
+
+
+def test_the_rule_takes_the_reading_both_models_prefer():
+    config = TranscriberConfig(ctc_weight=0.5, length_bonus=0.0)
+    # Scores(ctc, decoder): the CTC head finds Whisper's "two" likely, the decoder its own reading too
+    assert _reading("two", "to", (-3.0, -1.0), (-2.0, -9.0)).choose(config) == "two"  # -2 > -5.5
+    assert _reading("thank you", "two", (-40.0, -0.5), (-2.0, -6.0)).choose(config) == "two"  # a hallucination
+    assert _reading("one", "won", (-4.0, -2.0), (-3.0, -3.0)).choose(config) == "won"  # a tie: the CTC reading
+    # the weight decides where the two models disagree
+    split = _reading("w", "c", (-10.0, -1.0), (-1.0, -10.0))
+    assert split.choose(TranscriberConfig(ctc_weight=0.2)) == "w" and split.choose(TranscriberConfig(ctc_weight=0.8)) == "c"
+    assert split.choose(TranscriberConfig(ctc_weight=0.0)) == "w" and split.choose(TranscriberConfig(ctc_weight=1.0)) == "c"
+    # an impossible CTC path (-inf) weighs nothing when its weight is 0, and loses otherwise
+    impossible = _reading("w", "c", (-math.inf, -1.0), (-2.0, -5.0))
+    assert impossible.choose(TranscriberConfig(ctc_weight=0.0)) == "w" and impossible.choose(config) == "c"
+    # the length bonus: per word
+    short_long = _reading("a b c", "a", (-3.0, -3.0), (-1.0, -1.0))
+    assert short_long.choose(config) == "a" and short_long.choose(TranscriberConfig(length_bonus=1.5)) == "a b c"
+    # Whisper's empty reading or a decoding loop (100 tokens in 2 s) always loses
+    assert _reading("", "c", (0.0, 0.0), (-9.0, -9.0)).choose(config) == "c"
+    assert _reading("w w w", "c", (0.0, 0.0), (-9.0, -9.0), tokens=100).choose(config) == "c"
+    # per recording, its chunks' choices joined in order (an empty one skipped)
+    chunks = [[_reading("two", "to", (-3.0, -1.0), (-2.0, -9.0)), _reading("", "", (0.0, 0.0), (0.0, 0.0))],
+              [_reading("x", "y", (-1.0, -1.0), (-2.0, -2.0)), _reading("z", "q", (-5.0, -5.0), (-1.0, -1.0))]]  # fmt: skip
+    assert choose_prompt_texts(chunks, config) == ["two", "x q"]
 
 
 @pytest.mark.parametrize(
@@ -76,8 +159,11 @@ def test_the_rule_takes_whisper_only_when_confident_and_sane():
         ({"base": None}, "a transcriber needs exactly one of base and path"),
         ({"path": "x"}, "a transcriber needs exactly one of base and path"),
         ({"base": "smollm2-135m-instruct"}, "unknown transcriber base 'smollm2-135m-instruct'; expected one of whisper-tiny.en"),
-        ({"min_logprob": 0.5}, "min_logprob must be a number <= 0 (a mean log-probability), got 0.5"),
-        ({"min_logprob": float("nan")}, "min_logprob must be a number <= 0 (a mean log-probability), got nan"),
+        ({"ctc_weight": 1.5}, "ctc_weight must be a number in [0, 1], got 1.5"),
+        ({"ctc_weight": float("nan")}, "ctc_weight must be a number in [0, 1], got nan"),
+        ({"length_bonus": float("inf")}, "length_bonus must be a number in [-100, 100] (log-probability per word), got inf"),
+        ({"length_bonus": "1"}, "length_bonus must be a number in [-100, 100] (log-probability per word), got '1'"),
+        ({"batch_size": 0}, "batch_size must be an int in [1, 256], got 0"),
         ({"beam_size": 0}, "beam_size must be an int in [1, 16], got 0"),
         ({"cpu_threads": -1}, "cpu_threads must be an int >= 0, got -1"),
         ({"max_tokens_per_second": 0}, "max_tokens_per_second must be > 0, got 0"),
@@ -94,6 +180,8 @@ def test_bad_transcriber_configs_are_named(changes, message):
 def test_transcriber_json_errors(tmp_path):
     with pytest.raises(ValueError, match=r"^t: unknown field\(s\) threshold$"):
         transcriber_config_from_json({"threshold": 1}, where="t")
+    with pytest.raises(ValueError, match=r"^t: min_logprob is no longer a transcriber setting: the confidence threshold was replaced"):
+        transcriber_config_from_json({"min_logprob": -0.2}, where="t")
     with pytest.raises(FileNotFoundError, match="no transcriber.json at"):
         read_transcriber_config(tmp_path)
     (tmp_path / "transcriber.json").write_text("{")
@@ -102,30 +190,43 @@ def test_transcriber_json_errors(tmp_path):
 
 
 def test_a_bundle_with_a_transcriber_prompts_with_the_chosen_reading(hybrid_bundle, tiny_whisper, example_clips):
-    config = _config(tiny_whisper, min_logprob=-math.inf)
+    config = _config(tiny_whisper, ctc_weight=0.3, length_bonus=0.5)
     set_bundle_transcriber(hybrid_bundle, config)
     try:
         assert load_bundle_transcriber_config(hybrid_bundle) == config
         model = load_bundle(hybrid_bundle)
         waves = [load_audio(c) for c in example_clips[:2]]
         speech = model.encode_recordings(waves)
-        readings = WhisperTranscriber(config).read(waves)
-        assert speech.prompt_texts == [r.text for r in readings]  # min_logprob -inf: always Whisper's
+        # one chunk per clip: its CTC reading is the transcript; its Whisper reading the transcriber's own
+        assert [[c.ctc for c in chunks] for chunks in speech.readings] == [[t] for t in speech.transcripts]
+        vocab = model.compressor.vocab
+        alone = WhisperTranscriber(config).score(waves, speech.transcripts, [torch.zeros(1, vocab.size)] * 2, vocab)
+        assert [[c.whisper for c in chunks] for chunks in speech.readings] == [[r.whisper] for r in alone]
+        assert speech.prompt_texts == choose_prompt_texts(speech.readings, config)
         assert all("transcriber" in t for t in speech.timing_ms)
         prompts = request_prompts(model.llm, [TaskRequest(task="asr")] * 2, speech.char_times,
                                   prompt_texts=speech.prompt_texts)  # fmt: skip
-        for prompt, reading in zip(prompts, readings):
-            assert f"{TRANSCRIPT_HINT}{reading.text}\n" in prompt
-        # one recording alone and batched again keep their reading
-        assert speech.item(1).prompt_texts == [readings[1].text]
-        assert type(speech).batch([speech.item(1), speech.item(0)]).prompt_texts == [readings[1].text, readings[0].text]
-        # a threshold no reading reaches: the CTC transcript, as without a transcriber
-        set_bundle_transcriber(hybrid_bundle, _config(tiny_whisper, min_logprob=-1e-9))
-        assert load_bundle(hybrid_bundle).encode_recordings(waves).prompt_texts == speech.transcripts
+        for prompt, text in zip(prompts, speech.prompt_texts):
+            assert f"{TRANSCRIPT_HINT}{text}\n" in prompt
+        # one recording alone and batched again keep its readings
+        assert speech.item(1).prompt_texts == [speech.prompt_texts[1]] and speech.item(1).readings == [speech.readings[1]]
+        again = type(speech).batch([speech.item(1), speech.item(0)])
+        assert again.prompt_texts == speech.prompt_texts[::-1] and again.readings == speech.readings[::-1]
     finally:
         set_bundle_transcriber(hybrid_bundle, None)
     assert json.loads((hybrid_bundle / "spokenlm.json").read_text())["transcriber"] is None
     assert load_bundle(hybrid_bundle).transcriber is None
+
+
+def test_a_transcriber_needs_chunks_that_fit_whisper_s_window(hybrid_bundle, tiny_whisper, tmp_path):
+    model = load_bundle(hybrid_bundle)
+    model.max_chunk_s = 60.0
+    long_chunks = save_bundle(model, tmp_path / "long-chunks")
+    with pytest.raises(BundleError, match=r"a transcriber reads 30-s windows, but the bundle cuts recordings into chunks of up to 60.0 s$"):
+        set_bundle_transcriber(long_chunks, _config(tiny_whisper))
+    with pytest.raises(ValueError, match=r"^a transcriber reads 30-s windows: max_chunk_s must be at most that, got 60.0$"):
+        type(model)(encoder=model.encoder, compressor=model.compressor, adapter=model.adapter, llm=model.llm,
+                    max_chunk_s=60.0, transcriber=WhisperTranscriber(_config(tiny_whisper)))  # fmt: skip
 
 
 def test_a_transcriber_needs_a_hybrid_prompt_llm(tiny_bundle, tiny_whisper):
@@ -172,12 +273,12 @@ def test_the_bundle_command_sets_and_clears_the_options(hybrid_bundle, tiny_whis
     out = tmp_path / "transcriber-run"
     out.mkdir()
     (out / "transcriber.json").write_text(json.dumps({"base": None, "path": str(tiny_whisper["ct2_int8"]),
-                                                      "min_logprob": -0.4}))  # fmt: skip
+                                                      "ctc_weight": 0.4}))  # fmt: skip
     assert main(["bundle", "set", str(hybrid_bundle), "--transcriber", str(out), "--asr-from-transcript", "on"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["asr_from_transcript"] is True and shown["transcriber"]["min_logprob"] == -0.4
+    assert shown["asr_from_transcript"] is True and shown["transcriber"]["ctc_weight"] == 0.4
     model = load_bundle(hybrid_bundle)
-    assert model.llm.asr_from_transcript and model.transcriber.config.min_logprob == -0.4
+    assert model.llm.asr_from_transcript and model.transcriber.config.ctc_weight == 0.4
     assert main(["bundle", "set", str(hybrid_bundle), "--transcriber", "none", "--asr-from-transcript", "off"]) == 0
     capsys.readouterr()
     model = load_bundle(hybrid_bundle)

@@ -97,8 +97,9 @@ class SpeechLMTrainConfig:
     speech (`build_prompt(request, transcript)`), as DeSTA2 gives its LLM the recognizer's words."""
 
     transcriber: str | None = None
-    """The transcriber recipe's OUT (or a transcriber.json): the bundle this run writes reads the
-    Whisper base's transcript into its prompt where Whisper is confident (`spokenlm.transcriber`).
+    """The transcriber recipe's OUT (or a transcriber.json): the bundle this run writes also reads
+    each chunk with the Whisper base, and its prompt takes whichever reading the CTC head and
+    Whisper's decoder jointly prefer (`spokenlm.transcriber`).
     Training and this recipe's eval_*.json read the CTC transcript; `spokenlm bench default` scores
     the bundle as it runs. Needs prompt_transcript."""
 

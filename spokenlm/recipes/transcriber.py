@@ -1,17 +1,18 @@
-"""Recipe `transcriber`: when the hybrid prompt reads Whisper's transcript instead of the CTC one.
+"""Recipe `transcriber`: how the prompt weighs Whisper's reading against the CTC head's.
 
     spokenlm train transcriber --config configs/transcriber.yaml
 
 1. Take up to `dev_utterances` dev recordings from EACH manifest (the first in id-hash order), so a
    small real corpus (FSDD's isolated digits) weighs as much as the synthetic one.
-2. Read each twice: the CTC compressor's transcript (with its word LM, as the bundle runs it) and the
-   Whisper base's own greedy reading with its mean token log-probability (`spokenlm.transcriber`).
-3. For every `min_logprob` of the grid, choose per recording as the bundle will
-   (`choose_prompt_texts`) and score the chosen transcripts: the WER of each manifest's sample, and
-   their mean (each corpus counts once, whatever its words). Keep the best mean.
-4. Write OUT/transcriber.json (the TranscriberConfig with that threshold: `spokenlm bundle
-   transcriber BUNDLE --from OUT`, or the speechlm recipe's `transcriber: OUT`) and metrics.json
-   (every threshold's WERs, CTC alone, Whisper alone, the oracle choice, examples).
+2. Read each chunk as the bundle will (`spokenlm.speech.join_chunks` with a transcriber): the CTC
+   compressor's transcript (with its word LM) and the Whisper base's greedy reading, each scored by
+   both models (`spokenlm.transcriber`).
+3. For every (`ctc_weight`, `length_bonus`) of the grid, choose per chunk as the bundle will and score
+   the chosen transcripts: the WER of each manifest's sample, and their mean (each corpus counts once,
+   whatever its words). Keep the best mean; a tie keeps the earlier grid point.
+4. Write OUT/transcriber.json (the TranscriberConfig with that pick: `spokenlm bundle set BUNDLE
+   --transcriber OUT`, or the speechlm recipe's `transcriber: OUT`) and metrics.json (every grid
+   point's WERs, CTC alone, Whisper alone, the oracle choice that knows the reference, examples).
 
 Nothing is trained: minutes of decoding on 2 cores, no checkpoint, no worker split.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ import torch
 
 from spokenlm.transcriber import (
     TRANSCRIBER_FILE,
+    ChunkReadings,
     TranscriberConfig,
     WhisperTranscriber,
     choose_prompt_texts,
@@ -44,8 +45,9 @@ class TranscriberRecipeConfig:
     encoder_base: str | None = None  # the frozen encoder the compressor reads (a known base) ...
     encoder_dir: str | None = None  # ... or a saved one: exactly one of the two
     encoder_overrides: dict = field(default_factory=dict)
-    transcriber: TranscriberConfig = TranscriberConfig()  # min_logprob is what the grid replaces
-    min_logprobs: tuple[float, ...] = (-0.1, -0.15, -0.2, -0.25, -0.3, -0.4, -0.5, -0.7, -1.0)
+    transcriber: TranscriberConfig = TranscriberConfig()  # ctc_weight and length_bonus are what the grid replaces
+    ctc_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    length_bonuses: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)
     dev_split: str = "dev"
     dev_utterances: int = 300  # per manifest
     max_duration_s: float = 30.0
@@ -55,12 +57,15 @@ class TranscriberRecipeConfig:
         from spokenlm.recipes.ctc_lm import check_encoder_source
 
         check_encoder_source("transcriber", self.encoder_base, self.encoder_dir)
-        if not self.min_logprobs:
-            raise ValueError("min_logprobs needs at least one value")
-        for value in self.min_logprobs:
-            dataclasses.replace(self.transcriber, min_logprob=value).validate()
+        if not self.ctc_weights or not self.length_bonuses:
+            raise ValueError("ctc_weights and length_bonuses need at least one value each")
+        for weight in self.ctc_weights:
+            for bonus in self.length_bonuses:
+                dataclasses.replace(self.transcriber, ctc_weight=weight, length_bonus=bonus).validate()
         if not isinstance(self.dev_utterances, int) or self.dev_utterances < 1:
             raise ValueError(f"dev_utterances must be a positive int, got {self.dev_utterances!r}")
+        if not 1.0 <= self.max_duration_s <= 30.0:
+            raise ValueError(f"max_duration_s must be within [1, 30] (a transcriber reads 30-s chunks), got {self.max_duration_s}")
 
 
 def train(config: TranscriberRecipeConfig) -> dict:
@@ -90,63 +95,60 @@ def train(config: TranscriberRecipeConfig) -> dict:
     encoder, compressor = load_ctc_reader(config)
     whisper = WhisperTranscriber(config.transcriber)
     audio = AudioCache()
-    read: dict[str, dict] = {}
+    refs = {path: [u.labels["text"] for u in utts] for path, utts in samples.items()}
+    readings: dict[str, list[list[ChunkReadings]]] = {}
     for path, utts in samples.items():
         waves = [audio.get(u) for u in utts]
         with torch.inference_mode():
-            ctc = join_chunks(compressor, encode_chunks(encoder, waves, max_chunk_s=config.max_duration_s),
-                              [u.duration_s for u in utts]).transcripts  # fmt: skip
-        read[path] = {"refs": [u.labels["text"] for u in utts], "ctc": ctc, "whisper": whisper.read(waves),
-                      "durations": [u.duration_s for u in utts], "ids": [u.id for u in utts]}  # fmt: skip
+            batches = encode_chunks(encoder, waves, max_chunk_s=config.max_duration_s)
+            readings[path] = join_chunks(compressor, batches, [u.duration_s for u in utts], transcriber=whisper).readings
 
-    def picks(choose) -> dict[str, list[str]]:
-        """Per manifest, the transcript `choose(reading)` takes for each recording."""
-        return {path: choose(r) for path, r in read.items()}
-
-    def wers(texts: dict[str, list[str]]) -> dict[str, float]:
-        by_manifest = {path: jiwer.wer(read[path]["refs"], hyps) for path, hyps in texts.items()}
+    def wers(pick) -> dict[str, float]:
+        """WER per manifest of the transcripts `pick(ref, chunk)` takes, and their mean (every
+        recording is one chunk: max_duration_s <= 30)."""
+        by_manifest = {path: jiwer.wer(refs[path], [pick(ref, chunks[0]) for ref, chunks in zip(refs[path], rs)])
+                       for path, rs in readings.items()}  # fmt: skip
         return {"mean": sum(by_manifest.values()) / len(by_manifest), **by_manifest}
 
-    def chosen(min_logprob: float):
-        rule = dataclasses.replace(config.transcriber, min_logprob=min_logprob)
-        return lambda r: choose_prompt_texts(r["whisper"], r["ctc"], r["durations"], rule)
+    def whisper_share(rule: TranscriberConfig) -> float:
+        differ = [c for rs in readings.values() for chunks in rs for c in chunks if c.whisper != c.ctc]
+        return sum(c.choose(rule) == c.whisper for c in differ) / max(len(differ), 1)
 
-    def oracle(r) -> list[str]:
-        return [min((c, w.text), key=lambda t: jiwer.wer(ref, t)) for ref, c, w in zip(r["refs"], r["ctc"], r["whisper"])]
-
-    rows = [{"setting": "ctc", **wers(picks(lambda r: r["ctc"]))},
-            {"setting": "whisper (empty or looping readings: ctc)", **wers(picks(chosen(-math.inf)))}]  # fmt: skip
+    rows = [{"setting": "ctc", **wers(lambda ref, c: c.ctc)},
+            {"setting": "whisper (empty readings: ctc)", **wers(lambda ref, c: c.whisper or c.ctc)}]  # fmt: skip
     best = None
-    for value in config.min_logprobs:
-        texts = picks(chosen(value))
-        row = {"setting": f"min_logprob={value}", "min_logprob": value, **wers(texts)}
-        share = [sum(t == w.text and t != c for t, w, c in zip(texts[path], r["whisper"], r["ctc"])) / len(r["refs"])
-                 for path, r in read.items()]  # fmt: skip
-        row["whisper_share"] = sum(share) / len(share)
-        rows.append(row)
-        print(f"transcriber: {row['setting']}: dev WER mean {row['mean']:.4f} ({row['whisper_share']:.0%} Whisper)")
-        if best is None or row["mean"] < best["mean"]:
-            best = row
-    rows.append({"setting": "oracle", **wers(picks(oracle))})
+    for weight in config.ctc_weights:
+        for bonus in config.length_bonuses:
+            rule = dataclasses.replace(config.transcriber, ctc_weight=weight, length_bonus=bonus)
+            row = {"setting": f"ctc_weight={weight} length_bonus={bonus}", "ctc_weight": weight, "length_bonus": bonus,
+                   **wers(lambda ref, c, rule=rule: c.choose(rule)), "whisper_share": whisper_share(rule)}  # fmt: skip
+            rows.append(row)
+            print(f"transcriber: {row['setting']}: dev WER mean {row['mean']:.4f} ({row['whisper_share']:.0%} Whisper where they differ)")
+            if best is None or row["mean"] < best["mean"]:
+                best = row
+    # a bound, not a rule: whichever reading is nearer the reference
+    rows.append({"setting": "oracle", **wers(lambda ref, c: min((c.ctc, c.whisper), key=lambda t: jiwer.wer(ref, t or "-")))})
 
-    result = dataclasses.replace(config.transcriber, min_logprob=best["min_logprob"])
+    result = dataclasses.replace(config.transcriber, ctc_weight=best["ctc_weight"], length_bonus=best["length_bonus"])
     (out / TRANSCRIBER_FILE).write_text(json.dumps(transcriber_config_to_json(result), indent=2) + "\n")
-    first = next(iter(read.values()))
-    picked = chosen(result.min_logprob)(first)
+    first = next(iter(samples))
+    picked = choose_prompt_texts(readings[first], result)
     metrics = {
         "stage": "transcriber",
         "compressor_dir": config.compressor_dir,
         "dev_split": config.dev_split,
         "dev_utterances": {path: len(utts) for path, utts in samples.items()},
-        "min_logprob": result.min_logprob,
+        "ctc_weight": result.ctc_weight,
+        "length_bonus": result.length_bonus,
         "dev_wer": best["mean"],
         "dev_wer_ctc": rows[0]["mean"],
         "dev_wer_whisper": rows[1]["mean"],
         "dev_wer_oracle": rows[-1]["mean"],
         "rows": rows,
         "examples": [
-            {"id": i, "ref": ref, "ctc": c, "whisper": w.text, "logprob": round(w.logprob, 3), "chosen": t}
-            for i, ref, c, w, t in list(zip(first["ids"], first["refs"], first["ctc"], first["whisper"], picked))[: config.examples]
+            {"id": u.id, "ref": ref, "ctc": " ".join(c.ctc for c in chunks), "whisper": " ".join(c.whisper for c in chunks),
+             "chosen": text}
+            for u, ref, chunks, text in list(zip(samples[first], refs[first], readings[first], picked))[: config.examples]
         ],  # fmt: skip
         "wall_minutes": round((time.monotonic() - started) / 60, 2),
     }

@@ -448,7 +448,7 @@ def test_init_from_continues_a_compressor_and_repeat_weights_a_manifest(frozen_w
         replace(continued, repeat={str(second): 0}).validate()
 
 
-def test_transcriber_recipe_picks_the_threshold_with_the_lowest_dev_wer(trained, tiny_corpus, tiny_whisper, tmp_path):
+def test_transcriber_recipe_picks_the_weights_with_the_lowest_dev_wer(trained, tiny_corpus, tiny_whisper, tmp_path):
     from spokenlm.recipes.transcriber import TranscriberRecipeConfig
     from spokenlm.recipes.transcriber import train as pick
     from spokenlm.transcriber import TranscriberConfig, read_transcriber_config
@@ -457,23 +457,25 @@ def test_transcriber_recipe_picks_the_threshold_with_the_lowest_dev_wer(trained,
     whisper = TranscriberConfig(base=None, path=str(tiny_whisper["ct2_int8"]), cpu_threads=1, max_tokens_per_second=1000.0)
     recipe = TranscriberRecipeConfig(
         out_dir=str(tmp_path / "out"), manifest=str(tiny_corpus), compressor_dir=config.out_dir + "/compressor",
-        encoder_dir=config.out_dir + "/encoder", transcriber=whisper, min_logprobs=(-1e-9, -1.0, -1e9),
-        dev_split="fine-tune", dev_utterances=6,
+        encoder_dir=config.out_dir + "/encoder", transcriber=whisper, ctc_weights=(0.0, 0.5, 1.0),
+        length_bonuses=(-100.0, 0.0, 100.0), dev_split="fine-tune", dev_utterances=6,
     )  # fmt: skip
     metrics = pick(recipe)
-    rows = {r["setting"]: r for r in metrics["rows"]}
-    grid = [r for r in metrics["rows"] if "min_logprob" in r]
-    assert metrics["dev_utterances"] == {str(tiny_corpus): 6} and len(grid) == 3
-    best = min(grid, key=lambda r: r["mean"])
-    assert metrics["min_logprob"] == best["min_logprob"] and metrics["dev_wer"] == best["mean"]
-    # a threshold nothing reaches is the CTC transcript; one everything reaches is Whisper's
-    assert grid[0]["mean"] == rows["ctc"]["mean"] and grid[0]["whisper_share"] == 0.0
-    assert grid[2]["mean"] == pytest.approx(metrics["dev_wer_whisper"])
+    grid = [r for r in metrics["rows"] if "ctc_weight" in r]
+    assert metrics["dev_utterances"] == {str(tiny_corpus): 6} and len(grid) == 9
+    best = min(grid, key=lambda r: r["mean"])  # the first of equals, as the recipe keeps
+    assert (metrics["ctc_weight"], metrics["length_bonus"], metrics["dev_wer"]) == (best["ctc_weight"], best["length_bonus"], best["mean"])
+    assert all(0.0 <= r["whisper_share"] <= 1.0 for r in grid)
+    # every rule takes one of the two readings per recording: never better than the oracle
     assert metrics["dev_wer_oracle"] <= min(r["mean"] for r in metrics["rows"])
     written = read_transcriber_config(recipe.out_dir)
-    assert written == replace(whisper, min_logprob=metrics["min_logprob"])
+    assert written == replace(whisper, ctc_weight=metrics["ctc_weight"], length_bonus=metrics["length_bonus"])
     with pytest.raises(ValueError, match="exactly one of encoder_base and encoder_dir"):
         replace(recipe, encoder_base="whisper-tiny.en").validate()
+    with pytest.raises(ValueError, match=r"^ctc_weight must be a number in \[0, 1\], got 2.0$"):
+        replace(recipe, ctc_weights=(0.5, 2.0)).validate()
+    with pytest.raises(ValueError, match=r"^max_duration_s must be within \[1, 30\]"):
+        replace(recipe, max_duration_s=60.0).validate()
 
 
 def test_transcriber_recipe_names_an_unknown_encoder_base():

@@ -184,15 +184,15 @@ def test_hybrid_prompt_and_text_warmup(tmp_path, tiny_corpus, frozen_parts, tiny
     from spokenlm.tasks import TRANSCRIPT_HINT
 
     out = tmp_path / "hybrid"
-    picked = {"base": None, "path": str(tiny_whisper["ct2_int8"]), "min_logprob": -0.25}  # a transcriber recipe's pick
+    picked = {"base": None, "path": str(tiny_whisper["ct2_int8"]), "ctc_weight": 0.3}  # a transcriber recipe's pick
     (tmp_path / "transcriber.json").write_text(json.dumps(picked))
     summary = train(_config(out, tiny_corpus, frozen_parts, prompt_transcript=True, text_warmup_steps=10,
                             eval_every=100, bundle_dtype="bfloat16", transcriber=str(tmp_path / "transcriber.json"),
                             asr_from_transcript=True,
                             optim=OptimConfig(lr=3e-3, warmup_steps=2, max_steps=20)))  # fmt: skip
     assert summary["steps"] == 20
-    bundle = load_bundle(out / "bundle")  # the bundle reads Whisper where confident and answers ASR so
-    assert bundle.transcriber.config.min_logprob == -0.25 and bundle.llm.asr_from_transcript
+    bundle = load_bundle(out / "bundle")  # the bundle judges Whisper's reading against the CTC one, answers ASR so
+    assert bundle.transcriber.config.ctc_weight == 0.3 and bundle.llm.asr_from_transcript
     for name in ("transcriber", "asr_from_transcript"):
         with pytest.raises(ValueError, match=f"^{name} needs prompt_transcript: it is about the prompt's transcript$"):
             _config(out, tiny_corpus, frozen_parts, **{name: "x" if name == "transcriber" else True}).validate()
