@@ -153,6 +153,9 @@ class SpeechLMTrainConfig:
     activations for ~1/3 more compute. The same gradients either way."""
     log_every: int = 20  # steps between logged (mean) training losses
     eval_every: int = 250
+    checkpoint_every: int = 0
+    """Steps between checkpoints taken without an evaluation (0: only at each evaluation and at the
+    end). A long run with a rare eval_every loses no more than this many steps when it is killed."""
     dev_items_per_task: int = 32  # per task, for the periodic dev evaluation
     final_items_per_task: int = 0  # per task, for the final evaluation; 0 = every item
     eval_batch_size: int = 32
@@ -212,6 +215,8 @@ class SpeechLMTrainConfig:
                 "batch_size, bucket_batches, log_every, eval_every, eval_batch_size, max_new_tokens and "
                 "encode_batch_size must be >= 1"
             )
+        if not (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0):
+            raise ValueError(f"checkpoint_every must be an int >= 0 (0: only with each evaluation), got {self.checkpoint_every!r}")
         if self.dev_items_per_task < 0 or self.final_items_per_task < 0 or self.num_examples < 0:
             raise ValueError("dev_items_per_task, final_items_per_task and num_examples must be >= 0")
         if self.bundle_dtype not in ("float32", "bfloat16"):
@@ -769,6 +774,8 @@ def train(config: SpeechLMTrainConfig) -> dict:
                 metrics.log(step, loss=mean, lr=optimizer.param_groups[0]["lr"])
         if step % config.eval_every == 0:
             dev_eval()
+            save()
+        elif config.checkpoint_every and step % config.checkpoint_every == 0:
             save()
     save()
 

@@ -179,6 +179,36 @@ def test_task_weights_choose_the_tasks_and_bad_configs_are_named(tmp_path, tiny_
         _config(out, tiny_corpus, frozen_parts, text_warmup_steps=5).validate()
 
 
+def test_a_run_checkpoints_between_evaluations_and_a_killed_run_resumes_there(tmp_path, tiny_corpus, frozen_parts,
+                                                                             monkeypatch):  # fmt: skip
+    import spokenlm.recipes.speechlm as recipe
+    from spokenlm.train.loop import Checkpointer
+
+    out = tmp_path / "killed"
+    config = _config(out, tiny_corpus, frozen_parts, eval_every=1000, checkpoint_every=10,
+                     optim=OptimConfig(lr=3e-3, warmup_steps=5, max_steps=30))  # fmt: skip
+    steps: list[int] = []
+    real = recipe.clip_and_step
+
+    def killed_at_step_15(*args, **kwargs):
+        steps.append(len(steps) + 1)
+        if len(steps) == 15:
+            raise KeyboardInterrupt  # the run is killed inside step 15
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "clip_and_step", killed_at_step_15)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.undo()
+    assert Checkpointer(out).latest().name == "step-10"  # no evaluation yet: the step-10 checkpoint
+    resumed = train(config)
+    assert resumed["steps"] == 30
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [5, 10, 15, 20, 25, 30]  # 11-14 trained again, logged once
+    with pytest.raises(ValueError, match=r"^checkpoint_every must be an int >= 0 \(0: only with each evaluation\), got -1$"):
+        dataclasses.replace(config, checkpoint_every=-1).validate()
+
+
 def test_hybrid_prompt_and_text_warmup(tmp_path, tiny_corpus, frozen_parts, tiny_whisper):
     from spokenlm.model import load_bundle
     from spokenlm.tasks import TRANSCRIPT_HINT
