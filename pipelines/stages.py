@@ -37,6 +37,7 @@ from spokenlm.model import (
     load_bundle_encoder,
     load_bundle_llm,
     load_bundle_transcriber,
+    load_bundle_transcriber_config,
     read_bundle_meta,
 )
 from spokenlm.speech import MAX_CHUNKS_PER_BATCH, ChunkBatch, SpeechTokens, compress_speech, encode_chunks
@@ -152,13 +153,13 @@ class EncoderStage:
         encoder, self.max_chunk_s = load_bundle_encoder(model_dir)
         self.encoder = encoder.to(self.device)
         self.max_chunks_per_batch = max_chunks_per_batch
+        self.keep_audio = load_bundle_transcriber_config(model_dir) is not None  # the compress stage's transcriber reads it
 
     def encode(self, *audio: LoadedAudio) -> EncodedSpeech:
         t0 = time.perf_counter()
         waves = [a.wav for a in audio]
-        batches = encode_chunks(
-            self.encoder, waves, max_chunk_s=self.max_chunk_s, max_chunks_per_batch=self.max_chunks_per_batch
-        )
+        batches = encode_chunks(self.encoder, waves, max_chunk_s=self.max_chunk_s,
+                                max_chunks_per_batch=self.max_chunks_per_batch, keep_audio=self.keep_audio)  # fmt: skip
         batches = [replace(b, encoded=_to_cpu(b.encoded)) for b in batches]
         encoder_ms = _ms(t0)
         timing = [a.timing_ms | {"encoder": encoder_ms} for a in audio]

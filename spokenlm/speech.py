@@ -39,7 +39,7 @@ class ChunkBatch:
     items: list[int]  # recording index of each chunk, in batch order
     starts_s: list[float]  # offset of each chunk in its recording
     encoded: EncoderOutput  # features (B, T, D), lengths (B,); hidden_states dropped unless kept
-    audio: list[Tensor] = field(default_factory=list)  # each chunk's samples (S,), on the CPU: a transcriber reads them
+    audio: list[Tensor] = field(default_factory=list)  # each chunk's samples (S,), on the CPU, when kept: a transcriber reads them
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,8 @@ def encode_speech(
     compressor's). transcriber: each chunk also read by Whisper, the prompt taking the better reading
     (`join_chunks`)."""
     t0 = time.perf_counter()
-    batches = encode_chunks(encoder, waves, max_chunk_s=max_chunk_s, max_chunks_per_batch=max_chunks_per_batch)
+    batches = encode_chunks(encoder, waves, max_chunk_s=max_chunk_s, max_chunks_per_batch=max_chunks_per_batch,
+                            keep_audio=transcriber is not None)  # fmt: skip
     encoder_ms = (time.perf_counter() - t0) * 1e3
     durations = [wav.shape[-1] / SAMPLE_RATE for wav in waves]
     timing = [{"encoder": encoder_ms} for _ in waves]
@@ -172,8 +173,10 @@ def encode_chunks(
     max_chunk_s: float,
     max_chunks_per_batch: int = MAX_CHUNKS_PER_BATCH,
     keep_hidden_states: bool = False,
+    keep_audio: bool = False,
 ) -> list[ChunkBatch]:
-    """Cut each recording (S,) at pauses into chunks of at most max_chunk_s and encode them in batches."""
+    """Cut each recording (S,) at pauses into chunks of at most max_chunk_s and encode them in batches.
+    keep_audio: each batch carries its chunks' samples too (`ChunkBatch.audio`, for a transcriber)."""
     device = next(encoder.parameters()).device
     chunks = [(i, c) for i, wav in enumerate(waves) for c in split_on_silence(wav, max_chunk_s=max_chunk_s)]
     batches = []
@@ -183,8 +186,9 @@ def encode_chunks(
         encoded: EncoderOutput = encoder(audio.wav, audio.lengths)
         if not keep_hidden_states:  # (L, B, T, D) is large and no later stage reads it
             encoded = dataclasses.replace(encoded, hidden_states=None)
+        kept = [c.wav.detach().cpu() for _, c in group] if keep_audio else []
         batches.append(ChunkBatch(items=[i for i, _ in group], starts_s=[c.start_s for _, c in group], encoded=encoded,
-                                  audio=[c.wav.detach().cpu() for _, c in group]))  # fmt: skip
+                                  audio=kept))  # fmt: skip
     return batches
 
 
@@ -247,7 +251,7 @@ def _read_chunks(transcriber: WhisperTranscriber, compressor: Compressor, chunks
     if vocab is None or any(text is None or log_probs is None for _, _, text, log_probs in chunks):
         raise ValueError("a transcriber needs a CTC compressor: its transcript is the other reading, its head a judge")
     if any(audio is None for _, audio, _, _ in chunks):
-        raise ValueError("a transcriber needs each chunk's audio: encode with encode_chunks (ChunkBatch.audio)")
+        raise ValueError("a transcriber needs each chunk's audio: encode with encode_chunks(keep_audio=True)")
     scored = transcriber.score([c[1] for c in chunks], [c[2] for c in chunks], [c[3] for c in chunks], vocab)
     readings: list[list[ChunkReadings]] = [[] for _ in range(recordings)]
     for (item, *_), reading in zip(chunks, scored):

@@ -238,11 +238,10 @@ class WhisperTranscriber:
         # One window per encoder call, the decoder over the whole batch: a batched encoder call holds
         # every window's 1500 x 1500 attention maps at once (bench pipeline's peak RSS rose 1.9 -> 2.7 GB
         # with 8-window calls) and was no faster here (19.2 vs 19.8 s for 94 s of audio, 1 thread).
-        windows = [np.asarray(self._model.encode(ctranslate2.StorageView.from_array(m[None].astype(np.float32))))
-                   for m in mels]  # fmt: skip
-        encoded = ctranslate2.StorageView.from_array(np.concatenate(windows))
+        windows = [self._model.encode(ctranslate2.StorageView.from_array(m[None].astype(np.float32))) for m in mels]
+        encoded = np.concatenate([np.asarray(w) for w in windows])  # (windows, frames, width)
         results = self._model.generate(
-            encoded, [self._prompt] * len(audio), beam_size=self.config.beam_size, max_length=MAX_LENGTH,
+            ctranslate2.StorageView.from_array(encoded), [self._prompt] * len(audio), beam_size=self.config.beam_size, max_length=MAX_LENGTH,
             return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self._suppress,
         )  # fmt: skip
         tokens = [r.sequences_ids[0] for r in results]
@@ -261,28 +260,23 @@ class WhisperTranscriber:
             for wav, w, c, t, lp, lps, (wd, cd) in zip(audio, whisper, ctc_texts, tokens, logprobs, ctc_log_probs, decoder)
         ]
 
-    def _decoder_scores(self, encoded, pairs: list[tuple[str, str]], frames: list[int],
+    def _decoder_scores(self, encoded: np.ndarray, pairs: list[tuple[str, str]], frames: list[int],
                         silent: list[float]) -> list[tuple[float, float]]:  # fmt: skip
-        """The Whisper decoder's log-probability of each window's two texts' tokens (forced decoding),
-        each distinct non-empty text once, all in one `align` call; an empty text's is that of the
-        no-speech token (`silent`)."""
+        """The Whisper decoder's log-probability of each window's two texts' tokens (forced decoding)
+        given its encoder output (`encoded`: windows, frames, width), each distinct non-empty text once,
+        all in one `align` call; an empty text's is that of the no-speech token (`silent`)."""
+        import ctranslate2
+
         jobs = list(dict.fromkeys((i, text) for i, pair in enumerate(pairs) for text in pair if text))
         scores: dict[tuple[int, str], float] = {}
         if jobs:
             rows = [i for i, _ in jobs]
-            aligned = self._model.align(_rows(encoded, rows), self._prompt,
+            aligned = self._model.align(ctranslate2.StorageView.from_array(encoded[rows]), self._prompt,
                                         [self._tokenizer.encode(" " + text) for _, text in jobs],
                                         [frames[i] for i in rows])  # fmt: skip
             for job, result in zip(jobs, aligned):
                 scores[job] = float(sum(math.log(max(p, 1e-30)) for p in result.text_token_probs))
         return [tuple(scores[(i, text)] if text else silent[i] for text in pair) for i, pair in enumerate(pairs)]
-
-
-def _rows(encoded, rows: list[int]):
-    """Rows of a CTranslate2 encoder output as a new StorageView (CTranslate2 cannot slice one)."""
-    import ctranslate2
-
-    return ctranslate2.StorageView.from_array(np.asarray(encoded)[rows])
 
 
 def ctc_log_likelihood(log_probs: Tensor, text: str, vocab: CharVocab) -> float:

@@ -100,7 +100,7 @@ def train(config: TranscriberRecipeConfig) -> dict:
     for path, utts in samples.items():
         waves = [audio.get(u) for u in utts]
         with torch.inference_mode():
-            batches = encode_chunks(encoder, waves, max_chunk_s=config.max_duration_s)
+            batches = encode_chunks(encoder, waves, max_chunk_s=config.max_duration_s, keep_audio=True)
             readings[path] = join_chunks(compressor, batches, [u.duration_s for u in utts], transcriber=whisper).readings
 
     def wers(pick) -> dict[str, float]:

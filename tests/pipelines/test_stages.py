@@ -53,6 +53,10 @@ def test_stage_functions_reproduce_encode_recordings_and_run(chunky_bundle, exam
     batches = encode_chunks(encoder, waves, max_chunk_s=max_chunk_s, max_chunks_per_batch=3)
     assert max_chunk_s == 1.0 and sum(len(b.items) for b in batches) > len(waves)  # chunking happened
     assert [len(b.items) for b in batches][:-1] == [3] * (len(batches) - 1)
+    assert all(b.audio == [] for b in batches)  # the samples travel only for a transcriber
+    kept = encode_chunks(encoder, waves, max_chunk_s=max_chunk_s, max_chunks_per_batch=3, keep_audio=True)
+    for i, wav in enumerate(waves):  # a recording's chunks, in order, are the recording
+        torch.testing.assert_close(torch.cat([a for b in kept for item, a in zip(b.items, b.audio) if item == i]), wav)
     got = join_chunks(compressor, batches, [w.shape[-1] / SAMPLE_RATE for w in waves])
     # encode_recordings batches 8 chunks at a time; the tiny encoder's layer-norm convs make batching
     # invisible, so 3-chunk batches must give the very same tokens
