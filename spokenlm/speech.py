@@ -252,7 +252,8 @@ def _read_chunks(transcriber: WhisperTranscriber, compressor: Compressor, chunks
         raise ValueError("a transcriber needs a CTC compressor: its transcript is the other reading, its head a judge")
     if any(audio is None for _, audio, _, _ in chunks):
         raise ValueError("a transcriber needs each chunk's audio: encode with encode_chunks(keep_audio=True)")
-    scored = transcriber.score([c[1] for c in chunks], [c[2] for c in chunks], [c[3] for c in chunks], vocab)
+    scored = transcriber.score([c[1] for c in chunks], [c[2] for c in chunks], [c[3] for c in chunks], vocab,
+                               lm_path=getattr(compressor, "lm_path", None))  # fmt: skip
     readings: list[list[ChunkReadings]] = [[] for _ in range(recordings)]
     for (item, *_), reading in zip(chunks, scored):
         readings[item].append(reading)

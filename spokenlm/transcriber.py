@@ -14,15 +14,18 @@ CTC loss) and the Whisper decoder's log-probability of its tokens given the chun
 CTranslate2's `align`). The prompt takes the reading with the higher
 
     ctc_weight * ctc_log_likelihood + (1 - ctc_weight) * decoder_log_prob + length_bonus * words
+      + lm_weight * word_lm_log_prob
 
-(`ctc_weight` and `length_bonus` are picked on the dev split by the `transcriber` recipe), except that
+(the last term: the CTC compressor's word LM, which its beam search already weighs the CTC reading
+with; `ctc_weight`, `length_bonus` and `lm_weight` are picked on the dev split by the `transcriber` recipe), except that
 an empty Whisper reading or a decoding loop (`max_tokens_per_second`) always loses. Each model checks
 the other: Whisper's "thank you" for a spoken "two" has no CTC path worth the name, and the CTC head's
-"neild spots" for "ill disposed" is a word sequence Whisper's decoder finds improbable. Measured on the dev
-recordings the recipe reads (300 synthetic, 150 FSDD; each corpus weighing the same): 13.5 % WER,
-against 17.7 % for the CTC transcript alone, 31.6 % for Whisper's alone, 15.6 % for the rule this one
-replaced (Whisper's reading where its own mean log-probability was >= -0.2), and 12.2 % for the oracle
-that knows the reference.
+"neild spots" for "ill disposed" is a word sequence Whisper's decoder finds improbable, and the word LM
+knows that "four" said alone is likelier than Whisper's "for". Measured on the dev recordings the recipe
+reads (300 synthetic, 150 FSDD; each corpus weighing the same): 12.5 % WER (13.5 % without the LM
+term), against 17.7 % for the CTC transcript alone, 31.6 % for Whisper's alone, 15.6 % for the rule
+the joint one replaced (Whisper's reading where its own mean log-probability was >= -0.2), and 12.2 %
+for the oracle that knows the reference.
 
 An empty reading has no tokens to score: its decoder log-probability is that of Whisper's no-speech
 token at the first step, and its CTC log-likelihood that of the all-blank path.
@@ -49,6 +52,7 @@ from torch import Tensor
 from spokenlm.audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
+    from spokenlm.compress.beam import SentenceLM
     from spokenlm.compress.vocab import CharVocab
 
 TRANSCRIBER_FILE = "transcriber.json"  # in a bundle and in the transcriber recipe's OUT
@@ -74,6 +78,11 @@ class TranscriberConfig:
     length_bonus: float = 0.0
     """Added to the joint score per word of the reading (> 0 favours the longer one)."""
 
+    lm_weight: float = 0.0
+    """Weight of the CTC compressor's word LM (its beam search's ARPA file): its natural-log
+    probability of the reading, from <s> to </s>, added to the joint score. It tells homophones
+    apart that both acoustic models hear alike ("four" / "for" said alone). 0: no LM term."""
+
     beam_size: int = 1
     compute_type: str = "int8"
     cpu_threads: int = 0  # 0: CTranslate2 chooses
@@ -95,6 +104,8 @@ class TranscriberConfig:
             raise ValueError(f"ctc_weight must be a number in [0, 1], got {self.ctc_weight!r}")
         if not (_is_number(self.length_bonus) and abs(self.length_bonus) <= 100.0):
             raise ValueError(f"length_bonus must be a number in [-100, 100] (log-probability per word), got {self.length_bonus!r}")
+        if not (_is_number(self.lm_weight) and 0.0 <= self.lm_weight <= 10.0):
+            raise ValueError(f"lm_weight must be a number in [0, 10], got {self.lm_weight!r}")
         if not (isinstance(self.beam_size, int) and 1 <= self.beam_size <= 16):
             raise ValueError(f"beam_size must be an int in [1, 16], got {self.beam_size!r}")
         if not (isinstance(self.cpu_threads, int) and self.cpu_threads >= 0):
@@ -151,9 +162,14 @@ class Scores:
     """The Whisper decoder's log-probability of the text's tokens given the chunk, each among the text
     tokens (the softmax over ids below <|endoftext|>, as Whisper's own aligner computes it)."""
 
+    lm: float = 0.0
+    """The CTC compressor's word LM's log-probability (natural log) of the text; 0 without an LM."""
+
     def joint(self, config: TranscriberConfig, words: int) -> float:
         # written out so a zero weight drops its term instead of making 0 * -inf = nan
         score = config.length_bonus * words
+        if config.lm_weight > 0:
+            score += config.lm_weight * self.lm
         if config.ctc_weight > 0:
             score += config.ctc_weight * self.ctc
         if config.ctc_weight < 1:
@@ -210,13 +226,19 @@ class WhisperTranscriber:
                                     language=peer.language)  # fmt: skip
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
         self._suppress = get_suppressed_tokens(self._tokenizer, [-1])
+        self._lm: SentenceLM | None = None  # the last word LM `score` was given, loaded
 
     def score(self, audio: Sequence[Tensor], ctc_texts: Sequence[str], ctc_log_probs: Sequence[Tensor],
-              vocab: CharVocab) -> list[ChunkReadings]:  # fmt: skip
+              vocab: CharVocab, lm_path: str | Path | None = None) -> list[ChunkReadings]:  # fmt: skip
         """Chunks (S,) of mono 16 kHz audio, each at most 30 s, with the CTC head's transcript and
-        log-probabilities (T, V) of each -> both readings of each chunk, scored by both models."""
+        log-probabilities (T, V) of each -> both readings of each chunk, scored by both models, and
+        by the word LM at `lm_path` (the CTC compressor's ARPA file) when there is one."""
         if not len(audio) == len(ctc_texts) == len(ctc_log_probs):
             raise ValueError(f"got {len(audio)} chunks, {len(ctc_texts)} CTC transcripts, {len(ctc_log_probs)} CTC log-prob rows")
+        if lm_path is None and self.config.lm_weight > 0:
+            raise ValueError(f"lm_weight is {self.config.lm_weight}, but the CTC compressor has no word LM to score "
+                             "readings with (a compressor from the ctc-lm recipe has one)")  # fmt: skip
+        lm = self._load_lm(lm_path)
         for wav in audio:
             if wav.shape[-1] > WINDOW_S * SAMPLE_RATE:
                 raise ValueError(f"a transcriber reads {WINDOW_S:.0f}-s windows; got a {wav.shape[-1] / SAMPLE_RATE:.1f}-s "
@@ -225,10 +247,19 @@ class WhisperTranscriber:
         step = self.config.batch_size
         for first in range(0, len(audio), step):
             out += self._score_batch(audio[first : first + step], ctc_texts[first : first + step],
-                                     ctc_log_probs[first : first + step], vocab)  # fmt: skip
+                                     ctc_log_probs[first : first + step], vocab, lm)  # fmt: skip
         return out
 
-    def _score_batch(self, audio, ctc_texts, ctc_log_probs, vocab) -> list[ChunkReadings]:
+    def _load_lm(self, path: str | Path | None) -> SentenceLM | None:
+        if path is None:
+            return None
+        if self._lm is None or self._lm.path != Path(path):
+            from spokenlm.compress.beam import SentenceLM
+
+            self._lm = SentenceLM(path)
+        return self._lm
+
+    def _score_batch(self, audio, ctc_texts, ctc_log_probs, vocab, lm: SentenceLM | None) -> list[ChunkReadings]:
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
 
@@ -251,11 +282,15 @@ class WhisperTranscriber:
         frames = [min(mels.shape[-1], wav.shape[-1] // self._features.hop_length) for wav in audio]
         silent = [math.log(max(r.no_speech_prob, 1e-30)) for r in results]
         decoder = self._decoder_scores(encoded, list(zip(whisper, ctc_texts)), frames, silent)
+
+        def lm_score(text: str) -> float:
+            return 0.0 if lm is None else lm.log10_prob(text) * math.log(10.0)
+
         return [
             ChunkReadings(
                 whisper=w, ctc=c, whisper_tokens=len(t), whisper_logprob=lp, duration_s=wav.shape[-1] / SAMPLE_RATE,
-                whisper_scores=Scores(ctc=ctc_log_likelihood(lps, w, vocab), decoder=wd),
-                ctc_scores=Scores(ctc=ctc_log_likelihood(lps, c, vocab), decoder=cd),
+                whisper_scores=Scores(ctc=ctc_log_likelihood(lps, w, vocab), decoder=wd, lm=lm_score(w)),
+                ctc_scores=Scores(ctc=ctc_log_likelihood(lps, c, vocab), decoder=cd, lm=lm_score(c)),
             )  # fmt: skip
             for wav, w, c, t, lp, lps, (wd, cd) in zip(audio, whisper, ctc_texts, tokens, logprobs, ctc_log_probs, decoder)
         ]

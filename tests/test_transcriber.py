@@ -80,6 +80,24 @@ def test_whisper_scores_chunks_deterministically_whatever_the_batch(tiny_whisper
         transcriber.score(waves, texts[:2], log_probs, vocab)
     with pytest.raises(ValueError, match=r"^a transcriber reads 30-s windows; got a 31.0-s chunk \(the bundle's max_chunk_s"):
         transcriber.score([torch.zeros(31 * 16000)], ["a"], [log_probs[0]], vocab)
+    assert all(r.whisper_scores.lm == r.ctc_scores.lm == 0.0 for r in batched)  # no word LM given
+
+
+def test_the_word_lm_scores_both_readings_when_the_compressor_has_one(tiny_whisper, example_clips, vocab, tmp_path):
+    from spokenlm.compress.beam import SentenceLM
+    from spokenlm.ngram import fit_ngram
+
+    lm_path = fit_ngram(["a cat", "the dog", "a dog"], 2).write_arpa(tmp_path / "lm.arpa")
+    waves = [load_audio(c) for c in example_clips[:2]]
+    texts, log_probs = _ctc_inputs(vocab, waves)
+    scored = WhisperTranscriber(_config(tiny_whisper, lm_weight=0.5)).score(waves, texts, log_probs, vocab, lm_path=lm_path)
+    lm = SentenceLM(lm_path)
+    for reading in scored:
+        assert reading.ctc_scores.lm == pytest.approx(lm.log10_prob(reading.ctc) * math.log(10))
+        assert reading.whisper_scores.lm == pytest.approx(lm.log10_prob(reading.whisper) * math.log(10))
+        assert reading.ctc_scores.lm < 0
+    with pytest.raises(ValueError, match=r"^lm_weight is 0.5, but the CTC compressor has no word LM to score readings with"):
+        WhisperTranscriber(_config(tiny_whisper, lm_weight=0.5)).score(waves, texts, log_probs, vocab)
 
 
 def test_the_decoder_score_is_the_forced_log_probability_of_the_tokens(tiny_whisper, example_clips, vocab):
@@ -153,6 +171,14 @@ def test_the_rule_takes_the_reading_both_models_prefer():
     assert choose_prompt_texts(chunks, config) == ["two", "x q"]
 
 
+def test_the_word_lm_tells_apart_what_both_models_hear_alike():
+    # Scores(ctc, decoder, lm): "four" said alone; both acoustic models slightly prefer "for"
+    four = _reading("for", "four", (-2.0, -1.0, -10.8), (-2.0, -1.5, -4.7))
+    assert four.choose(TranscriberConfig()) == "for"  # lm_weight 0: the LM term is off
+    assert four.choose(TranscriberConfig(lm_weight=0.1)) == "four"  # -1.5 - 1.08 < -1.75 - 0.47
+    assert four.choose(TranscriberConfig(ctc_weight=0.0, lm_weight=0.05)) == "for"  # -1.0 - 0.54 > -1.5 - 0.235
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -163,6 +189,8 @@ def test_the_rule_takes_the_reading_both_models_prefer():
         ({"ctc_weight": float("nan")}, "ctc_weight must be a number in [0, 1], got nan"),
         ({"length_bonus": float("inf")}, "length_bonus must be a number in [-100, 100] (log-probability per word), got inf"),
         ({"length_bonus": "1"}, "length_bonus must be a number in [-100, 100] (log-probability per word), got '1'"),
+        ({"lm_weight": -0.1}, "lm_weight must be a number in [0, 10], got -0.1"),
+        ({"lm_weight": True}, "lm_weight must be a number in [0, 10], got True"),
         ({"batch_size": 0}, "batch_size must be an int in [1, 256], got 0"),
         ({"beam_size": 0}, "beam_size must be an int in [1, 16], got 0"),
         ({"cpu_threads": -1}, "cpu_threads must be an int >= 0, got -1"),
@@ -227,6 +255,13 @@ def test_a_transcriber_needs_chunks_that_fit_whisper_s_window(hybrid_bundle, tin
     with pytest.raises(ValueError, match=r"^a transcriber reads 30-s windows: max_chunk_s must be at most that, got 60.0$"):
         type(model)(encoder=model.encoder, compressor=model.compressor, adapter=model.adapter, llm=model.llm,
                     max_chunk_s=60.0, transcriber=WhisperTranscriber(_config(tiny_whisper)))  # fmt: skip
+
+
+def test_an_lm_weight_needs_a_compressor_with_a_word_lm(hybrid_bundle, tiny_whisper):
+    assert load_bundle(hybrid_bundle).compressor.lm_path is None
+    with pytest.raises(BundleError, match=r"lm_weight is 0.2, but the bundle's compressor has no word LM \(a compressor from the ctc-lm"):
+        set_bundle_transcriber(hybrid_bundle, _config(tiny_whisper, lm_weight=0.2))
+    assert load_bundle_transcriber_config(hybrid_bundle) is None  # nothing written
 
 
 def test_a_transcriber_needs_a_hybrid_prompt_llm(tiny_bundle, tiny_whisper):

@@ -88,6 +88,37 @@ def arpa_unigrams(path: str | Path) -> list[str]:
     return words
 
 
+class SentenceLM:
+    """log10 P(sentence) under an ARPA word LM (plain or gzipped), read by flashlight's KenLM as the
+    beam search reads it: each word given the ones before it from <s>, then </s>; a word outside the
+    LM's vocabulary scores as <unk>. The transcriber weighs readings the beam search did not write
+    (Whisper's) with it."""
+
+    def __init__(self, path: str | Path) -> None:
+        from flashlight.lib.text.decoder.kenlm import KenLM
+        from flashlight.lib.text.dictionary import Dictionary
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"word LM {path} not found")
+        words = arpa_unigrams(path)
+        if "<unk>" not in words or "</s>" not in words:
+            raise ValueError(f"{path}: an ARPA LM without <unk> or </s> cannot score every sentence")
+        self.path = path
+        self._known = set(words)
+        self._dictionary = Dictionary(words)
+        with _quiet():
+            self._lm = KenLM(str(path), self._dictionary)
+
+    def log10_prob(self, text: str) -> float:
+        """log10 P(<s> text </s>) of whitespace-separated words (normalized as the transcripts are)."""
+        state, total = self._lm.start(False), 0.0
+        for word in [*text.split(), "</s>"]:
+            state, score = self._lm.score(state, self._dictionary.get_index(word if word in self._known else "<unk>"))
+            total += score
+        return total
+
+
 def _closing_break(log_probs: Tensor, lengths: Tensor, space: int) -> Tensor:
     """(B, T + 1, V) ``log_probs`` with a frame that is surely a word break right after each item's
     last valid frame (the rest of the row is padding the search does not read)."""

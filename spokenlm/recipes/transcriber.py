@@ -7,12 +7,13 @@
 2. Read each chunk as the bundle will (`spokenlm.speech.join_chunks` with a transcriber): the CTC
    compressor's transcript (with its word LM) and the Whisper base's greedy reading, each scored by
    both models (`spokenlm.transcriber`).
-3. For every (`ctc_weight`, `length_bonus`) of the grid, choose per chunk as the bundle will and score
+3. For every (`ctc_weight`, `length_bonus`, `lm_weight`) of the grid, choose per chunk as the bundle will and score
    the chosen transcripts: the WER of each manifest's sample, and their mean (each corpus counts once,
    whatever its words). Keep the best mean; a tie keeps the earlier grid point.
 4. Write OUT/transcriber.json (the TranscriberConfig with that pick: `spokenlm bundle set BUNDLE
    --transcriber OUT`, or the speechlm recipe's `transcriber: OUT`) and metrics.json (every grid
-   point's WERs, CTC alone, Whisper alone, the oracle choice that knows the reference, examples).
+   point's WERs, CTC alone, Whisper alone, the oracle choice that knows the reference, examples), and
+   readings.jsonl (every chunk's two readings with their scores, for fitting another rule offline).
 
 Nothing is trained: minutes of decoding on 2 cores, no checkpoint, no worker split.
 """
@@ -37,6 +38,9 @@ from spokenlm.transcriber import (
 )
 
 
+READINGS_FILE = "readings.jsonl"
+
+
 @dataclass(frozen=True, kw_only=True)
 class TranscriberRecipeConfig:
     out_dir: str
@@ -45,9 +49,10 @@ class TranscriberRecipeConfig:
     encoder_base: str | None = None  # the frozen encoder the compressor reads (a known base) ...
     encoder_dir: str | None = None  # ... or a saved one: exactly one of the two
     encoder_overrides: dict = field(default_factory=dict)
-    transcriber: TranscriberConfig = TranscriberConfig()  # ctc_weight and length_bonus are what the grid replaces
+    transcriber: TranscriberConfig = TranscriberConfig()  # ctc_weight, length_bonus and lm_weight are what the grid replaces
     ctc_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     length_bonuses: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)
+    lm_weights: tuple[float, ...] = (0.0,)  # > 0 needs the compressor's word LM (a ctc-lm compressor has one)
     dev_split: str = "dev"
     dev_utterances: int = 300  # per manifest
     max_duration_s: float = 30.0
@@ -57,15 +62,19 @@ class TranscriberRecipeConfig:
         from spokenlm.recipes.ctc_lm import check_encoder_source
 
         check_encoder_source("transcriber", self.encoder_base, self.encoder_dir)
-        if not self.ctc_weights or not self.length_bonuses:
-            raise ValueError("ctc_weights and length_bonuses need at least one value each")
-        for weight in self.ctc_weights:
-            for bonus in self.length_bonuses:
-                dataclasses.replace(self.transcriber, ctc_weight=weight, length_bonus=bonus).validate()
+        if not self.ctc_weights or not self.length_bonuses or not self.lm_weights:
+            raise ValueError("ctc_weights, length_bonuses and lm_weights need at least one value each")
+        for rule in self.rules():
+            rule.validate()
         if not isinstance(self.dev_utterances, int) or self.dev_utterances < 1:
             raise ValueError(f"dev_utterances must be a positive int, got {self.dev_utterances!r}")
         if not 1.0 <= self.max_duration_s <= 30.0:
             raise ValueError(f"max_duration_s must be within [1, 30] (a transcriber reads 30-s chunks), got {self.max_duration_s}")
+
+    def rules(self) -> list[TranscriberConfig]:
+        """Every grid point, in the order the recipe tries them (a tie keeps the earlier)."""
+        return [dataclasses.replace(self.transcriber, ctc_weight=weight, length_bonus=bonus, lm_weight=lm)
+                for lm in self.lm_weights for weight in self.ctc_weights for bonus in self.length_bonuses]  # fmt: skip
 
 
 def train(config: TranscriberRecipeConfig) -> dict:
@@ -93,6 +102,8 @@ def train(config: TranscriberRecipeConfig) -> dict:
         raise ValueError(f"{list(manifests)}: no asr utterances with a transcript in {config.dev_split!r}")
 
     encoder, compressor = load_ctc_reader(config)
+    if max(config.lm_weights) > 0 and compressor.lm_path is None:
+        raise ValueError(f"lm_weights {list(config.lm_weights)}: the compressor in {config.compressor_dir} has no word LM")
     whisper = WhisperTranscriber(config.transcriber)
     audio = AudioCache()
     refs = {path: [u.labels["text"] for u in utts] for path, utts in samples.items()}
@@ -117,19 +128,19 @@ def train(config: TranscriberRecipeConfig) -> dict:
     rows = [{"setting": "ctc", **wers(lambda ref, c: c.ctc)},
             {"setting": "whisper (empty readings: ctc)", **wers(lambda ref, c: c.whisper or c.ctc)}]  # fmt: skip
     best = None
-    for weight in config.ctc_weights:
-        for bonus in config.length_bonuses:
-            rule = dataclasses.replace(config.transcriber, ctc_weight=weight, length_bonus=bonus)
-            row = {"setting": f"ctc_weight={weight} length_bonus={bonus}", "ctc_weight": weight, "length_bonus": bonus,
-                   **wers(lambda ref, c, rule=rule: c.choose(rule)), "whisper_share": whisper_share(rule)}  # fmt: skip
-            rows.append(row)
-            print(f"transcriber: {row['setting']}: dev WER mean {row['mean']:.4f} ({row['whisper_share']:.0%} Whisper where they differ)")
-            if best is None or row["mean"] < best["mean"]:
-                best = row
+    for rule in config.rules():
+        setting = {"ctc_weight": rule.ctc_weight, "length_bonus": rule.length_bonus, "lm_weight": rule.lm_weight}
+        row = {"setting": " ".join(f"{k}={v}" for k, v in setting.items()), **setting,
+               **wers(lambda ref, c, rule=rule: c.choose(rule)), "whisper_share": whisper_share(rule)}  # fmt: skip
+        rows.append(row)
+        print(f"transcriber: {row['setting']}: dev WER mean {row['mean']:.4f} ({row['whisper_share']:.0%} Whisper where they differ)")
+        if best is None or row["mean"] < best["mean"]:
+            best = row
     # a bound, not a rule: whichever reading is nearer the reference
     rows.append({"setting": "oracle", **wers(lambda ref, c: min((c.ctc, c.whisper), key=lambda t: jiwer.wer(ref, t or "-")))})
 
-    result = dataclasses.replace(config.transcriber, ctc_weight=best["ctc_weight"], length_bonus=best["length_bonus"])
+    result = dataclasses.replace(config.transcriber, ctc_weight=best["ctc_weight"], length_bonus=best["length_bonus"],
+                                 lm_weight=best["lm_weight"])  # fmt: skip
     (out / TRANSCRIBER_FILE).write_text(json.dumps(transcriber_config_to_json(result), indent=2) + "\n")
     first = next(iter(samples))
     picked = choose_prompt_texts(readings[first], result)
@@ -140,6 +151,7 @@ def train(config: TranscriberRecipeConfig) -> dict:
         "dev_utterances": {path: len(utts) for path, utts in samples.items()},
         "ctc_weight": result.ctc_weight,
         "length_bonus": result.length_bonus,
+        "lm_weight": result.lm_weight,
         "dev_wer": best["mean"],
         "dev_wer_ctc": rows[0]["mean"],
         "dev_wer_whisper": rows[1]["mean"],
@@ -153,4 +165,8 @@ def train(config: TranscriberRecipeConfig) -> dict:
         "wall_minutes": round((time.monotonic() - started) / 60, 2),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with (out / READINGS_FILE).open("w") as f:  # every chunk's readings and scores: a new rule is fitted without decoding again
+        for path, utts in samples.items():
+            for u, ref, chunks in zip(utts, refs[path], readings[path]):
+                f.write(json.dumps({"manifest": path, "id": u.id, "ref": ref, "chunks": [dataclasses.asdict(c) for c in chunks]}) + "\n")
     return metrics

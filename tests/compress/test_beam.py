@@ -144,3 +144,18 @@ def test_lm_files_and_vocabularies_that_cannot_work_are_named(lm_path, tmp_path)
         CTCBeamDecoder(CharVocab("xyz "), lm_path, CTCBeamConfig())
     with pytest.raises(ValueError, match=r"log_probs must be \(B, T, 7\), got \(1, 3, 5\)"):
         CTCBeamDecoder(VOCAB, lm_path, CTCBeamConfig()).decode(torch.zeros(1, 3, 5), torch.tensor([3]))
+
+
+def test_sentence_lm_scores_each_word_then_the_end_as_the_model_does(lm_path, tmp_path):
+    from spokenlm.compress.beam import SentenceLM
+    from spokenlm.ngram import BOS, EOS
+
+    model = fit_ngram(["hello", "help", "hop", "hello hop", "help hop"], 2)  # the lm_path fixture's
+    lm = SentenceLM(lm_path)
+    for text in ["hello hop", "hop", "", "hello zebra hop"]:  # "zebra": not in the LM, scored as <unk>
+        words = [*text.split(), EOS]
+        expected = sum(model.log10_prob(w, tuple([BOS, *words[:i]])) for i, w in enumerate(words))
+        assert lm.log10_prob(text) == pytest.approx(expected, abs=1e-5), text
+    assert lm.log10_prob("hello hop") > lm.log10_prob("hop hello")
+    with pytest.raises(FileNotFoundError, match=r"^word LM .*missing\.arpa not found$"):
+        SentenceLM(tmp_path / "missing.arpa")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -453,23 +454,44 @@ def test_transcriber_recipe_picks_the_weights_with_the_lowest_dev_wer(trained, t
     from spokenlm.recipes.transcriber import train as pick
     from spokenlm.transcriber import TranscriberConfig, read_transcriber_config
 
+    from spokenlm.compress import load_compressor, save_compressor
+    from spokenlm.compress.beam import CTCBeamConfig, SentenceLM
+    from spokenlm.ngram import fit_ngram
+
     config, _ = trained
+    # the trained compressor with a word LM of the corpus's text, as the ctc-lm recipe writes one
+    plain = load_compressor(config.out_dir + "/compressor")
+    with_lm = type(plain)(replace(plain.config, beam=CTCBeamConfig(lm_file="lm.arpa")))
+    with_lm.load_state_dict(plain.state_dict())
+    rows = [json.loads(line) for line in Path(tiny_corpus).read_text().splitlines()]
+    with_lm.attach_lm(fit_ngram([r["task_labels"]["text"] for r in rows if r["task_labels"].get("text")], 2).write_arpa(tmp_path / "lm.arpa"))
+    save_compressor(with_lm, tmp_path / "compressor")
     whisper = TranscriberConfig(base=None, path=str(tiny_whisper["ct2_int8"]), cpu_threads=1, max_tokens_per_second=1000.0)
     recipe = TranscriberRecipeConfig(
-        out_dir=str(tmp_path / "out"), manifest=str(tiny_corpus), compressor_dir=config.out_dir + "/compressor",
+        out_dir=str(tmp_path / "out"), manifest=str(tiny_corpus), compressor_dir=str(tmp_path / "compressor"),
         encoder_dir=config.out_dir + "/encoder", transcriber=whisper, ctc_weights=(0.0, 0.5, 1.0),
-        length_bonuses=(-100.0, 0.0, 100.0), dev_split="fine-tune", dev_utterances=6,
+        length_bonuses=(-100.0, 0.0, 100.0), lm_weights=(0.0, 1.0), dev_split="fine-tune", dev_utterances=6,
     )  # fmt: skip
     metrics = pick(recipe)
     grid = [r for r in metrics["rows"] if "ctc_weight" in r]
-    assert metrics["dev_utterances"] == {str(tiny_corpus): 6} and len(grid) == 9
+    assert metrics["dev_utterances"] == {str(tiny_corpus): 6} and len(grid) == 18
     best = min(grid, key=lambda r: r["mean"])  # the first of equals, as the recipe keeps
-    assert (metrics["ctc_weight"], metrics["length_bonus"], metrics["dev_wer"]) == (best["ctc_weight"], best["length_bonus"], best["mean"])
+    assert (metrics["ctc_weight"], metrics["length_bonus"], metrics["lm_weight"], metrics["dev_wer"]) == (
+        best["ctc_weight"], best["length_bonus"], best["lm_weight"], best["mean"])  # fmt: skip
+    # every chunk's readings, scored by the LM too: a rule can be fitted again without decoding
+    lm = SentenceLM(tmp_path / "compressor" / "lm.arpa")
+    dumped = [json.loads(line) for line in (tmp_path / "out" / "readings.jsonl").read_text().splitlines()]
+    assert len(dumped) == 6 and all(len(d["chunks"]) == 1 for d in dumped)
+    for chunk in (d["chunks"][0] for d in dumped):
+        assert chunk["ctc_scores"]["lm"] == pytest.approx(lm.log10_prob(chunk["ctc"]) * math.log(10), abs=1e-4)
+        assert chunk["whisper_scores"]["lm"] == pytest.approx(lm.log10_prob(chunk["whisper"]) * math.log(10), abs=1e-4)
     assert all(0.0 <= r["whisper_share"] <= 1.0 for r in grid)
     # every rule takes one of the two readings per recording: never better than the oracle
     assert metrics["dev_wer_oracle"] <= min(r["mean"] for r in metrics["rows"])
     written = read_transcriber_config(recipe.out_dir)
-    assert written == replace(whisper, ctc_weight=metrics["ctc_weight"], length_bonus=metrics["length_bonus"])
+    assert written == replace(whisper, ctc_weight=metrics["ctc_weight"], length_bonus=metrics["length_bonus"], lm_weight=metrics["lm_weight"])
+    with pytest.raises(ValueError, match=r"^lm_weights \[0.0, 1.0\]: the compressor in .* has no word LM$"):
+        pick(replace(recipe, compressor_dir=config.out_dir + "/compressor"))
     with pytest.raises(ValueError, match="exactly one of encoder_base and encoder_dir"):
         replace(recipe, encoder_base="whisper-tiny.en").validate()
     with pytest.raises(ValueError, match=r"^ctc_weight must be a number in \[0, 1\], got 2.0$"):
