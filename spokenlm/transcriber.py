@@ -30,6 +30,15 @@ for the oracle that knows the reference.
 An empty reading has no tokens to score: its decoder log-probability is that of Whisper's no-speech
 token at the first step, and its CTC log-likelihood that of the all-blank path.
 
+Whisper reads 30-s windows; a chunk alone pays for all 30 s of encoder, as faster-whisper pays per
+clip. With `pack_s`, short chunks share windows: in order, each followed by `pack_gap_s` of silence,
+each starting on the 20-ms timestamp grid (`pack_windows`). The window is encoded once; each chunk is
+then decoded from the timestamp of its start (the prompt ends in it) until a segment opens where the
+next chunk begins (`cut_packed_reading`), all chunks of a batch in one `generate` call. A chunk whose
+reading runs well into its neighbour's ("4, 9, 2" as one segment of three digits) is read again alone.
+Its decoder scores are the forced log-probabilities of each text after that timestamp, on the
+shared window.
+
 Decoding is CTranslate2's through faster-whisper's pieces (mel features, tokenizer, the suppressed
 tokens), a pinned dependency already (the ASR peer users would pick): greedy at temperature 0 without
 timestamps, like `WhisperModel.transcribe(temperature=0, without_timestamps=True)` on one window, but
@@ -58,6 +67,8 @@ if TYPE_CHECKING:
 TRANSCRIBER_FILE = "transcriber.json"  # in a bundle and in the transcriber recipe's OUT
 WINDOW_S = 30.0  # Whisper reads 30-s windows: a chunk must fit in one
 MAX_LENGTH = 448  # Whisper's decoder context (n_text_ctx of every released size), prompt included
+TIME_STEP_S = 0.02  # Whisper's timestamp tokens: <|0.00|>, <|0.02|>, ...
+SEGMENT_SLACK_S = 0.5  # Whisper's segment ends stray this far past the speech (measured up to ~0.35 s on LibriVox)
 _RETIRED = {"min_logprob": "the confidence threshold was replaced by joint CTC/attention scoring (ctc_weight, "
                            "length_bonus): run the transcriber recipe again"}  # fmt: skip
 
@@ -87,6 +98,15 @@ class TranscriberConfig:
     compute_type: str = "int8"
     cpu_threads: int = 0  # 0: CTranslate2 chooses
     batch_size: int = 8  # Whisper windows per decoder call (the encoder reads one window per call)
+    pack_s: float = 0.0
+    """Whisper reads several chunks in one 30-s window: chunks in order, each followed by `pack_gap_s`
+    of silence, until this many seconds; its reading is cut into the chunks' by segment timestamps
+    (a chunk whose share is unclear is read again alone). One 30-s encoder pass then serves several
+    short chunks, as it otherwise serves one. 0: one chunk per window."""
+
+    pack_gap_s: float = 2.0
+    """Silence between packed chunks: Whisper ends a segment there."""
+
     max_tokens_per_second: float = 8.0
     """A reading longer than this many tokens per second of audio is a decoding loop, not speech
     (English speech is ~3-4 Whisper tokens/s): the CTC transcript is used instead."""
@@ -112,6 +132,10 @@ class TranscriberConfig:
             raise ValueError(f"cpu_threads must be an int >= 0, got {self.cpu_threads!r}")
         if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= 256):
             raise ValueError(f"batch_size must be an int in [1, 256], got {self.batch_size!r}")
+        if not (_is_number(self.pack_s) and (self.pack_s == 0 or 5.0 <= self.pack_s <= WINDOW_S)):
+            raise ValueError(f"pack_s must be 0 (one chunk per window) or within [5, {WINDOW_S:.0f}] seconds, got {self.pack_s!r}")
+        if not (_is_number(self.pack_gap_s) and 0.2 <= self.pack_gap_s <= 5.0):
+            raise ValueError(f"pack_gap_s must be within [0.2, 5] seconds, got {self.pack_gap_s!r}")
         if not (_is_number(self.max_tokens_per_second) and self.max_tokens_per_second > 0):
             raise ValueError(f"max_tokens_per_second must be > 0, got {self.max_tokens_per_second!r}")
 
@@ -186,8 +210,9 @@ class ChunkReadings:
     whisper_scores: Scores
     ctc_scores: Scores
     whisper_tokens: int  # tokens Whisper generated (its raw text, before normalizing)
-    whisper_logprob: float  # their mean log-probability, as faster-whisper's avg_logprob (reported only)
+    whisper_logprob: float  # their mean log-probability, as faster-whisper's avg_logprob (reported only; a packed window's)
     duration_s: float
+    packed: bool = False  # Whisper read the chunk in a window shared with others (`pack_s`)
 
     def choose(self, config: TranscriberConfig) -> str:
         """The reading the prompt takes (module docstring): the higher joint score; the CTC one on a
@@ -225,6 +250,7 @@ class WhisperTranscriber:
         self._tokenizer = Tokenizer(peer.model.hf_tokenizer, peer.model.model.is_multilingual, task="transcribe",
                                     language=peer.language)  # fmt: skip
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        self._stamped = list(self._tokenizer.sot_sequence)  # packed windows: segments with timestamps
         self._suppress = get_suppressed_tokens(self._tokenizer, [-1])
         self._lm: SentenceLM | None = None  # the last word LM `score` was given, loaded
 
@@ -235,19 +261,38 @@ class WhisperTranscriber:
         by the word LM at `lm_path` (the CTC compressor's ARPA file) when there is one."""
         if not len(audio) == len(ctc_texts) == len(ctc_log_probs):
             raise ValueError(f"got {len(audio)} chunks, {len(ctc_texts)} CTC transcripts, {len(ctc_log_probs)} CTC log-prob rows")
-        if lm_path is None and self.config.lm_weight > 0:
-            raise ValueError(f"lm_weight is {self.config.lm_weight}, but the CTC compressor has no word LM to score "
-                             "readings with (a compressor from the ctc-lm recipe has one)")  # fmt: skip
-        lm = self._load_lm(lm_path)
         for wav in audio:
             if wav.shape[-1] > WINDOW_S * SAMPLE_RATE:
                 raise ValueError(f"a transcriber reads {WINDOW_S:.0f}-s windows; got a {wav.shape[-1] / SAMPLE_RATE:.1f}-s "
                                  "chunk (the bundle's max_chunk_s must be at most 30)")  # fmt: skip
-        out: list[ChunkReadings] = []
+        if lm_path is None and self.config.lm_weight > 0:
+            raise ValueError(f"lm_weight is {self.config.lm_weight}, but the CTC compressor has no word LM to score "
+                             "readings with (a compressor from the ctc-lm recipe has one)")  # fmt: skip
+        lm = self._load_lm(lm_path)
+        waves = [wav.detach().float().cpu().numpy().reshape(-1) for wav in audio]
         step = self.config.batch_size
-        for first in range(0, len(audio), step):
-            out += self._score_batch(audio[first : first + step], ctc_texts[first : first + step],
-                                     ctc_log_probs[first : first + step], vocab, lm)  # fmt: skip
+        windows = self._windows(waves, ctc_texts)
+        reads: dict[int, _Read | None] = {}
+        for first in range(0, len(windows), step):
+            reads |= self._read_windows(windows[first : first + step], waves, ctc_texts)
+        # a chunk whose share of a packed window's reading is unclear is read again in a window of its own
+        alone = [_Window((i,), (0.0,)) for i, read in sorted(reads.items()) if read is None]
+        for first in range(0, len(alone), step):
+            reads |= self._read_windows(alone[first : first + step], waves, ctc_texts)
+
+        def lm_score(text: str) -> float:
+            return 0.0 if lm is None else lm.log10_prob(text) * math.log(10.0)
+
+        out = []
+        for i, (wav, text, log_probs) in enumerate(zip(waves, ctc_texts, ctc_log_probs)):
+            read = reads[i]
+            out.append(ChunkReadings(
+                whisper=read.text, ctc=text, whisper_tokens=read.tokens, whisper_logprob=read.logprob,
+                duration_s=len(wav) / SAMPLE_RATE, packed=read.packed,
+                whisper_scores=Scores(ctc=ctc_log_likelihood(log_probs, read.text, vocab), decoder=read.decoder[0],
+                                      lm=lm_score(read.text)),
+                ctc_scores=Scores(ctc=ctc_log_likelihood(log_probs, text, vocab), decoder=read.decoder[1], lm=lm_score(text)),
+            ))  # fmt: skip
         return out
 
     def _load_lm(self, path: str | Path | None) -> SentenceLM | None:
@@ -259,59 +304,174 @@ class WhisperTranscriber:
             self._lm = SentenceLM(path)
         return self._lm
 
-    def _score_batch(self, audio, ctc_texts, ctc_log_probs, vocab, lm: SentenceLM | None) -> list[ChunkReadings]:
+    def _windows(self, waves: list[np.ndarray], ctc_texts: Sequence[str]) -> list[_Window]:
+        if not self.config.pack_s:
+            return [_Window((i,), (0.0,)) for i in range(len(waves))]
+        return pack_windows([len(w) / SAMPLE_RATE for w in waves], ctc_texts, self.config.pack_s, self.config.pack_gap_s)
+
+    def _read_windows(self, windows: list[_Window], waves: list[np.ndarray], ctc_texts: Sequence[str]) -> dict[int, _Read | None]:
+        """Whisper's greedy reading of each window's chunks and the decoder scores of both readings;
+        None for a chunk of a packed window whose reading ran into the next chunk's (`cut_packed_reading`)."""
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
 
+        out: dict[int, _Read | None] = {}
+        for packed in (False, True):  # two calls: the prompts (with timestamps or without) differ in length
+            group = [w for w in windows if (len(w.chunks) > 1) == packed]
+            if not group:
+                continue
+            audio = [self._window_audio(w, waves) for w in group]
+            mels = [pad_or_trim(self._features(a)) for a in audio]
+            # One window per encoder call, the decoder over the whole batch: a batched encoder call holds
+            # every window's 1500 x 1500 attention maps at once (bench pipeline's peak RSS rose 1.9 -> 2.7 GB
+            # with 8-window calls) and was no faster here (19.2 vs 19.8 s for 94 s of audio, 1 thread).
+            encoded = np.concatenate([np.asarray(self._model.encode(ctranslate2.StorageView.from_array(m[None].astype(np.float32))))
+                                      for m in mels])  # fmt: skip
+            frames = [min(mel.shape[-1], len(a) // self._features.hop_length) for mel, a in zip(mels, audio)]
+            # one decoding job per chunk, in a packed window from its start's timestamp on
+            jobs = [(row, chunk, offset) for row, w in enumerate(group) for chunk, offset in zip(w.chunks, w.offsets)]
+            prompts = [[*self._stamped, self._timestamp(offset)] if packed else self._prompt for _, _, offset in jobs]
+            longest = max(len(waves[chunk]) for _, chunk, _ in jobs) / SAMPLE_RATE
+            # a reading longer than max_tokens_per_second is a loop (`choose` drops it): decoding stops there
+            limit = min(MAX_LENGTH, len(prompts[0]) + math.ceil(self.config.max_tokens_per_second * max(longest, 1.0)) + 2)
+            results = self._model.generate(
+                ctranslate2.StorageView.from_array(encoded[[row for row, _, _ in jobs]]), prompts,
+                beam_size=self.config.beam_size, max_length=limit, return_scores=True, return_no_speech_prob=True,
+                suppress_blank=True, suppress_tokens=self._suppress,
+            )  # fmt: skip
+            read: list[tuple[int, int, float]] = []  # (window row, chunk, offset) of every chunk read
+            silent: dict[int, float] = {}
+            for (row, chunk, offset), result in zip(jobs, results):
+                ids = result.sequences_ids[0]
+                # faster-whisper's avg_logprob: CTranslate2's length-normalized score, over the tokens and the end
+                logprob = result.scores[0] * len(ids) / (len(ids) + 1)
+                silent[chunk] = math.log(max(result.no_speech_prob, 1e-30))
+                if packed:
+                    ids = cut_packed_reading(ids, offset + len(waves[chunk]) / SAMPLE_RATE, self._tokenizer.timestamp_begin,
+                                             gap_s=self.config.pack_gap_s, ended=len(prompts[0]) + len(ids) < limit)  # fmt: skip
+                    if ids is None:
+                        out[chunk] = None
+                        continue
+                out[chunk] = _Read(text=self._text(ids), tokens=len(ids), logprob=logprob, packed=packed)
+                read.append((row, chunk, offset))
+            scores = self._decoder_scores(encoded, frames, packed, read, ctc_texts, out)
+            for _, chunk, _ in read:
+                whisper_score, ctc_score = (scores[(chunk, t)] if t else silent[chunk] for t in (out[chunk].text, ctc_texts[chunk]))
+                out[chunk] = dataclasses.replace(out[chunk], decoder=(whisper_score, ctc_score))
+        return out
+
+    def _timestamp(self, seconds: float) -> int:
+        return self._tokenizer.timestamp_begin + round(seconds / TIME_STEP_S)
+
+    def _window_audio(self, window: _Window, waves: list[np.ndarray]) -> np.ndarray:
+        if len(window.chunks) == 1:
+            return waves[window.chunks[0]]
+        starts = [round(offset * SAMPLE_RATE) for offset in window.offsets]
+        audio = np.zeros(starts[-1] + len(waves[window.chunks[-1]]), dtype=np.float32)
+        for chunk, start in zip(window.chunks, starts):
+            audio[start : start + len(waves[chunk])] = waves[chunk]
+        return audio
+
+    def _text(self, tokens: list[int]) -> str:
         from spokenlm.data.text import normalize, speakable
 
-        mels = np.stack([pad_or_trim(self._features(wav.detach().float().cpu().numpy())) for wav in audio])
-        # One window per encoder call, the decoder over the whole batch: a batched encoder call holds
-        # every window's 1500 x 1500 attention maps at once (bench pipeline's peak RSS rose 1.9 -> 2.7 GB
-        # with 8-window calls) and was no faster here (19.2 vs 19.8 s for 94 s of audio, 1 thread).
-        windows = [self._model.encode(ctranslate2.StorageView.from_array(m[None].astype(np.float32))) for m in mels]
-        encoded = np.concatenate([np.asarray(w) for w in windows])  # (windows, frames, width)
-        results = self._model.generate(
-            ctranslate2.StorageView.from_array(encoded), [self._prompt] * len(audio), beam_size=self.config.beam_size, max_length=MAX_LENGTH,
-            return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self._suppress,
-        )  # fmt: skip
-        tokens = [r.sequences_ids[0] for r in results]
-        # faster-whisper's avg_logprob: CTranslate2's length-normalized score, over the tokens and the end
-        logprobs = [r.scores[0] * len(t) / (len(t) + 1) for r, t in zip(results, tokens)]
-        whisper = [normalize(speakable(raw) or raw) for raw in (self._tokenizer.decode(t).strip() for t in tokens)]
-        frames = [min(mels.shape[-1], wav.shape[-1] // self._features.hop_length) for wav in audio]
-        silent = [math.log(max(r.no_speech_prob, 1e-30)) for r in results]
-        decoder = self._decoder_scores(encoded, list(zip(whisper, ctc_texts)), frames, silent)
+        raw = self._tokenizer.decode(tokens).strip()
+        return normalize(speakable(raw) or raw)
 
-        def lm_score(text: str) -> float:
-            return 0.0 if lm is None else lm.log10_prob(text) * math.log(10.0)
-
-        return [
-            ChunkReadings(
-                whisper=w, ctc=c, whisper_tokens=len(t), whisper_logprob=lp, duration_s=wav.shape[-1] / SAMPLE_RATE,
-                whisper_scores=Scores(ctc=ctc_log_likelihood(lps, w, vocab), decoder=wd, lm=lm_score(w)),
-                ctc_scores=Scores(ctc=ctc_log_likelihood(lps, c, vocab), decoder=cd, lm=lm_score(c)),
-            )  # fmt: skip
-            for wav, w, c, t, lp, lps, (wd, cd) in zip(audio, whisper, ctc_texts, tokens, logprobs, ctc_log_probs, decoder)
-        ]
-
-    def _decoder_scores(self, encoded: np.ndarray, pairs: list[tuple[str, str]], frames: list[int],
-                        silent: list[float]) -> list[tuple[float, float]]:  # fmt: skip
-        """The Whisper decoder's log-probability of each window's two texts' tokens (forced decoding)
-        given its encoder output (`encoded`: windows, frames, width), each distinct non-empty text once,
-        all in one `align` call; an empty text's is that of the no-speech token (`silent`)."""
+    def _decoder_scores(self, encoded: np.ndarray, frames: list[int], packed: bool, read: list[tuple[int, int, float]],
+                        ctc_texts: Sequence[str], reads: dict[int, _Read | None]) -> dict[tuple[int, str], float]:  # fmt: skip
+        """The Whisper decoder's log-probability of each chunk's two texts' tokens (forced decoding)
+        given its window's encoder output, each distinct non-empty text once, in one `align` call. In
+        a packed window the text follows the timestamp of the chunk's start (a token that is not text:
+        its own probability is left out)."""
         import ctranslate2
 
-        jobs = list(dict.fromkeys((i, text) for i, pair in enumerate(pairs) for text in pair if text))
-        scores: dict[tuple[int, str], float] = {}
-        if jobs:
-            rows = [i for i, _ in jobs]
-            aligned = self._model.align(ctranslate2.StorageView.from_array(encoded[rows]), self._prompt,
-                                        [self._tokenizer.encode(" " + text) for _, text in jobs],
-                                        [frames[i] for i in rows])  # fmt: skip
-            for job, result in zip(jobs, aligned):
-                scores[job] = float(sum(math.log(max(p, 1e-30)) for p in result.text_token_probs))
-        return [tuple(scores[(i, text)] if text else silent[i] for text in pair) for i, pair in enumerate(pairs)]
+        rows, texts, keys = [], [], []
+        for row, chunk, offset in read:
+            for text in dict.fromkeys((reads[chunk].text, ctc_texts[chunk])):
+                if text:
+                    tokens = self._tokenizer.encode(" " + text)
+                    texts.append([self._timestamp(offset), *tokens] if packed else tokens)
+                    rows.append(row)
+                    keys.append((chunk, text))
+        if not rows:
+            return {}
+        aligned = self._model.align(ctranslate2.StorageView.from_array(encoded[rows]), self._stamped if packed else self._prompt,
+                                    texts, [frames[r] for r in rows])  # fmt: skip
+        skip = 1 if packed else 0
+        return {key: float(sum(math.log(max(p, 1e-30)) for p in result.text_token_probs[skip:]))
+                for key, result in zip(keys, aligned)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Read:
+    """Whisper's reading of one chunk, and the decoder's scores of (that reading, the CTC one)."""
+
+    text: str
+    tokens: int
+    logprob: float
+    packed: bool
+    decoder: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Chunks Whisper reads in one window, with where each starts in it (seconds)."""
+
+    chunks: tuple[int, ...]
+    offsets: tuple[float, ...]
+
+
+def pack_windows(durations: Sequence[float], ctc_texts: Sequence[str], pack_s: float, gap_s: float) -> list[_Window]:
+    """Chunks (their durations, in order) packed into windows of at most `pack_s` seconds, each chunk
+    followed by `gap_s` of silence (the last one's gap may fall outside) and starting on Whisper's
+    20-ms timestamp grid. A chunk the CTC head read as empty goes alone: in a packed window an empty
+    reading has no score of its own (alone, it is the window's no-speech probability)."""
+    windows: list[_Window] = []
+    chunks: list[int] = []
+    offsets: list[float] = []
+    end = 0.0
+    for i, seconds in enumerate(durations):
+        if not ctc_texts[i] or seconds > pack_s:
+            windows.append(_Window((i,), (0.0,)))
+            continue
+        if chunks and end + seconds > pack_s:
+            windows.append(_Window(tuple(chunks), tuple(offsets)))
+            chunks, offsets, end = [], [], 0.0
+        chunks.append(i)
+        offsets.append(end)
+        end = round(math.ceil(round((end + seconds + gap_s) / TIME_STEP_S, 6)) * TIME_STEP_S, 2)
+    if chunks:
+        windows.append(_Window(tuple(chunks), tuple(offsets)))
+    return windows
+
+
+def cut_packed_reading(ids: Sequence[int], end_s: float, timestamp_begin: int, *, gap_s: float, ended: bool) -> list[int] | None:
+    """The text tokens of a packed chunk's reading (`ids`: Whisper's tokens after the timestamp of the
+    chunk's start), up to where the next chunk begins: a segment that opens at or after the chunk's
+    end (`end_s`). None (read it again alone) when a segment runs well into the next chunk (Whisper
+    wrote two chunks' words as one segment: "4, 9, 2") or the reading never closed (not `ended`: it
+    hit the length limit, a loop). Token ids >= `timestamp_begin` are timestamps, 20 ms apart."""
+    ids = list(ids)
+    if ids and ids[0] >= timestamp_begin:  # CTranslate2 returns the prompt's last token, the start, as a prefix
+        ids = ids[1:]
+    text: list[int] = []
+    inside = True  # the prompt opened the first segment
+    for token in ids:
+        if token < timestamp_begin:
+            if inside:
+                text.append(token)
+            continue
+        seconds = (token - timestamp_begin) * TIME_STEP_S
+        if inside:  # the segment closes
+            if seconds > end_s + gap_s + SEGMENT_SLACK_S:
+                return None
+            inside = False
+        elif seconds >= end_s - SEGMENT_SLACK_S:  # the next segment is the next chunk's
+            return text
+        else:
+            inside = True
+    return text if ended or not inside else None
 
 
 def ctc_log_likelihood(log_probs: Tensor, text: str, vocab: CharVocab) -> float:

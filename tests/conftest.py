@@ -167,12 +167,22 @@ def tiny_whisper(tmp_path_factory) -> dict[str, Path]:
     config, as save_pretrained writes it ("hf"), and ctranslate2's own conversions of it with the
     tokenizer copied in ("ct2_float32", "ct2_int8": what faster-whisper runs). Token ids: 0-25 a-z,
     26 space, 27 <|endoftext|>, 28 <|startoftranscript|>, 29 <|en|>, ..., 35 <|notimestamps|>."""
+    return _tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"), vocab_size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_timestamps(tmp_path_factory) -> dict[str, Path]:
+    """`tiny_whisper` with a vocabulary that holds Whisper's 1501 timestamp tokens (ids 36-1536:
+    <|0.00|> ... <|30.00|>), for decoding with timestamps."""
+    return _tiny_whisper(tmp_path_factory.mktemp("tiny-whisper-timestamps"), vocab_size=1537)
+
+
+def _tiny_whisper(root: Path, vocab_size: int) -> dict[str, Path]:
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GenerationConfig, PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
 
     ctranslate2 = pytest.importorskip("ctranslate2")
-    root = tmp_path_factory.mktemp("tiny-whisper")
     specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
                 "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]  # fmt: skip
     tok = Tokenizer(models.WordLevel(vocab={c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz ")}, unk_token="a"))
@@ -181,7 +191,7 @@ def tiny_whisper(tmp_path_factory) -> dict[str, Path]:
         tokenizer_object=tok, additional_special_tokens=specials, eos_token="<|endoftext|>", unk_token="a"
     ).save_pretrained(root / "hf")
     config = WhisperConfig(
-        vocab_size=64, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        vocab_size=vocab_size, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
         max_target_positions=448,  # as every released Whisper: faster-whisper decodes up to 448 positions
         decoder_start_token_id=28, eos_token_id=27, pad_token_id=27, bos_token_id=27,

@@ -26,6 +26,8 @@ from spokenlm.transcriber import (
     WhisperTranscriber,
     choose_prompt_texts,
     ctc_log_likelihood,
+    cut_packed_reading,
+    pack_windows,
     read_transcriber_config,
     transcriber_config_from_json,
 )
@@ -123,6 +125,70 @@ def test_the_decoder_score_is_the_forced_log_probability_of_the_tokens(tiny_whis
     assert scored.ctc_scores.decoder == pytest.approx(expected, rel=5e-3)  # CTranslate2 and torch kernels differ a little
 
 
+def test_short_chunks_are_packed_into_windows_on_the_timestamp_grid():
+    windows = pack_windows([3.0, 4.01, 0.5, 20.0, 2.0, 31.0, 1.0], ["a", "b", "c", "d", "", "x", "y"], 26.0, 2.0)
+    assert [(w.chunks, w.offsets) for w in windows] == [
+        ((0, 1, 2), (0.0, 5.0, 11.02)),  # 4.01 s + 2 s of gap: the next chunk starts on the 20-ms grid
+        ((4,), (0.0,)),  # an empty CTC reading goes alone
+        ((5,), (0.0,)),  # longer than pack_s: alone
+        ((3, 6), (0.0, 22.0)),  # 20 s did not fit after 13.54 s; the 1-s chunk fits after it
+    ]  # fmt: skip
+    assert sorted(c for w in windows for c in w.chunks) == list(range(7))
+
+
+def test_a_packed_reading_is_cut_where_the_next_chunk_begins():
+    ts = lambda seconds: 100 + round(seconds / 0.02)  # noqa: E731 - timestamp tokens from id 100
+    # the chunk runs 5.0-9.0 s; CTranslate2 echoes the start; two segments inside, then the next chunk's
+    ids = [ts(5.0), 1, 2, 3, ts(8.0), ts(8.2), 4, ts(8.8), ts(11.2), 7, 8, ts(12.0)]
+    assert cut_packed_reading(ids, 9.0, 100, gap_s=2.0, ended=True) == [1, 2, 3, 4]
+    assert cut_packed_reading(ids[1:], 9.0, 100, gap_s=2.0, ended=True) == [1, 2, 3, 4]  # no echo: the same
+    # a segment closing just past the gap (Whisper's ends stray) is the chunk's; far past it, not
+    assert cut_packed_reading([1, 2, ts(11.4), ts(11.4), 7], 9.0, 100, gap_s=2.0, ended=True) == [1, 2]
+    assert cut_packed_reading([1, 2, ts(11.6), ts(11.6), 7], 9.0, 100, gap_s=2.0, ended=True) is None
+    # never closed: the end of the reading (eot) keeps it, the length limit (a loop) does not
+    assert cut_packed_reading([1, 2, 3], 9.0, 100, gap_s=2.0, ended=True) == [1, 2, 3]
+    assert cut_packed_reading([1, 2, 3], 9.0, 100, gap_s=2.0, ended=False) is None
+    assert cut_packed_reading([ts(5.0), ts(7.0)], 9.0, 100, gap_s=2.0, ended=True) == []
+
+
+def test_packed_windows_read_every_chunk_and_score_as_teacher_forcing(tiny_whisper_timestamps, example_clips, vocab):
+    """Several chunks in one window: each chunk gets a reading (packed, or alone where its share was
+    unclear), and a packed chunk's decoder score is the teacher-forced log-probability of its tokens
+    after the timestamp of its start, on the packed window (transformers, float32)."""
+    from faster_whisper.audio import pad_or_trim
+    from transformers import WhisperForConditionalGeneration
+
+    config = TranscriberConfig(base=None, path=str(tiny_whisper_timestamps["ct2_float32"]), compute_type="float32",
+                               cpu_threads=1, max_tokens_per_second=1000.0, pack_s=26.0)  # fmt: skip
+    transcriber = WhisperTranscriber(config)
+    waves = [load_audio(c)[: 3 * 16000] for c in example_clips[:2]] * 2
+    texts, log_probs = _ctc_inputs(vocab, waves)
+    texts = ["a cat", "the dog", "a dog", "cat"]
+    scored = transcriber.score(waves, texts, log_probs, vocab)
+    assert [r.ctc for r in scored] == texts and all(math.isfinite(r.ctc_scores.decoder) for r in scored)
+    alone = WhisperTranscriber(dataclasses.replace(config, pack_s=0.0)).score(waves, texts, log_probs, vocab)
+    for one, other in zip(scored, alone):
+        assert one.ctc_scores.ctc == pytest.approx(other.ctc_scores.ctc)  # the CTC head's score knows no windows
+        if not one.packed:  # read again alone: as the unpacked transcriber reads it
+            assert (one.whisper, one.whisper_scores.decoder) == (other.whisper, pytest.approx(other.whisper_scores.decoder, abs=1e-3))
+    (window,) = pack_windows([w.shape[-1] / 16000 for w in waves], texts, 26.0, 2.0)
+    assert window.offsets == (0.0, 5.0, 10.0, 15.0)
+    mel = torch.from_numpy(pad_or_trim(transcriber._features(transcriber._window_audio(window, [w.numpy() for w in waves]))))
+    hf = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_timestamps["hf"]).eval()
+    eot = transcriber._tokenizer.eot
+    for chunk, offset in zip(window.chunks, window.offsets):
+        prefix = [*transcriber._stamped, transcriber._timestamp(offset)]
+        tokens = transcriber._tokenizer.encode(" " + texts[chunk])
+        with torch.no_grad():
+            logits = hf(input_features=mel[None].float(), decoder_input_ids=torch.tensor([prefix + tokens])).logits[0]
+        logits = logits[:, :eot].log_softmax(-1)
+        expected = sum(logits[len(prefix) - 1 + k, t].item() for k, t in enumerate(tokens))
+        got = scored[chunk].ctc_scores.decoder
+        if scored[chunk].packed:
+            assert got == pytest.approx(expected, rel=5e-3), chunk
+    assert any(r.packed for r in scored)
+
+
 def test_the_ctc_score_sums_every_alignment():
     """Parity with brute force: log P(text) = logsumexp over every frame path that collapses to it."""
     import itertools
@@ -195,6 +261,9 @@ def test_the_word_lm_tells_apart_what_both_models_hear_alike():
         ({"beam_size": 0}, "beam_size must be an int in [1, 16], got 0"),
         ({"cpu_threads": -1}, "cpu_threads must be an int >= 0, got -1"),
         ({"max_tokens_per_second": 0}, "max_tokens_per_second must be > 0, got 0"),
+        ({"pack_s": 3.0}, "pack_s must be 0 (one chunk per window) or within [5, 30] seconds, got 3.0"),
+        ({"pack_s": 31}, "pack_s must be 0 (one chunk per window) or within [5, 30] seconds, got 31"),
+        ({"pack_gap_s": 0.0}, "pack_gap_s must be within [0.2, 5] seconds, got 0.0"),
     ],
 )
 def test_bad_transcriber_configs_are_named(changes, message):
