@@ -184,7 +184,8 @@ class Scores:
     ctc: float  # the CTC head's log-likelihood of the text over the chunk's frames
     decoder: float
     """The Whisper decoder's log-probability of the text's tokens given the chunk, each among the text
-    tokens (the softmax over ids below <|endoftext|>, as Whisper's own aligner computes it)."""
+    tokens (the softmax over ids below <|endoftext|>, as Whisper's own aligner computes it); nan
+    where the chunk's two readings are the same text (the rule takes it without a score)."""
 
     lm: float = 0.0
     """The CTC compressor's word LM's log-probability (natural log) of the text; 0 without an LM."""
@@ -356,6 +357,9 @@ class WhisperTranscriber:
                 read.append((row, chunk, offset))
             scores = self._decoder_scores(encoded, frames, packed, read, ctc_texts, out)
             for _, chunk, _ in read:
+                if out[chunk].text == ctc_texts[chunk]:  # the readings agree: the rule takes it unscored
+                    out[chunk] = dataclasses.replace(out[chunk], decoder=(math.nan, math.nan))
+                    continue
                 whisper_score, ctc_score = (scores[(chunk, t)] if t else silent[chunk] for t in (out[chunk].text, ctc_texts[chunk]))
                 out[chunk] = dataclasses.replace(out[chunk], decoder=(whisper_score, ctc_score))
         return out
@@ -381,14 +385,17 @@ class WhisperTranscriber:
     def _decoder_scores(self, encoded: np.ndarray, frames: list[int], packed: bool, read: list[tuple[int, int, float]],
                         ctc_texts: Sequence[str], reads: dict[int, _Read | None]) -> dict[tuple[int, str], float]:  # fmt: skip
         """The Whisper decoder's log-probability of each chunk's two texts' tokens (forced decoding)
-        given its window's encoder output, each distinct non-empty text once, in one `align` call. In
+        given its window's encoder output, each non-empty text of the chunks whose two readings differ, in
+        one `align` call. In
         a packed window the text follows the timestamp of the chunk's start (a token that is not text:
         its own probability is left out)."""
         import ctranslate2
 
         rows, texts, keys = [], [], []
         for row, chunk, offset in read:
-            for text in dict.fromkeys((reads[chunk].text, ctc_texts[chunk])):
+            if reads[chunk].text == ctc_texts[chunk]:
+                continue  # the readings agree: nothing to choose between
+            for text in (reads[chunk].text, ctc_texts[chunk]):
                 if text:
                     tokens = self._tokenizer.encode(" " + text)
                     texts.append([self._timestamp(offset), *tokens] if packed else tokens)

@@ -83,6 +83,12 @@ def test_whisper_scores_chunks_deterministically_whatever_the_batch(tiny_whisper
     with pytest.raises(ValueError, match=r"^a transcriber reads 30-s windows; got a 31.0-s chunk \(the bundle's max_chunk_s"):
         transcriber.score([torch.zeros(31 * 16000)], ["a"], [log_probs[0]], vocab)
     assert all(r.whisper_scores.lm == r.ctc_scores.lm == 0.0 for r in batched)  # no word LM given
+    # where the CTC head read what Whisper read, there is nothing to choose: no decoder score
+    agreed = transcriber.score(waves, [r.whisper for r in batched], log_probs, vocab)
+    for one, reading in zip(agreed, batched):
+        assert one.whisper == one.ctc == reading.whisper and one.choose(_config(tiny_whisper)) == reading.whisper
+        assert math.isnan(one.whisper_scores.decoder) and math.isnan(one.ctc_scores.decoder)
+        assert one.ctc_scores.ctc == pytest.approx(ctc_log_likelihood(log_probs[batched.index(reading)], reading.whisper, vocab))
 
 
 def test_the_word_lm_scores_both_readings_when_the_compressor_has_one(tiny_whisper, example_clips, vocab, tmp_path):
