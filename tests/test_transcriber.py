@@ -6,6 +6,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -195,6 +196,24 @@ def test_packed_windows_read_every_chunk_and_score_as_teacher_forcing(tiny_whisp
     assert any(r.packed for r in scored)
 
 
+def test_the_bf16_encoder_reads_the_window_as_ctranslate2_does(tiny_whisper, example_clips, vocab):
+    """The same encoder weights in torch under bfloat16 autocast: near CTranslate2's float32 encoding,
+    and the transcriber still reads and scores every chunk."""
+    from faster_whisper.audio import pad_or_trim
+
+    exact = WhisperTranscriber(dataclasses.replace(_config(tiny_whisper), compute_type="float32", path=str(tiny_whisper["ct2_float32"])))
+    fast = WhisperTranscriber(dataclasses.replace(_config(tiny_whisper), bf16_encoder=True))
+    wav = load_audio(example_clips[0])
+    mel = pad_or_trim(exact._features(wav.numpy()))
+    reference, encoded = exact._encode(mel), fast._encode(mel)
+    assert encoded.shape == reference.shape == (1, 1500, 16)
+    assert np.abs(encoded - reference).mean() / np.abs(reference).mean() < 0.03  # bfloat16's ~3 significant digits
+    waves = [wav, wav[:16000]]
+    texts, log_probs = _ctc_inputs(vocab, waves)
+    scored = fast.score(waves, texts, log_probs, vocab)
+    assert [r.ctc for r in scored] == texts and all(math.isfinite(r.ctc_scores.decoder) for r in scored)
+
+
 def test_the_ctc_score_sums_every_alignment():
     """Parity with brute force: log P(text) = logsumexp over every frame path that collapses to it."""
     import itertools
@@ -270,6 +289,7 @@ def test_the_word_lm_tells_apart_what_both_models_hear_alike():
         ({"pack_s": 3.0}, "pack_s must be 0 (one chunk per window) or within [5, 30] seconds, got 3.0"),
         ({"pack_s": 31}, "pack_s must be 0 (one chunk per window) or within [5, 30] seconds, got 31"),
         ({"pack_gap_s": 0.0}, "pack_gap_s must be within [0.2, 5] seconds, got 0.0"),
+        ({"bf16_encoder": "yes"}, "bf16_encoder must be true or false, got 'yes'"),
     ],
 )
 def test_bad_transcriber_configs_are_named(changes, message):
