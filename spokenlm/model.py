@@ -749,10 +749,9 @@ def set_bundle_transcriber(path: str | Path, config: TranscriberConfig | None) -
             raise BundleError(f"{path}: a transcriber reads {WINDOW_S:.0f}-s windows, but the bundle cuts recordings "
                               f"into chunks of up to {meta['max_chunk_s']} s")  # fmt: skip
         if config.lm_weight > 0:
-            from spokenlm.compress import CONFIG_FILE, compressor_config_from_json
+            from spokenlm.compress import read_compressor_config
 
-            where = Path(path) / meta["compressor"]["dir"] / CONFIG_FILE
-            if getattr(compressor_config_from_json(json.loads(where.read_text()), where=str(where)), "beam", None) is None:
+            if getattr(read_compressor_config(Path(path) / meta["compressor"]["dir"]), "beam", None) is None:
                 raise BundleError(f"{path}: lm_weight is {config.lm_weight}, but the bundle's compressor has no word LM "
                                   "(a compressor from the ctc-lm recipe has one)")  # fmt: skip
     meta["transcriber"] = None if config is None else transcriber_config_to_json(config)

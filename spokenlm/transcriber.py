@@ -219,7 +219,8 @@ class ChunkReadings:
     whisper_scores: Scores
     ctc_scores: Scores
     whisper_tokens: int  # tokens Whisper generated (its raw text, before normalizing)
-    whisper_logprob: float  # their mean log-probability, as faster-whisper's avg_logprob (reported only; a packed window's)
+    whisper_logprob: float  # their mean log-probability, as faster-whisper's avg_logprob (reported only; packed: over all
+    # the chunk's decoding generated, the text past its cut included)
     duration_s: float
     packed: bool = False  # Whisper read the chunk in a window shared with others (`pack_s`)
 
@@ -367,13 +368,14 @@ class WhisperTranscriber:
                         continue
                 out[chunk] = _Read(text=self._text(ids), tokens=len(ids), logprob=logprob, packed=packed)
                 read.append((row, chunk, offset))
-            scores = self._decoder_scores(encoded, frames, packed, read, ctc_texts, out)
+            # where the two readings agree, the rule takes that text without a score: only the others are scored
+            differ = {chunk: (row, offset, (out[chunk].text, ctc_texts[chunk])) for row, chunk, offset in read
+                      if out[chunk].text != ctc_texts[chunk]}  # fmt: skip
+            scores = self._decoder_scores(encoded, frames, packed, differ)
             for _, chunk, _ in read:
-                if out[chunk].text == ctc_texts[chunk]:  # the readings agree: the rule takes it unscored
-                    out[chunk] = dataclasses.replace(out[chunk], decoder=(math.nan, math.nan))
-                    continue
-                whisper_score, ctc_score = (scores[(chunk, t)] if t else silent[chunk] for t in (out[chunk].text, ctc_texts[chunk]))
-                out[chunk] = dataclasses.replace(out[chunk], decoder=(whisper_score, ctc_score))
+                texts = differ[chunk][2] if chunk in differ else None
+                decoder = (math.nan, math.nan) if texts is None else tuple(scores[(chunk, t)] if t else silent[chunk] for t in texts)
+                out[chunk] = dataclasses.replace(out[chunk], decoder=decoder)
         return out
 
     def _encode(self, mel: np.ndarray) -> np.ndarray:
@@ -404,20 +406,17 @@ class WhisperTranscriber:
         raw = self._tokenizer.decode(tokens).strip()
         return normalize(speakable(raw) or raw)
 
-    def _decoder_scores(self, encoded: np.ndarray, frames: list[int], packed: bool, read: list[tuple[int, int, float]],
-                        ctc_texts: Sequence[str], reads: dict[int, _Read | None]) -> dict[tuple[int, str], float]:  # fmt: skip
-        """The Whisper decoder's log-probability of each chunk's two texts' tokens (forced decoding)
-        given its window's encoder output, each non-empty text of the chunks whose two readings differ, in
-        one `align` call. In
-        a packed window the text follows the timestamp of the chunk's start (a token that is not text:
-        its own probability is left out)."""
+    def _decoder_scores(self, encoded: np.ndarray, frames: list[int], packed: bool,
+                        chunks: dict[int, tuple[int, float, tuple[str, str]]]) -> dict[tuple[int, str], float]:  # fmt: skip
+        """The Whisper decoder's log-probability of each chunk's texts' tokens (forced decoding) given
+        its window's encoder output (`chunks`: chunk -> its window's row, its offset in it, its two
+        texts), each non-empty text in one `align` call. In a packed window the text follows the
+        timestamp of the chunk's start (a token that is not text: its own probability is left out)."""
         import ctranslate2
 
         rows, texts, keys = [], [], []
-        for row, chunk, offset in read:
-            if reads[chunk].text == ctc_texts[chunk]:
-                continue  # the readings agree: nothing to choose between
-            for text in (reads[chunk].text, ctc_texts[chunk]):
+        for chunk, (row, offset, pair) in chunks.items():
+            for text in pair:
                 if text:
                     tokens = self._tokenizer.encode(" " + text)
                     texts.append([self._timestamp(offset), *tokens] if packed else tokens)
@@ -459,17 +458,17 @@ def pack_windows(durations: Sequence[float], ctc_texts: Sequence[str], pack_s: f
     windows: list[_Window] = []
     chunks: list[int] = []
     offsets: list[float] = []
-    end = 0.0
+    steps = 0  # where the next chunk would start, in 20-ms timestamp steps
     for i, seconds in enumerate(durations):
         if not ctc_texts[i] or seconds > pack_s:
             windows.append(_Window((i,), (0.0,)))
             continue
-        if chunks and end + seconds > pack_s:
+        if chunks and steps * TIME_STEP_S + seconds > pack_s:
             windows.append(_Window(tuple(chunks), tuple(offsets)))
-            chunks, offsets, end = [], [], 0.0
+            chunks, offsets, steps = [], [], 0
         chunks.append(i)
-        offsets.append(end)
-        end = round(math.ceil(round((end + seconds + gap_s) / TIME_STEP_S, 6)) * TIME_STEP_S, 2)
+        offsets.append(round(steps * TIME_STEP_S, 2))
+        steps += math.ceil(round((seconds + gap_s) / TIME_STEP_S, 6))  # the round: 5.0 / 0.02 is 250.00000000000003
     if chunks:
         windows.append(_Window(tuple(chunks), tuple(offsets)))
     return windows

@@ -43,6 +43,7 @@ __all__ = [
     "compressor_config_from_json",
     "compressor_config_to_json",
     "load_compressor",
+    "read_compressor_config",
     "save_compressor",
 ]
 
@@ -110,15 +111,20 @@ def save_compressor(compressor: nn.Module, directory: str | Path) -> None:
             shutil.copyfile(compressor.lm_path, target)
 
 
+def read_compressor_config(directory: str | Path) -> CompressorConfig:
+    """The config of the compressor saved in ``directory`` (its ``compressor.json``), weights unread."""
+    config_path = Path(directory) / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
+    return compressor_config_from_json(json.loads(config_path.read_text()), where=str(config_path))
+
+
 def load_compressor(directory: str | Path, *, device: str = "cpu") -> nn.Module:
     """The compressor saved in ``directory`` by ``save_compressor``, weights on ``device``."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
-    config = compressor_config_from_json(json.loads(config_path.read_text()), where=str(config_path))
+    config = read_compressor_config(directory)
     compressor = build_compressor(config)
     compressor.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=device), strict=True)
     beam = getattr(config, "beam", None)
