@@ -3,6 +3,7 @@
     python bench/speculative.py [--size base|tiny] [--draft-layers 2] [--draft-tokens 4]
                                 [--prompts 4] [--new-tokens 48] [--model models/default]
                                 [--manifest ../corpus/manifest.jsonl --split test --limit 20]
+                                [--speedups merge]
 
 Two measurements, greedy, batch 1 (the latency case speculative decoding is for), in one process:
 
@@ -18,7 +19,13 @@ Two measurements, greedy, batch 1 (the latency case speculative decoding is for)
    the --split's fixed held-out sample of --limit items per task of --tasks, as bench default takes
    it), drafted by the bundle's draft LM (DIR/draft/) when it ships one, else by a lookup draft of
    its CTC transcript (`LookupDraft`, free to run; prompt lookup for the tasks that are not ASR):
-   trained parts, so the acceptance is real. One row per task.
+   trained parts, so the acceptance is real. One row per task. Each row also times the prefill alone
+   (the prompt's forward and one token, the same in both decodings) and gives the speed-up of the
+   decoding after it: for answers of a few tokens (ASR: ~9) the prefill of the speech and the
+   transcript is most of the time, and no draft can shorten it. --speedups loads the bundle's LLM
+   as `spokenlm.lm.LLMSpeedups` (e.g. merge: LoRA folded into the weights). A bundle that answers
+   ASR from its transcript (`asr_from_transcript`) runs no LLM for ASR at all: its ASR row is the
+   LLM's own decoding of the request, which that bundle skips.
 
 Both assert that the speculative output equals plain greedy decoding token for token.
 The last line: ``bench speculative: ... ratio=<plain time / speculative time>`` for measurement 1.
@@ -149,13 +156,16 @@ def bench_bundle(model_dir: Path, args) -> dict[str, dict] | None:
     """Per task: plain and speculative greedy decoding of each (clip, request), batch 1, timed."""
     from spokenlm.model import load_bundle, request_prompts
 
-    model = load_bundle(model_dir)
+    from spokenlm.lm import LLMSpeedups
+
+    model = load_bundle(model_dir, speedups=LLMSpeedups.parse(args.speedups))
     plain_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=0)
+    prefill_config = GenerationConfig(max_new_tokens=1, draft_tokens=0)
     spec_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=args.draft_tokens)
     results = {}
     for task, pairs in bundle_requests(args).items():
-        row = {"items": len(pairs), "plain_s": 0.0, "spec_s": 0.0, "drafted": 0, "accepted": 0, "tokens": 0,
-               "identical": True}  # fmt: skip
+        row = {"items": len(pairs), "plain_s": 0.0, "spec_s": 0.0, "prefill_s": 0.0, "drafted": 0, "accepted": 0,
+               "tokens": 0, "identical": True}  # fmt: skip
         for clip, request in pairs:
             with torch.inference_mode():
                 speech = model.encode_recordings([clip])
@@ -167,6 +177,8 @@ def bench_bundle(model_dir: Path, args) -> dict[str, dict] | None:
                     print(f"{model_dir} has neither a draft LM nor a CTC compressor: bundle measurement skipped")
                     return None
                 draft = LookupDraft(speech.transcripts)
+            _, dt = timed(lambda: model.llm.generate(prompts, projected, speech.lengths, prefill_config))
+            row["prefill_s"] += dt
             plain, dt = timed(lambda: model.llm.generate(prompts, projected, speech.lengths, plain_config))
             row["plain_s"] += dt
             (spec, stats), dt = timed(
@@ -180,8 +192,16 @@ def bench_bundle(model_dir: Path, args) -> dict[str, dict] | None:
         assert row["identical"], f"{task}: speculative greedy output differs from plain greedy output"
         row["acceptance"] = row["accepted"] / max(row["drafted"], 1)
         row["kind"] = "its draft LM" if model.draft is not None else "a lookup draft of the CTC transcript"
+        row["asr_from_transcript"] = model.llm.asr_from_transcript
         results[task] = row
     return results
+
+
+def decoding_speedup(row: dict) -> float:
+    """Plain over speculative time after the prefill (timed alone, the same in both); nan where a
+    decoding took no longer than its prefill did (timing noise on one-token answers)."""
+    plain, spec = row["plain_s"] - row["prefill_s"], row["spec_s"] - row["prefill_s"]
+    return plain / spec if plain > 0 and spec > 0 else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=20, help="items per task taken from the manifest split")
     parser.add_argument("--tasks", nargs="+", default=["asr"], help="measurement 2's tasks (with --manifest), or: all")
+    parser.add_argument("--speedups", default="", help="measurement 2: LLM speed-ups to load the bundle with, e.g. merge")
     args = parser.parse_args(argv)
 
     r = bench_base(args)
@@ -216,13 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     extra = ""
     if bundle:
         kind = next(iter(bundle.values()))["kind"]
-        print(f"2. {args.model} with {kind}, greedy, batch 1, {args.draft_tokens} drafted per block; outputs identical")
-        print("| task | items | tokens | plain s | speculative s | speed-up | acceptance |\n|---|---:|---:|---:|---:|---:|---:|")
+        print(f"2. {args.model} with {kind}, greedy, batch 1, {args.draft_tokens} drafted per block, LLM speed-ups "
+              f"{args.speedups or 'none'}; outputs identical")  # fmt: skip
+        print("| task | items | tokens | plain s | speculative s | speed-up | prefill s | decoding speed-up | acceptance |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
         for task, b in bundle.items():
             print(f"| {task} | {b['items']} | {b['tokens']} | {b['plain_s']:.2f} | {b['spec_s']:.2f} | "
-                  f"{b['plain_s'] / b['spec_s']:.2f}x | {b['acceptance']:.3f} |")
+                  f"{b['plain_s'] / b['spec_s']:.2f}x | {b['prefill_s']:.2f} | {decoding_speedup(b):.2f}x | {b['acceptance']:.3f} |")
+        if "asr" in bundle and bundle["asr"]["asr_from_transcript"]:
+            print(f"{args.model} answers ASR from its transcript (asr_from_transcript): the LLM decodes no ASR token; "
+                  "the asr row is the LLM's own decoding of the request, which the bundle skips")  # fmt: skip
         extra = "".join(f" {t}_acceptance={b['acceptance']:.3f} {t}_ratio={b['plain_s'] / b['spec_s']:.2f}"
-                        for t, b in bundle.items())  # fmt: skip
+                        f" {t}_decoding_ratio={decoding_speedup(b):.2f}" for t, b in bundle.items())  # fmt: skip
     print(
         f"bench speculative: size={args.size} draft_layers={args.draft_layers} draft_tokens={args.draft_tokens} "
         f"acceptance={r['acceptance']:.3f} cost={r['cost']:.2f} plain_tok_s={r['tokens'] / r['plain_s']:.2f} "

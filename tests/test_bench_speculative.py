@@ -1,5 +1,6 @@
 """bench/speculative.py through `spokenlm bench speculative`: its last line, and the layer-skip draft."""
 
+import math
 import re
 import runpy
 from pathlib import Path
@@ -38,15 +39,27 @@ def test_the_bundle_measurement_reads_clips_from_a_manifest_split(tiny_bundle, e
                      "task_labels": {"text": "x", "sentiment": "Positive"}})  # fmt: skip
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["bench", "speculative", "--size", "tiny", "--prompts", "1", "--new-tokens", "4",
-                 "--model", str(tiny_bundle), "--manifest", str(tmp_path / "manifest.jsonl"), "--tasks", "all"]) == 0  # fmt: skip
+                 "--model", str(tiny_bundle), "--manifest", str(tmp_path / "manifest.jsonl"), "--tasks", "all",
+                 "--speedups", "merge"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert re.search(r"^2\. .* with a lookup draft of the CTC transcript, greedy, batch 1", out, re.M), out
-    assert re.search(r"^\| asr \| 2 \| \d+ \|", out, re.M) and re.search(r"^\| sentiment \| 1 \| \d+ \|", out, re.M), out
-    assert re.search(r" asr_acceptance=\S+ asr_ratio=\S+ sentiment_acceptance=\S+ sentiment_ratio=\S+ ratio=\S+$",
-                     out.strip().splitlines()[-1])  # fmt: skip
+    assert re.search(r"^2\. .* with a lookup draft of the CTC transcript, greedy, batch 1, 4 drafted per block, "
+                     r"LLM speed-ups merge;", out, re.M), out  # fmt: skip
+    rows = {m[0]: m[1:] for m in re.findall(r"^\| (asr|sentiment) \| (\d+) \| \d+ \| (\S+) \| (\S+) \| \S+x \| (\S+) \|", out, re.M)}
+    assert sorted(rows) == ["asr", "sentiment"] and (rows["asr"][0], rows["sentiment"][0]) == ("2", "1"), out
+    for _, plain, spec, prefill in rows.values():  # the prefill is part of either decoding
+        assert float(prefill) <= 1.5 * min(float(plain), float(spec)) + 0.01  # 2 decimals: the tiny LLM takes ms
+    assert "answers ASR from its transcript" not in out  # the tiny bundle's LLM decodes ASR itself
+    assert re.search(r" asr_acceptance=\S+ asr_ratio=\S+ asr_decoding_ratio=\S+ sentiment_acceptance=\S+ sentiment_ratio=\S+ "
+                     r"sentiment_decoding_ratio=\S+ ratio=\S+$", out.strip().splitlines()[-1])  # fmt: skip
     assert main(["bench", "speculative", "--size", "tiny", "--prompts", "1", "--new-tokens", "4",
                  "--model", str(tiny_bundle), "--manifest", str(tmp_path / "manifest.jsonl"), "--split", "train"]) == 1
     assert "manifest.jsonl split 'train' has no items for tasks ['asr']" in capsys.readouterr().err
+
+
+def test_the_decoding_speedup_leaves_the_prefill_out():
+    speedup = BENCH["decoding_speedup"]
+    assert speedup({"plain_s": 5.0, "spec_s": 3.0, "prefill_s": 1.0}) == 2.0  # (5 - 1) / (3 - 1)
+    assert math.isnan(speedup({"plain_s": 1.0, "spec_s": 1.2, "prefill_s": 1.1}))  # a one-token answer: noise
 
 def test_a_draft_with_every_layer_is_the_target_and_always_accepted():
     import torch

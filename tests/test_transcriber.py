@@ -26,6 +26,7 @@ from spokenlm.transcriber import (
     TranscriberConfig,
     WhisperTranscriber,
     choose_prompt_texts,
+    ctc_confidence,
     ctc_log_likelihood,
     cut_packed_reading,
     pack_windows,
@@ -90,6 +91,44 @@ def test_whisper_scores_chunks_deterministically_whatever_the_batch(tiny_whisper
         assert one.whisper == one.ctc == reading.whisper and one.choose(_config(tiny_whisper)) == reading.whisper
         assert math.isnan(one.whisper_scores.decoder) and math.isnan(one.ctc_scores.decoder)
         assert one.ctc_scores.ctc == pytest.approx(ctc_log_likelihood(log_probs[batched.index(reading)], reading.whisper, vocab))
+
+
+def test_whisper_leaves_the_chunks_the_ctc_head_is_sure_of(tiny_whisper, example_clips, vocab):
+    """`confident_ctc`: a chunk whose CTC transcript scores at least the threshold per second is not
+    read; the others are read and scored as without the gate (one chunk per window)."""
+    waves = [load_audio(c) for c in example_clips[:2]]
+    waves.append(waves[0][:16000])
+    texts, log_probs = _ctc_inputs(vocab, waves)
+    config = _config(tiny_whisper)
+    ungated = WhisperTranscriber(config).score(waves, texts, log_probs, vocab)
+    confidence = [ctc_confidence(r.ctc_scores, r.duration_s, config) for r in ungated]
+    threshold = sorted(confidence)[1]  # the two surest chunks are left to the CTC head
+    gated = WhisperTranscriber(dataclasses.replace(config, confident_ctc=threshold)).score(waves, texts, log_probs, vocab)
+    assert sum(r.confident for r in gated) == 2
+    for one, other, sure in zip(gated, ungated, confidence):
+        assert one.confident == (sure >= threshold) and one.ctc == other.ctc
+        assert one.ctc_scores.ctc == pytest.approx(other.ctc_scores.ctc)
+        if one.confident:
+            assert (one.whisper, one.whisper_tokens) == ("", 0) and math.isnan(one.whisper_scores.decoder)
+            assert one.choose(config) == one.ctc
+        else:
+            assert one.whisper == other.whisper and one.whisper_scores.decoder == pytest.approx(other.whisper_scores.decoder, abs=1e-3)
+
+    class Unread:  # no chunk to read: Whisper's model is never called
+        def __getattr__(self, name):
+            raise AssertionError(f"Whisper's {name} was called")
+
+    everything = WhisperTranscriber(dataclasses.replace(config, confident_ctc=-1000.0))
+    everything._model = Unread()
+    assert [r.confident for r in everything.score(waves, texts, log_probs, vocab)] == [True] * 3
+
+
+def test_the_ctc_confidence_is_per_second_with_the_rules_lm_weight():
+    scores = Scores(ctc=-10.0, decoder=math.nan, lm=-4.0)
+    assert ctc_confidence(scores, 2.0, TranscriberConfig(lm_weight=0.5)) == -6.0  # (-10 - 2) / 2 s
+    assert ctc_confidence(scores, 2.0, TranscriberConfig()) == -5.0  # lm_weight 0: the LM term is off
+    assert ctc_confidence(scores, 0.1, TranscriberConfig()) == -20.0  # a tenth of a second counts as half of one
+    assert ctc_confidence(Scores(-math.inf, 0.0, 0.0), 1.0, TranscriberConfig()) == -math.inf  # no CTC path: never sure
 
 
 def test_the_word_lm_scores_both_readings_when_the_compressor_has_one(tiny_whisper, example_clips, vocab, tmp_path):
@@ -253,6 +292,8 @@ def test_the_rule_takes_the_reading_both_models_prefer():
     # the length bonus: per word
     short_long = _reading("a b c", "a", (-3.0, -3.0), (-1.0, -1.0))
     assert short_long.choose(config) == "a" and short_long.choose(TranscriberConfig(length_bonus=1.5)) == "a b c"
+    # a chunk Whisper left to the CTC head (confident_ctc) takes the CTC reading, whatever the scores
+    assert dataclasses.replace(_reading("two", "to", (-3.0, -1.0), (-2.0, -9.0)), confident=True).choose(config) == "to"
     # Whisper's empty reading or a decoding loop (100 tokens in 2 s) always loses
     assert _reading("", "c", (0.0, 0.0), (-9.0, -9.0)).choose(config) == "c"
     assert _reading("w w w", "c", (0.0, 0.0), (-9.0, -9.0), tokens=100).choose(config) == "c"
@@ -290,6 +331,9 @@ def test_the_word_lm_tells_apart_what_both_models_hear_alike():
         ({"pack_s": 31}, "pack_s must be 0 (one chunk per window) or within [5, 30] seconds, got 31"),
         ({"pack_gap_s": 0.0}, "pack_gap_s must be within [0.2, 5] seconds, got 0.0"),
         ({"bf16_encoder": "yes"}, "bf16_encoder must be true or false, got 'yes'"),
+        ({"confident_ctc": 0.5}, "confident_ctc must be null or a log-likelihood per second in [-1000, 0], got 0.5"),
+        ({"confident_ctc": float("nan")}, "confident_ctc must be null or a log-likelihood per second in [-1000, 0], got nan"),
+        ({"confident_ctc": "-5"}, "confident_ctc must be null or a log-likelihood per second in [-1000, 0], got '-5'"),
     ],
 )
 def test_bad_transcriber_configs_are_named(changes, message):

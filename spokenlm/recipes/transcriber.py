@@ -10,7 +10,12 @@
 3. For every (`ctc_weight`, `length_bonus`, `lm_weight`) of the grid, choose per chunk as the bundle will and score
    the chosen transcripts: the WER of each manifest's sample, and their mean (each corpus counts once,
    whatever its words). Keep the best mean; a tie keeps the earlier grid point.
-4. Write OUT/transcriber.json (the TranscriberConfig with that pick: `spokenlm bundle set BUNDLE
+4. The gate (`confident_ctc`): for each share in `skip_fractions`, the threshold on `ctc_confidence`
+   (under the kept rule) above which that share of the dev chunks lies; those chunks take the CTC
+   transcript without Whisper. Keep the largest share whose mean WER is at most `max_wer_rise`
+   above the ungated rule's: that much accuracy for Whisper's time. (Simulated on readings of every
+   chunk: in the bundle a skipped chunk's packed neighbours share their windows with others.)
+5. Write OUT/transcriber.json (the TranscriberConfig with that pick: `spokenlm bundle set BUNDLE
    --transcriber OUT`, or the speechlm recipe's `transcriber: OUT`) and metrics.json (every grid
    point's WERs, CTC alone, Whisper alone, the oracle choice that knows the reference, examples), and
    readings.jsonl (every chunk's two readings with their scores, for fitting another rule offline).
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +59,8 @@ class TranscriberRecipeConfig:
     ctc_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     length_bonuses: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)
     lm_weights: tuple[float, ...] = (0.0,)  # > 0 needs the compressor's word LM (a ctc-lm compressor has one)
+    skip_fractions: tuple[float, ...] = (0.0,)  # shares of dev chunks the gate would keep from Whisper (0: no gate)
+    max_wer_rise: float = 0.0  # dev WER (absolute) the gate may give up for the Whisper time it saves
     dev_split: str = "dev"
     dev_utterances: int = 300  # per manifest
     max_duration_s: float = 30.0
@@ -66,6 +74,12 @@ class TranscriberRecipeConfig:
             raise ValueError("ctc_weights, length_bonuses and lm_weights need at least one value each")
         for rule in self.rules():
             rule.validate()
+        if self.transcriber.confident_ctc is not None:
+            raise ValueError("transcriber.confident_ctc is what the recipe picks (skip_fractions, max_wer_rise): leave it out")
+        if not self.skip_fractions or not all(_is_share(q) for q in self.skip_fractions):
+            raise ValueError(f"skip_fractions must be numbers in [0, 1), at least one, got {list(self.skip_fractions)!r}")
+        if not _is_share(self.max_wer_rise):
+            raise ValueError(f"max_wer_rise must be a number in [0, 1), got {self.max_wer_rise!r}")
         if not isinstance(self.dev_utterances, int) or self.dev_utterances < 1:
             raise ValueError(f"dev_utterances must be a positive int, got {self.dev_utterances!r}")
         if not 1.0 <= self.max_duration_s <= 30.0:
@@ -75,6 +89,10 @@ class TranscriberRecipeConfig:
         """Every grid point, in the order the recipe tries them (a tie keeps the earlier)."""
         return [dataclasses.replace(self.transcriber, ctc_weight=weight, length_bonus=bonus, lm_weight=lm)
                 for lm in self.lm_weights for weight in self.ctc_weights for bonus in self.length_bonuses]  # fmt: skip
+
+
+def _is_share(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
 
 
 def train(config: TranscriberRecipeConfig) -> dict:
@@ -136,11 +154,18 @@ def train(config: TranscriberRecipeConfig) -> dict:
         print(f"transcriber: {row['setting']}: dev WER mean {row['mean']:.4f} ({row['whisper_share']:.0%} Whisper where they differ)")
         if best is None or row["mean"] < best["mean"]:
             best = row
+    rule = dataclasses.replace(config.transcriber, ctc_weight=best["ctc_weight"], length_bonus=best["length_bonus"],
+                               lm_weight=best["lm_weight"])  # fmt: skip
+    gate = None
+    for row in gate_rows(readings, rule, config.skip_fractions, wers):
+        print(f"transcriber: {row['setting']}: dev WER mean {row['mean']:.4f} ({row['skipped']:.0%} of chunks skipped)")
+        rows.append(row)
+        if row["mean"] <= best["mean"] + config.max_wer_rise and (gate is None or row["skip"] > gate["skip"]):
+            gate = row
     # a bound, not a rule: whichever reading is nearer the reference
     rows.append({"setting": "oracle", **wers(lambda ref, c: min((c.ctc, c.whisper), key=lambda t: jiwer.wer(ref, t or "-")))})
 
-    result = dataclasses.replace(config.transcriber, ctc_weight=best["ctc_weight"], length_bonus=best["length_bonus"],
-                                 lm_weight=best["lm_weight"])  # fmt: skip
+    result = dataclasses.replace(rule, confident_ctc=None if gate is None else gate["confident_ctc"])
     (out / TRANSCRIBER_FILE).write_text(json.dumps(transcriber_config_to_json(result), indent=2) + "\n")
     first = next(iter(samples))
     picked = choose_prompt_texts(readings[first], result)
@@ -152,7 +177,10 @@ def train(config: TranscriberRecipeConfig) -> dict:
         "ctc_weight": result.ctc_weight,
         "length_bonus": result.length_bonus,
         "lm_weight": result.lm_weight,
-        "dev_wer": best["mean"],
+        "confident_ctc": result.confident_ctc,
+        "dev_skipped": 0.0 if gate is None else gate["skipped"],
+        "dev_wer": best["mean"] if gate is None else gate["mean"],
+        "dev_wer_ungated": best["mean"],
         "dev_wer_ctc": rows[0]["mean"],
         "dev_wer_whisper": rows[1]["mean"],
         "dev_wer_oracle": rows[-1]["mean"],
@@ -170,3 +198,24 @@ def train(config: TranscriberRecipeConfig) -> dict:
             for u, ref, chunks in zip(utts, refs[path], readings[path]):
                 f.write(json.dumps({"manifest": path, "id": u.id, "ref": ref, "chunks": [dataclasses.asdict(c) for c in chunks]}) + "\n")
     return metrics
+
+
+def gate_rows(readings: dict[str, list[list[ChunkReadings]]], rule: TranscriberConfig, fractions, wers) -> list[dict]:
+    """One row per share q > 0 of `fractions`: the `confident_ctc` threshold that keeps the surest q
+    of the dev chunks from Whisper, the share it skips (ties may add some), and the WERs (`wers`, of
+    a `pick(ref, chunk)`) of the transcripts the rule then takes."""
+    from spokenlm.transcriber import ctc_confidence
+
+    chunks = [c for rs in readings.values() for recording in rs for c in recording]
+    confidence = {id(c): ctc_confidence(c.ctc_scores, c.duration_s, rule) for c in chunks}
+    surest = sorted(confidence.values(), reverse=True)
+    rows = []
+    for q in sorted(set(fractions)):
+        if q <= 0 or not surest:
+            continue
+        threshold = min(surest[max(math.ceil(q * len(surest)) - 1, 0)], 0.0)
+        sure = {key for key, value in confidence.items() if value >= threshold}
+        rows.append({"setting": f"skip {q:.0%} (confident_ctc={threshold:.3f})", "skip": q, "confident_ctc": threshold,
+                     "skipped": len(sure) / len(chunks),
+                     **wers(lambda ref, c, sure=sure: c.ctc if id(c) in sure else c.choose(rule))})  # fmt: skip
+    return rows

@@ -471,13 +471,20 @@ def test_transcriber_recipe_picks_the_weights_with_the_lowest_dev_wer(trained, t
         out_dir=str(tmp_path / "out"), manifest=str(tiny_corpus), compressor_dir=str(tmp_path / "compressor"),
         encoder_dir=config.out_dir + "/encoder", transcriber=whisper, ctc_weights=(0.0, 0.5, 1.0),
         length_bonuses=(-100.0, 0.0, 100.0), lm_weights=(0.0, 1.0), dev_split="fine-tune", dev_utterances=6,
+        skip_fractions=(0.0, 0.5, 0.9), max_wer_rise=0.99,
     )  # fmt: skip
     metrics = pick(recipe)
     grid = [r for r in metrics["rows"] if "ctc_weight" in r]
     assert metrics["dev_utterances"] == {str(tiny_corpus): 6} and len(grid) == 18
     best = min(grid, key=lambda r: r["mean"])  # the first of equals, as the recipe keeps
-    assert (metrics["ctc_weight"], metrics["length_bonus"], metrics["lm_weight"], metrics["dev_wer"]) == (
+    assert (metrics["ctc_weight"], metrics["length_bonus"], metrics["lm_weight"], metrics["dev_wer_ungated"]) == (
         best["ctc_weight"], best["length_bonus"], best["lm_weight"], best["mean"])  # fmt: skip
+    # the gate: a row per share above 0; max_wer_rise 0.99 lets the largest share through
+    gates = [r for r in metrics["rows"] if "skip" in r]
+    assert [g["skip"] for g in gates] == [0.5, 0.9] and all(g["skipped"] >= g["skip"] for g in gates)
+    assert gates[0]["confident_ctc"] >= gates[1]["confident_ctc"]  # skipping more takes a lower bar
+    assert (metrics["confident_ctc"], metrics["dev_wer"], metrics["dev_skipped"]) == (
+        gates[1]["confident_ctc"], gates[1]["mean"], gates[1]["skipped"])  # fmt: skip
     # every chunk's readings, scored by the LM too: a rule can be fitted again without decoding
     lm = SentenceLM(tmp_path / "compressor" / "lm.arpa")
     dumped = [json.loads(line) for line in (tmp_path / "out" / "readings.jsonl").read_text().splitlines()]
@@ -489,7 +496,19 @@ def test_transcriber_recipe_picks_the_weights_with_the_lowest_dev_wer(trained, t
     # every rule takes one of the two readings per recording: never better than the oracle
     assert metrics["dev_wer_oracle"] <= min(r["mean"] for r in metrics["rows"])
     written = read_transcriber_config(recipe.out_dir)
-    assert written == replace(whisper, ctc_weight=metrics["ctc_weight"], length_bonus=metrics["length_bonus"], lm_weight=metrics["lm_weight"])
+    assert written == replace(whisper, ctc_weight=metrics["ctc_weight"], length_bonus=metrics["length_bonus"],
+                              lm_weight=metrics["lm_weight"], confident_ctc=metrics["confident_ctc"])  # fmt: skip
+    # the gated rows, again from the dumped readings: the surest chunks take the CTC reading
+    from spokenlm.transcriber import ChunkReadings, Scores, ctc_confidence
+
+    chunks = [ChunkReadings(**{**c, "whisper_scores": Scores(**c["whisper_scores"]), "ctc_scores": Scores(**c["ctc_scores"])})
+              for c in (d["chunks"][0] for d in dumped)]  # fmt: skip
+    sure = [ctc_confidence(c.ctc_scores, c.duration_s, written) >= written.confident_ctc for c in chunks]
+    assert sum(sure) / len(sure) == metrics["dev_skipped"]
+    import jiwer
+
+    again = [c.ctc if s else c.choose(written) for c, s in zip(chunks, sure)]
+    assert jiwer.wer([d["ref"] for d in dumped], again) == pytest.approx(metrics["dev_wer"])
     with pytest.raises(ValueError, match=r"^lm_weights \[0.0, 1.0\]: the compressor in .* has no word LM$"):
         pick(replace(recipe, compressor_dir=config.out_dir + "/compressor"))
     with pytest.raises(ValueError, match="exactly one of encoder_base and encoder_dir"):
@@ -498,6 +517,12 @@ def test_transcriber_recipe_picks_the_weights_with_the_lowest_dev_wer(trained, t
         replace(recipe, ctc_weights=(0.5, 2.0)).validate()
     with pytest.raises(ValueError, match=r"^max_duration_s must be within \[1, 30\]"):
         replace(recipe, max_duration_s=60.0).validate()
+    with pytest.raises(ValueError, match=r"^skip_fractions must be numbers in \[0, 1\), at least one, got \[0.5, 1.0\]$"):
+        replace(recipe, skip_fractions=(0.5, 1.0)).validate()
+    with pytest.raises(ValueError, match=r"^max_wer_rise must be a number in \[0, 1\), got -0.1$"):
+        replace(recipe, max_wer_rise=-0.1).validate()
+    with pytest.raises(ValueError, match=r"^transcriber.confident_ctc is what the recipe picks"):
+        replace(recipe, transcriber=replace(whisper, confident_ctc=-5.0)).validate()
 
 
 def test_transcriber_recipe_names_an_unknown_encoder_base():
