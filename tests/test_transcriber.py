@@ -123,6 +123,50 @@ def test_whisper_leaves_the_chunks_the_ctc_head_is_sure_of(tiny_whisper, example
     assert [r.confident for r in everything.score(waves, texts, log_probs, vocab)] == [True] * 3
 
 
+def test_the_decoder_attends_to_each_chunk_s_frames_and_the_margin():
+    from types import SimpleNamespace
+
+    encoded = np.arange(2 * 1500, dtype=np.float32).reshape(2, 1500, 1)  # each frame holds its own index
+    waves = [np.zeros(16000 * 3), np.zeros(16000 * 1), np.zeros(16000 * 25)]
+    jobs = [(0, 0, 0.0), (0, 1, 5.0), (1, 2, 0.0)]  # (window row, chunk, offset s)
+    whole = SimpleNamespace(config=TranscriberConfig())
+    attended, frames = WhisperTranscriber._attended(whole, encoded, [600, 600, 2500], jobs, waves)
+    assert attended.shape == (3, 1500, 1) and frames == [600, 600, 600]  # the whole window; frames as given per row
+    near = SimpleNamespace(config=TranscriberConfig(attend_margin_s=1.0))
+    attended, frames = WhisperTranscriber._attended(near, encoded, [600, 600, 2500], jobs[:2], waves)
+    # the longest need (chunk 0: 3 s at the start, 1 s after it) sets the length: 200 frames, then the
+    # window's last second (50 frames)
+    assert attended.shape == (2, 250, 1) and frames == [500, 500]
+    assert list(attended[0, :200, 0]) == list(range(0, 200)) and list(attended[0, 200:, 0]) == list(range(1450, 1500))
+    assert list(attended[1, :200, 0]) == list(range(200, 400))  # 1 s (50 frames) of margin before frame 250
+    late = SimpleNamespace(config=TranscriberConfig(attend_margin_s=1.0))
+    attended, _ = WhisperTranscriber._attended(late, encoded, [600], [(0, 1, 28.0)], waves)
+    assert list(attended[0, :, 0]) == list(range(1300, 1500))  # its span (1350-1499) meets the tail: one run of 150 + 50
+    # with a chunk of 25 s every job attends to 1300 + 50 frames
+    attended, frames = WhisperTranscriber._attended(near, encoded, [600, 600, 2500], jobs, waves)
+    assert attended.shape == (3, 1350, 1) and frames == [2700] * 3
+    assert attended[2, 0, 0] == 1500 and attended[2, 1299, 0] == 2799 and attended[2, 1300, 0] == 2950
+    # where a span and the tail would fill the window, every job attends to all of its window
+    wide = SimpleNamespace(config=TranscriberConfig(attend_margin_s=5.0))
+    attended, frames = WhisperTranscriber._attended(wide, encoded, [600, 600, 2500], jobs, waves)
+    assert attended.shape == (3, 1500, 1) and frames == [600, 600, 600]
+
+
+def test_a_margin_as_wide_as_the_window_reads_as_the_whole_window(tiny_whisper_timestamps, example_clips, vocab):
+    config = TranscriberConfig(base=None, path=str(tiny_whisper_timestamps["ct2_float32"]), compute_type="float32",
+                               cpu_threads=1, max_tokens_per_second=1000.0, pack_s=26.0)  # fmt: skip
+    waves = [load_audio(c)[: 3 * 16000] for c in example_clips[:2]] * 2 + [load_audio(example_clips[0])]
+    texts = ["a cat", "the dog", "a dog", "cat", "a"]
+    log_probs = _ctc_inputs(vocab, waves)[1]
+    whole = WhisperTranscriber(config).score(waves, texts, log_probs, vocab)
+    wide = WhisperTranscriber(dataclasses.replace(config, attend_margin_s=30.0)).score(waves, texts, log_probs, vocab)
+    assert [r.whisper for r in wide] == [r.whisper for r in whole]
+    for one, other in zip(wide, whole):
+        assert one.ctc_scores.decoder == pytest.approx(other.ctc_scores.decoder, abs=1e-4, nan_ok=True)
+    near = WhisperTranscriber(dataclasses.replace(config, attend_margin_s=0.5)).score(waves, texts, log_probs, vocab)
+    assert len(near) == 5 and all(math.isfinite(r.ctc_scores.decoder) or r.whisper == r.ctc for r in near)
+
+
 def test_the_ctc_confidence_is_per_second_with_the_rules_lm_weight():
     scores = Scores(ctc=-10.0, decoder=math.nan, lm=-4.0)
     assert ctc_confidence(scores, 2.0, TranscriberConfig(lm_weight=0.5)) == -6.0  # (-10 - 2) / 2 s
@@ -331,6 +375,8 @@ def test_the_word_lm_tells_apart_what_both_models_hear_alike():
         ({"pack_s": 31}, "pack_s must be 0 (one chunk per window) or within [5, 30] seconds, got 31"),
         ({"pack_gap_s": 0.0}, "pack_gap_s must be within [0.2, 5] seconds, got 0.0"),
         ({"bf16_encoder": "yes"}, "bf16_encoder must be true or false, got 'yes'"),
+        ({"attend_margin_s": 0.0}, "attend_margin_s must be null or within [0.2, 30] seconds, got 0.0"),
+        ({"attend_margin_s": True}, "attend_margin_s must be null or within [0.2, 30] seconds, got True"),
         ({"confident_ctc": 0.5}, "confident_ctc must be null or a log-likelihood per second in [-1000, 0], got 0.5"),
         ({"confident_ctc": float("nan")}, "confident_ctc must be null or a log-likelihood per second in [-1000, 0], got nan"),
         ({"confident_ctc": "-5"}, "confident_ctc must be null or a log-likelihood per second in [-1000, 0], got '-5'"),
