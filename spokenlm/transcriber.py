@@ -39,6 +39,13 @@ reading runs well into its neighbour's ("4, 9, 2" as one segment of three digits
 Its decoder scores are the forced log-probabilities of each text after that timestamp, on the
 shared window.
 
+Two settings spend less of Whisper's time. `attend_margin_s`: the decoder attends to the chunk's own
+frames with a margin either side (and the window's last second, `TAIL_S`) instead of the whole
+window; CTranslate2 computes the cross-attention keys and values of every decoding job over all the
+frames it attends, which over 1500 frames costs several times the decoding of a short reading.
+`confident_ctc`: a chunk whose CTC transcript the CTC head and the word LM are sure of
+(`ctc_confidence`) is not read by Whisper at all.
+
 Decoding is CTranslate2's through faster-whisper's pieces (mel features, tokenizer, the suppressed
 tokens), a pinned dependency already (the ASR peer users would pick): greedy at temperature 0 without
 timestamps, like `WhisperModel.transcribe(temperature=0, without_timestamps=True)` on one window, but
