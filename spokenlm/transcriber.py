@@ -593,7 +593,8 @@ def ctc_confidence(scores: Scores, duration_s: float, config: TranscriberConfig)
     (CTC log-likelihood + lm_weight * word-LM log-probability) per second of audio, the duration
     floored at 0.5 s. `confident_ctc` gates Whisper on it. Per second, not per character: a
     transcript that leaves speech out scores no better for being short. On the stop-26 dev readings,
-    with the LM term, skipping the surest 40 % of chunks cost 0.0016 WER; per character, 0.0058."""
+    skipping the surest 40 % of chunks cost 0.0016 WER by this measure, 0.0037 without the LM term,
+    0.0058 per character."""
     lm = config.lm_weight * scores.lm if config.lm_weight > 0 else 0.0
     return (scores.ctc + lm) / max(duration_s, 0.5)
 
