@@ -31,6 +31,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
@@ -200,10 +201,12 @@ def train(config: TranscriberRecipeConfig) -> dict:
     return metrics
 
 
-def gate_rows(readings: dict[str, list[list[ChunkReadings]]], rule: TranscriberConfig, fractions, wers) -> list[dict]:
+def gate_rows(readings: dict[str, list[list[ChunkReadings]]], rule: TranscriberConfig, fractions: Sequence[float],
+              wers: Callable[[Callable[[str, ChunkReadings], str]], dict[str, float]]) -> list[dict]:  # fmt: skip
     """One row per share q > 0 of `fractions`: the `confident_ctc` threshold that keeps the surest q
-    of the dev chunks from Whisper, the share it skips (ties may add some), and the WERs (`wers`, of
-    a `pick(ref, chunk)`) of the transcripts the rule then takes."""
+    of the dev chunks from Whisper, the share it skips (ties may add some; a threshold is at least
+    -1000, so chunks with no CTC path are never skipped), and the WERs (`wers`, of a
+    `pick(ref, chunk)`) of the transcripts the rule then takes."""
     from spokenlm.transcriber import ctc_confidence
 
     chunks = [c for rs in readings.values() for recording in rs for c in recording]
@@ -213,7 +216,7 @@ def gate_rows(readings: dict[str, list[list[ChunkReadings]]], rule: TranscriberC
     for q in sorted(set(fractions)):
         if q <= 0 or not surest:
             continue
-        threshold = min(surest[max(math.ceil(q * len(surest)) - 1, 0)], 0.0)
+        threshold = min(max(surest[max(math.ceil(q * len(surest)) - 1, 0)], -1000.0), 0.0)  # TranscriberConfig's range
         sure = {key for key, value in confidence.items() if value >= threshold}
         rows.append({"setting": f"skip {q:.0%} (confident_ctc={threshold:.3f})", "skip": q, "confident_ctc": threshold,
                      "skipped": len(sure) / len(chunks),

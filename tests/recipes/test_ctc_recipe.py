@@ -525,6 +525,26 @@ def test_transcriber_recipe_picks_the_weights_with_the_lowest_dev_wer(trained, t
         replace(recipe, transcriber=replace(whisper, confident_ctc=-5.0)).validate()
 
 
+def test_the_gate_rows_skip_the_surest_chunks_and_never_a_hopeless_one():
+    from spokenlm.recipes.transcriber import gate_rows
+    from spokenlm.transcriber import ChunkReadings, Scores, TranscriberConfig
+
+    def chunk(ctc_ll, text):  # Whisper read "x"; the CTC head `text`, with log-likelihood `ctc_ll` over 1 s
+        return [ChunkReadings(whisper="x", ctc=text, whisper_scores=Scores(-1.0, -1.0), ctc_scores=Scores(ctc_ll, -9.0),
+                              whisper_tokens=1, whisper_logprob=-0.1, duration_s=1.0)]  # fmt: skip
+
+    readings = {"m": [chunk(-1.0, "a"), chunk(-5.0, "b"), chunk(-20.0, "c"), chunk(-math.inf, "d")]}
+    taken = []
+
+    def wers(pick):
+        taken.append([pick("", c[0]) for c in readings["m"]])
+        return {"mean": 0.0}
+
+    rows = gate_rows(readings, TranscriberConfig(), [0.0, 0.5, 0.99], wers)
+    assert [(r["skip"], r["confident_ctc"], r["skipped"]) for r in rows] == [(0.5, -5.0, 0.5), (0.99, -1000.0, 0.75)]
+    assert taken == [["a", "b", "x", "x"], ["a", "b", "c", "x"]]  # the surest take the CTC reading; -inf never
+
+
 def test_transcriber_recipe_names_an_unknown_encoder_base():
     from spokenlm.recipes.transcriber import TranscriberRecipeConfig
 
