@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from spokenlm.lm import DraftLM, GenerationConfig, LookupDraft, SpeechLLM, build_llm, speculative_generate
+from spokenlm.lm import DraftLM, GenerationConfig, LLMSpeedups, LookupDraft, SpeechLLM, build_llm, speculative_generate
 from spokenlm.tokenizer import train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,8 +155,6 @@ def bundle_requests(args) -> dict[str, list[tuple[torch.Tensor, "TaskRequest"]]]
 def bench_bundle(model_dir: Path, args) -> dict[str, dict] | None:
     """Per task: plain and speculative greedy decoding of each (clip, request), batch 1, timed."""
     from spokenlm.model import load_bundle, request_prompts
-
-    from spokenlm.lm import LLMSpeedups
 
     model = load_bundle(model_dir, speedups=LLMSpeedups.parse(args.speedups))
     plain_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=0)

@@ -343,11 +343,13 @@ class WhisperTranscriber:
                                          duration_s=len(wav) / SAMPLE_RATE, confident=True))  # fmt: skip
                 continue
             read = reads[i]
+            # where Whisper read what the CTC head read, its text is already scored
+            whisper_scores = (ctc_scores[i] if read.text == text else
+                              Scores(ctc=ctc_log_likelihood(log_probs, read.text, vocab), decoder=math.nan, lm=lm_score(read.text)))  # fmt: skip
             out.append(ChunkReadings(
                 whisper=read.text, ctc=text, whisper_tokens=read.tokens, whisper_logprob=read.logprob,
                 duration_s=len(wav) / SAMPLE_RATE, packed=read.packed,
-                whisper_scores=Scores(ctc=ctc_log_likelihood(log_probs, read.text, vocab), decoder=read.decoder[0],
-                                      lm=lm_score(read.text)),
+                whisper_scores=dataclasses.replace(whisper_scores, decoder=read.decoder[0]),
                 ctc_scores=dataclasses.replace(ctc_scores[i], decoder=read.decoder[1]),
             ))  # fmt: skip
         return out
