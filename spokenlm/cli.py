@@ -109,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
                         "and the prompt takes the reading both models prefer; none: the CTC transcript only")  # fmt: skip
     bundle.add_argument("--asr-from-transcript", choices=("on", "off"),
                         help="on: ASR requests get the prompt's transcript instead of the LLM's rewrite of it")
+    bundle.add_argument("--head", metavar="DIR", action="append", default=[],
+                        help="a task head (the heads recipe's OUT/head): its task is answered by the head over the "
+                        "LLM's reading of the prompt instead of decoded; repeatable")  # fmt: skip
+    bundle.add_argument("--drop-head", metavar="TASK", action="append", default=[],
+                        help="take that task's head away: the LLM decodes it again")
 
     demo = commands.add_parser("demo", help="run every task on the example clips")
     demo.add_argument("--model", help="a bundle (default: models/default, else the best trained part, else an untrained one)")
@@ -168,12 +173,18 @@ def _sigterm_as_interrupt(enabled: bool):
 
 
 def _bundle(args: argparse.Namespace) -> int:
-    from spokenlm.model import read_bundle_meta, set_bundle_asr_from_transcript, set_bundle_transcriber
+    from spokenlm.model import (
+        drop_bundle_head, read_bundle_meta, set_bundle_asr_from_transcript, set_bundle_head, set_bundle_transcriber,
+    )  # fmt: skip
     from spokenlm.transcriber import read_transcriber_config
 
-    if args.transcriber is None and args.asr_from_transcript is None:
-        raise ValueError("bundle set: give --transcriber and/or --asr-from-transcript")
+    if args.transcriber is None and args.asr_from_transcript is None and not args.head and not args.drop_head:
+        raise ValueError("bundle set: give --transcriber, --asr-from-transcript, --head and/or --drop-head")
     read_bundle_meta(args.model)
+    for task in args.drop_head:
+        drop_bundle_head(args.model, task)
+    for head in args.head:
+        set_bundle_head(args.model, head)
     if args.transcriber is not None:
         config = None if args.transcriber == "none" else read_transcriber_config(args.transcriber)
         set_bundle_transcriber(args.model, config)
@@ -181,7 +192,8 @@ def _bundle(args: argparse.Namespace) -> int:
         set_bundle_asr_from_transcript(args.model, args.asr_from_transcript == "on")
     meta = read_bundle_meta(args.model)
     print(json.dumps({"transcriber": meta.get("transcriber"),
-                      "asr_from_transcript": meta["llm"].get("asr_from_transcript", False)}))  # fmt: skip
+                      "asr_from_transcript": meta["llm"].get("asr_from_transcript", False),
+                      "heads": meta["llm"].get("heads") or {}}))  # fmt: skip
     return 0
 
 

@@ -92,6 +92,9 @@ class SpeechLLM(nn.Module):
         # ASR requests are answered with the prompt's transcript instead of decoded (`decode_speech`):
         # a bundle sets it where that transcript scored better on dev than the LLM's rewrite of it.
         self.asr_from_transcript = asr_from_transcript
+        # task -> spokenlm.heads.TaskHead: those tasks are answered by a classifier over this LLM's
+        # reading of the prompt (`prompt_states`) instead of decoded; a bundle records them.
+        self.heads: dict = {}
         if tokenizer.convert_tokens_to_ids(AUDIO_TOKEN) in (None, tokenizer.unk_token_id):
             raise ValueError(f"tokenizer has no {AUDIO_TOKEN} token; build the LLM with load_llm or build_llm")
         if tokenizer.pad_token_id is None:
@@ -244,6 +247,24 @@ class SpeechLLM(nn.Module):
         scored = labels != IGNORE_INDEX  # (B, L-1)
         logits = head(hidden[scored]).float()  # (n_targets, V)
         return F.cross_entropy(logits, labels[scored])
+
+    # ---- reading a prompt ----------------------------------------------------------------------------
+
+    def prompt_states(
+        self, prompts: Sequence[str], speech: Tensor | None, speech_lengths: Tensor | None, pooling: str
+    ) -> Tensor:
+        """(B, D) float last-layer hidden states of each prompt (speech spliced in as for `generate`),
+        pooled by `spokenlm.heads.pool_states` ("last" or "mean"): what a task head reads."""
+        from spokenlm.heads import pool_states
+
+        embeds, mask = self.embed_prompts(prompts, speech, speech_lengths)
+        inputs = dict(inputs_embeds=embeds, attention_mask=mask, position_ids=_position_ids(mask), use_cache=False)
+        parts = _decoder_and_head(self.model)
+        if parts is None:
+            hidden = self.model(**inputs, output_hidden_states=True).hidden_states[-1]
+        else:
+            hidden = parts[0](**inputs).last_hidden_state
+        return pool_states(hidden.float(), mask, pooling)
 
     # ---- decoding ----------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ from spokenlm.encoders.dinosr import DinoSREncoderConfig
 from spokenlm.encoders.sylber import SylberEncoderConfig
 from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig, load_wav2vec2_encoder
 from spokenlm.encoders.whisper import WhisperEncoderConfig, load_whisper_encoder
+from spokenlm.heads import HeadError, TaskHead, load_head, read_head_config, save_head
 from spokenlm.lm import (
     DraftLM,
     GenerationConfig,
@@ -103,10 +105,11 @@ from spokenlm.transcriber import (
 
 __all__ = [
     "BundleError", "BundleInfo", "ChunkBatch", "LLMConfig", "Pretrained", "RunOutput", "SpeechLM", "SpeechLMConfig",
-    "SpeechTokens", "build_speechlm", "bundle_bases", "decode_speech", "encode_chunks", "join_chunks",
+    "SpeechTokens", "build_speechlm", "bundle_bases", "decode_speech", "drop_bundle_head", "encode_chunks", "join_chunks",
     "load_bundle", "load_bundle_compressor", "load_bundle_draft", "load_bundle_encoder", "load_bundle_llm",
     "load_bundle_transcriber", "load_bundle_transcriber_config", "locate_entities", "locate_text",
-    "read_bundle_meta", "request_prompts", "save_bundle", "set_bundle_asr_from_transcript", "set_bundle_transcriber",
+    "read_bundle_meta", "request_prompts", "save_bundle", "set_bundle_asr_from_transcript", "set_bundle_head",
+    "set_bundle_transcriber",
     "stream_speech",
 ]  # fmt: skip
 
@@ -326,7 +329,7 @@ def decode_speech(
     """
     t0 = time.perf_counter()
     rows = list(range(len(requests))) if recording is None else list(recording)
-    texts = _transcript_answers(llm, speech, requests, rows)
+    texts = _direct_answers(llm, speech, requests, rows)
     todo = [k for k, text in enumerate(texts) if text is None]  # what the LLM decodes
     if todo:
         prompts, projected, lengths, draft, rows = _decoding_inputs(llm, speech, requests, generation, rows, draft)
@@ -340,16 +343,34 @@ def decode_speech(
     return _run_outputs(requests, texts, speech, rows, (time.perf_counter() - t0) * 1e3)
 
 
-def _transcript_answers(llm: SpeechLLM, speech: SpeechTokens, requests, rows: list[int]) -> list[str | None]:
-    """Per request, its answer when the prompt's transcript is the answer (an ASR request and
-    `llm.asr_from_transcript`), else None (the LLM decodes it)."""
-    if not llm.asr_from_transcript or not any(r.task == "asr" for r in requests):
-        return [None] * len(requests)
-    texts = speech.prompt_texts if speech.prompt_texts is not None else speech.transcripts
-    if texts is None:
-        raise ValueError("this bundle answers ASR with the prompt's transcript, but the compressor gave none")
-    _check_recording(rows, len(requests), len(speech.durations_s))
-    return [texts[i] if r.task == "asr" else None for r, i in zip(requests, rows)]
+def _direct_answers(llm: SpeechLLM, speech: SpeechTokens, requests, rows: list[int]) -> list[str | None]:
+    """Per request, its answer text where the bundle answers without decoding: the prompt's
+    transcript for ASR (`llm.asr_from_transcript`), a task head's labels for a task with one
+    (`llm.heads`); else None (the LLM decodes it)."""
+    answers: list[str | None] = [None] * len(requests)
+    if llm.asr_from_transcript and any(r.task == "asr" for r in requests):
+        texts = speech.prompt_texts if speech.prompt_texts is not None else speech.transcripts
+        if texts is None:
+            raise ValueError("this bundle answers ASR with the prompt's transcript, but the compressor gave none")
+        _check_recording(rows, len(requests), len(speech.durations_s))
+        answers = [texts[i] if r.task == "asr" else None for r, i in zip(requests, rows)]
+    for task, head in llm.heads.items():
+        todo = [k for k, r in enumerate(requests) if r.task == task]
+        if not todo:
+            continue
+        if speech.projected is None:
+            raise ValueError("a task head reads adapted speech (SpeechTokens.projected); run the adapter first (adapt)")
+        _check_recording(rows, len(requests), len(speech.durations_s))
+        chosen = [rows[k] for k in todo]
+        prompts = request_prompts(llm, [requests[k] for k in todo], speech.char_times, chosen,
+                                  prompt_texts=speech.prompt_texts)  # fmt: skip
+        device = next(llm.parameters()).device
+        index = torch.tensor(chosen, device=speech.projected.device)
+        projected, lengths = speech.projected[index].to(device), speech.lengths.to(speech.projected.device)[index].to(device)
+        states = llm.prompt_states(prompts, projected, lengths, head.config.pooling)
+        for k, text in zip(todo, head.answer(states)):
+            answers[k] = text
+    return answers
 
 
 def stream_speech(
@@ -364,8 +385,8 @@ def stream_speech(
     """`decode_speech` of one request, as it is decoded: each new piece of text (a UTF-8 character is
     never split), then the RunOutput. Beam search gives its text at the end (its best prefix changes)."""
     t0 = time.perf_counter()
-    given = _transcript_answers(llm, speech, [request], [recording])
-    if given[0] is not None:  # the transcript is the answer: all of it at once
+    given = _direct_answers(llm, speech, [request], [recording])
+    if given[0] is not None:  # the transcript or a head is the answer: all of it at once
         if given[0]:
             yield given[0]
         yield _run_outputs([request], given, speech, [recording], (time.perf_counter() - t0) * 1e3)[0]
@@ -573,6 +594,9 @@ def save_bundle(
         llm_meta = {"base": llm_base.to_json(), "lora": "lora" if has_lora else None}
     llm_meta["prompt_transcript"] = model.llm.prompt_transcript
     llm_meta["asr_from_transcript"] = model.llm.asr_from_transcript
+    llm_meta["heads"] = {task: f"heads/{task}" for task in sorted(model.llm.heads)}
+    for task, head in model.llm.heads.items():
+        save_head(head, path / "heads" / task)
     if has_lora:
         save_lora(model.llm, path / "lora")
     if weights_dtype is not None:
@@ -718,7 +742,23 @@ def load_bundle_llm(path: str | Path) -> SpeechLLM:
         llm = load_lora(llm, Path(path) / part["lora"])
     llm.prompt_transcript = bool(part.get("prompt_transcript", False))
     llm.asr_from_transcript = bool(part.get("asr_from_transcript", False))
+    for task, rel in (part.get("heads") or {}).items():
+        llm.heads[task] = _bundle_head(path, task, rel, llm.model_dim)
     return llm.eval()
+
+
+def _bundle_head(path: str | Path, task: str, rel: str, model_dim: int) -> TaskHead:
+    where = Path(path) / rel
+    try:
+        head = load_head(where)
+    except HeadError as e:
+        raise BundleError(f"{path}: its {task} head: {e}") from e
+    if head.config.task != task:
+        raise BundleError(f"{path}: the head at {rel} answers {head.config.task!r}, not {task!r}")
+    if head.config.model_dim != model_dim:
+        raise BundleError(f"{path}: the {task} head reads states of size {head.config.model_dim}, "
+                          f"but the bundle's LLM has model_dim {model_dim}")  # fmt: skip
+    return head
 
 
 def load_bundle_transcriber_config(path: str | Path) -> TranscriberConfig | None:
@@ -764,6 +804,44 @@ def set_bundle_asr_from_transcript(path: str | Path, on: bool) -> None:
     if on and not meta.get("llm", {}).get("prompt_transcript"):
         raise BundleError(f"{path}: its LLM reads no transcript in the prompt; there is none to answer ASR with")
     meta["llm"]["asr_from_transcript"] = bool(on)
+    (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def set_bundle_head(path: str | Path, head_dir: str | Path) -> str:
+    """Give a saved bundle a task head (a `spokenlm.heads.save_head` directory, copied into the
+    bundle's heads/<task>/); that task is then answered by it. Returns the task."""
+    meta = read_bundle_meta(path)
+    try:
+        config = read_head_config(head_dir)
+        load_head(head_dir)  # its weights must read too
+    except HeadError as e:
+        raise BundleError(str(e)) from e
+    model_dim = int(meta["adapter"]["output_dim"])  # the adapter feeds the LLM: its output is the LLM's width
+    if config.model_dim != model_dim:
+        raise BundleError(f"{head_dir}: the head reads states of size {config.model_dim}, but {path}'s LLM has "
+                          f"model_dim {model_dim}")  # fmt: skip
+    if config.task not in meta.get("tasks", []):
+        raise BundleError(f"{path}: the bundle does not do {config.task!r}; its tasks are {meta.get('tasks')}")
+    target = Path(path) / "heads" / config.task
+    if target.resolve() != Path(head_dir).resolve():
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        for name in ("head.json", "head.safetensors"):
+            shutil.copyfile(Path(head_dir) / name, target / name)
+    meta["llm"]["heads"] = {**(meta["llm"].get("heads") or {}), config.task: f"heads/{config.task}"}
+    (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return config.task
+
+
+def drop_bundle_head(path: str | Path, task: str) -> None:
+    """Take a task's head away from a saved bundle: the LLM decodes that task again."""
+    meta = read_bundle_meta(path)
+    heads = dict(meta["llm"].get("heads") or {})
+    if task not in heads:
+        raise BundleError(f"{path}: has no {task!r} head; its heads: {sorted(heads) or 'none'}")
+    del heads[task]
+    shutil.rmtree(Path(path) / "heads" / task, ignore_errors=True)
+    meta["llm"]["heads"] = heads
     (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 

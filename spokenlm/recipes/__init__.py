@@ -18,6 +18,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "ctc-lm": ("spokenlm.recipes.ctc_lm", "CTCLMConfig"),
     "transcriber": ("spokenlm.recipes.transcriber", "TranscriberRecipeConfig"),
     "speechlm": ("spokenlm.recipes.speechlm", "SpeechLMTrainConfig"),
+    "heads": ("spokenlm.recipes.heads", "HeadsRecipeConfig"),
 }
 
 

@@ -1,0 +1,217 @@
+"""Recipe `heads`: a task head (`spokenlm.heads`) for a trained bundle's closed-set task.
+
+    spokenlm train heads --config configs/heads.yaml
+    spokenlm bundle set BUNDLE --head OUT/head          # the bundle then answers the task with it
+
+1. Read every utterance of the task in the train, dev and test splits as the bundle runs: its
+   encoder, compressor and transcriber, then its LLM (with LoRA) over the task's own prompt. Keep the
+   LLM's last-layer states pooled both ways (`spokenlm.heads.POOLINGS`). The states of a split go to
+   OUT/states-<split>.safetensors (with their ids in states-<split>.json) as soon as it is read: a
+   rerun reads only what is missing.
+2. For every (pooling, c, threshold) of the grid, fit a head on the train states (L2 logistic
+   regression) and score it on dev with the task's SLUE metric. Keep the best; a tie keeps the earlier.
+3. Score the kept head on the test splits, beside the bundle's own decoded answers on the same dev
+   and test items (greedy), so the report says what the head changes.
+4. Write OUT/head (`spokenlm.heads.save_head`), metrics.json, metrics.jsonl and loss.png (the train
+   and dev log-loss of each grid point, in grid order).
+
+No gradient steps and no worker split: the states are one forward per utterance, the fit is
+scikit-learn's on 2 cores (seconds). The LLM and its LoRA stay as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from spokenlm.heads import HEAD_LABELS, MULTI_LABEL, POOLINGS, TaskHead, TaskHeadConfig, fit_head, save_head
+
+_LABEL_KEY = {"dialog-act": "dialog_acts", "sentiment": "sentiment"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadsRecipeConfig:
+    out_dir: str
+    bundle: str  # the trained bundle whose LLM reads the prompts; `spokenlm bundle set` gives it the head
+    manifest: str | tuple[str, ...]
+    task: str = "dialog-act"  # a key of spokenlm.heads.HEAD_LABELS
+    train_split: str = "fine-tune"
+    dev_split: str = "dev"
+    test_splits: tuple[str, ...] = ("test",)
+    poolings: tuple[str, ...] = POOLINGS
+    cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)  # inverse L2 strength over standardised states
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5)  # multi-label tasks only
+    max_duration_s: float = 30.0
+    batch_size: int = 16  # utterances per bundle call
+    max_new_tokens: int = 32  # for the bundle's decoded answers (the baseline)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.task not in HEAD_LABELS:
+            raise ValueError(f"no head for task {self.task!r}; heads answer {sorted(HEAD_LABELS)}")
+        if not self.poolings or any(p not in POOLINGS for p in self.poolings):
+            raise ValueError(f"poolings must be some of {POOLINGS}, got {list(self.poolings)!r}")
+        if not self.cs or not all(isinstance(c, (int, float)) and math.isfinite(c) and c > 0 for c in self.cs):
+            raise ValueError(f"cs must be positive finite numbers, at least one, got {list(self.cs)!r}")
+        if not self.thresholds or not all(isinstance(t, (int, float)) and 0 < t < 1 for t in self.thresholds):
+            raise ValueError(f"thresholds must be numbers in (0, 1), at least one, got {list(self.thresholds)!r}")
+        splits = (self.train_split, self.dev_split, *self.test_splits)
+        if len(set(splits)) != len(splits):
+            raise ValueError(f"train, dev and test splits must differ, got {list(splits)}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not self.max_duration_s > 0:
+            raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s}")
+
+    def grid(self) -> list[tuple[str, float, float]]:
+        """Every (pooling, c, threshold) in the order tried (a tie keeps the earlier)."""
+        thresholds = self.thresholds if self.task in MULTI_LABEL else (0.5,)
+        return [(p, float(c), float(t)) for p in self.poolings for c in self.cs for t in thresholds]
+
+
+def label_sets(task: str, labels: list[dict]) -> list[tuple[str, ...]]:
+    """Each utterance's labels as a set the head predicts: dialog acts as listed, a sentiment alone."""
+    key = _LABEL_KEY[task]
+    return [tuple(x[key]) if task in MULTI_LABEL else (x[key],) for x in labels]
+
+
+def task_score(task: str, labels: list[dict], answers: list[str]) -> dict[str, float]:
+    """The task's SLUE scores (`spokenlm.recipes.speechlm.score_task`) of answer texts, as parsed."""
+    from spokenlm.recipes.speechlm import Item, score_task
+    from spokenlm.tasks import TaskRequest, parse_output
+
+    request = TaskRequest(task=task)
+    items = [Item(None, request, x) for x in labels]  # score_task reads the labels only
+    return score_task(task, items, [parse_output(request, a) for a in answers])
+
+
+def head_loss(head: TaskHead, states: Tensor, sets: list[tuple[str, ...]]) -> float:
+    """Mean log-loss of a head on states with their label sets: binary per label (multi-label) or
+    categorical."""
+    with torch.no_grad():
+        logits = head(states).double()
+    names = head.config.label_names
+    if head.config.task in MULTI_LABEL:
+        target = torch.tensor([[n in s for n in names] for s in sets], dtype=torch.float64)
+        return float(F.binary_cross_entropy_with_logits(logits, target))
+    return float(F.cross_entropy(logits, torch.tensor([names.index(s[0]) for s in sets])))
+
+
+@torch.inference_mode()
+def read_states(model, utts, task: str, *, batch_size: int, decode: bool, max_new_tokens: int) -> dict:
+    """The bundle's reading of each utterance's `task` prompt: pooled states {pooling: (N, D)}, the
+    prompt transcripts, and (decode=True) the bundle's own decoded answers."""
+    from spokenlm.lm import GenerationConfig
+    from spokenlm.model import request_prompts
+    from spokenlm.tasks import TaskRequest
+    from spokenlm.train.data import AudioCache
+
+    audio = AudioCache()
+    llm = model.llm
+    pooled = {p: [] for p in POOLINGS}
+    texts, answers = [], []
+    generation = GenerationConfig(strategy="greedy", max_new_tokens=max_new_tokens)
+    order = sorted(range(len(utts)), key=lambda k: utts[k].duration_s)  # similar lengths together: little padding
+    for first in range(0, len(order), batch_size):
+        group = [utts[k] for k in order[first : first + batch_size]]
+        speech = model.encode_recordings([audio.get(u) for u in group])
+        requests = [TaskRequest(task=task)] * len(group)
+        prompts = request_prompts(llm, requests, speech.char_times, prompt_texts=speech.prompt_texts)
+        for pooling in POOLINGS:  # two forwards of a short prompt: cheaper than keeping (B, L, D) states twice
+            pooled[pooling].append(llm.prompt_states(prompts, speech.projected, speech.lengths, pooling))
+        texts += list(speech.prompt_texts or speech.transcripts or [""] * len(group))
+        if decode:
+            answers += [o.text for o in llm.generate(prompts, speech.projected, speech.lengths, generation)]
+    back = sorted(range(len(order)), key=lambda j: order[j])  # row j of the reading order is utts[order[j]]
+    return {"states": {p: torch.cat(v)[back] for p, v in pooled.items()}, "texts": [texts[j] for j in back],
+            "answers": [answers[j] for j in back] if decode else []}  # fmt: skip
+
+
+def _split_states(out: Path, split: str, model, utts, config: HeadsRecipeConfig, decode: bool) -> dict:
+    """A split's states, from OUT/states-<split>.* when they were read before for the same utterances."""
+    from safetensors.torch import load_file, save_file
+
+    tensors, info = out / f"states-{split}.safetensors", out / f"states-{split}.json"
+    ids = [u.id for u in utts]
+    if tensors.is_file() and info.is_file():
+        meta = json.loads(info.read_text())
+        if meta["ids"] == ids and meta["bundle"] == config.bundle and (meta["answers"] or not decode):
+            return {"states": load_file(str(tensors)), "texts": meta["texts"], "answers": meta["answers"]}
+    read = read_states(model, utts, config.task, batch_size=config.batch_size, decode=decode,
+                       max_new_tokens=config.max_new_tokens)  # fmt: skip
+    save_file({p: s.contiguous() for p, s in read["states"].items()}, str(tensors))
+    info.write_text(json.dumps({"bundle": config.bundle, "ids": ids, "texts": read["texts"], "answers": read["answers"]}))
+    return read
+
+
+def train(config: HeadsRecipeConfig) -> dict:
+    from spokenlm.model import load_bundle
+    from spokenlm.train.data import id_hash_order, read_manifest
+    from spokenlm.train.loop import MetricsLog, world_size
+
+    config.validate()
+    if world_size() > 1:
+        raise ValueError("heads fits with scikit-learn: run it without --workers")
+    started = time.monotonic()
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = (config.train_split, config.dev_split, *config.test_splits)
+    utts = read_manifest(config.manifest, splits=splits, tasks=(config.task,), max_duration_s=config.max_duration_s)
+    by_split = {s: id_hash_order([u for u in utts if u.split == s]) for s in splits}
+    for split in (config.train_split, config.dev_split):
+        if not by_split[split]:
+            raise ValueError(f"{config.manifest}: no {config.task} utterances in {split!r}")
+    model = load_bundle(config.bundle).eval()
+    if config.task not in model.info.tasks:
+        raise ValueError(f"{config.bundle} does not do {config.task!r}; its tasks are {list(model.info.tasks)}")
+    model.llm.heads = {}  # the states and the baseline answers are the LLM's own, whatever heads the bundle has
+    read = {s: _split_states(out, s, model, by_split[s], config, decode=s != config.train_split)
+            for s in splits if by_split[s]}  # fmt: skip
+    read_minutes = (time.monotonic() - started) / 60
+    labels = {s: [u.labels for u in by_split[s]] for s in read}
+    sets = {s: label_sets(config.task, labels[s]) for s in read}
+    headline = "accuracy" if config.task == "dialog-act" else "macro_f1"
+
+    (out / "metrics.jsonl").unlink(missing_ok=True)  # the grid is refitted whole on every run
+    metrics, grid = MetricsLog(out), []
+    for k, (pooling, c, threshold) in enumerate(config.grid()):
+        head_config = TaskHeadConfig(task=config.task, model_dim=model.llm.model_dim, pooling=pooling, threshold=threshold)
+        head = fit_head(head_config, read[config.train_split]["states"][pooling], sets[config.train_split], c=c,
+                        seed=config.seed)  # fmt: skip
+        dev = task_score(config.task, labels[config.dev_split], head.answer(read[config.dev_split]["states"][pooling]))
+        row = {"pooling": pooling, "c": c, "threshold": threshold, "dev": dev,
+               "train_loss": head_loss(head, read[config.train_split]["states"][pooling], sets[config.train_split]),
+               "dev_loss": head_loss(head, read[config.dev_split]["states"][pooling], sets[config.dev_split])}  # fmt: skip
+        grid.append((row, head))
+        metrics.log(k, loss=row["train_loss"], val_loss=row["dev_loss"], **{f"dev_{headline}": dev[headline]})
+    best_row, best = max(grid, key=lambda rh: (rh[0]["dev"][headline], -grid.index(rh)))
+    pooling = best.config.pooling
+
+    def scores(split: str) -> dict:
+        return {"head": task_score(config.task, labels[split], best.answer(read[split]["states"][pooling])),
+                "decoded": task_score(config.task, labels[split], read[split]["answers"]),
+                "items": len(labels[split])}  # fmt: skip
+
+    held_out = {s: scores(s) for s in (config.dev_split, *config.test_splits) if s in read}
+    summary = {
+        "task": config.task, "bundle": config.bundle, "headline": headline,
+        "pick": {k: best_row[k] for k in ("pooling", "c", "threshold")},
+        "splits": held_out,
+        "train_items": len(labels[config.train_split]),
+        "grid": [row for row, _ in grid],
+        "read_minutes": round(read_minutes, 2),
+        "wall_minutes": round((time.monotonic() - started) / 60, 2),
+        "config": dataclasses.asdict(config),
+    }  # fmt: skip
+    save_head(best, out / "head", metrics={"pick": summary["pick"], "splits": held_out, "bundle": config.bundle})
+    metrics.write_summary(summary)
+    metrics.plot(title=f"heads: {config.task} (grid points in order)")
+    return summary
