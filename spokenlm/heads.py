@@ -4,13 +4,14 @@ prompt, instead of by decoding label names.
 SLUE's own baselines classify (Shon et al., 2022, §4: wav2vec2 + a pooled linear head for sentiment;
 SLUE phase 2 does the same for HVB dialog acts). Here the LLM (with its LoRA) reads the same prompt it
 would answer (speech embeddings, the transcript line, the task's instruction); the head reads the LLM's
-last-layer hidden states, pooled over the prompt, and gives the label set. Why: a 135M LLM that decodes
+last-layer hidden states, pooled over the prompt (its last position, the mean of all, or both), and
+gives the label set. Why: a 135M LLM that decodes
 act names confuses neighbouring acts ("acknowledge" / "answer_agree") that a classifier fitted to all
 the training prompts at once separates; the LLM's own weights are untouched, so every other task reads
 exactly as before.
 
 A head is `head.json` (its `TaskHeadConfig` and the metrics it was picked by) + `head.safetensors`
-(weight (num_labels, model_dim), bias (num_labels,)). `spokenlm.recipes.heads` fits one;
+(weight (num_labels, input_dim), bias (num_labels,)). `spokenlm.recipes.heads` fits one;
 `spokenlm bundle set DIR --head PATH` gives it to a bundle, and `spokenlm.model.decode_speech` then
 answers that task's requests with it.
 """
@@ -27,8 +28,8 @@ from torch import Tensor, nn
 
 from spokenlm.tasks import DIALOG_ACTS, SENTIMENTS
 
-Pooling = Literal["last", "mean"]
-POOLINGS: tuple[str, ...] = ("last", "mean")
+Pooling = Literal["last", "mean", "last+mean"]
+POOLINGS: tuple[str, ...] = ("last", "mean", "last+mean")
 # The tasks a head can answer, and their labels: dialog acts are multi-label, sentiment one label.
 HEAD_LABELS: dict[str, tuple[str, ...]] = {"dialog-act": DIALOG_ACTS, "sentiment": SENTIMENTS}
 MULTI_LABEL: frozenset[str] = frozenset({"dialog-act"})
@@ -42,7 +43,8 @@ class HeadError(ValueError):
 class TaskHeadConfig:
     task: str  # a key of HEAD_LABELS
     model_dim: int  # the LLM's hidden size the head reads
-    pooling: Pooling = "mean"  # "last": the prompt's last position (where the reply starts); "mean": all its positions
+    # "last": the prompt's last position (where the reply starts); "mean": all its positions; "last+mean": both, side by side
+    pooling: Pooling = "last+mean"
     threshold: float = 0.5  # multi-label: labels with probability >= this (and always the most likely one)
     labels: tuple[str, ...] = field(default=())  # empty: HEAD_LABELS[task]
 
@@ -63,20 +65,25 @@ class TaskHeadConfig:
     def label_names(self) -> tuple[str, ...]:
         return self.labels or HEAD_LABELS[self.task]
 
+    @property
+    def input_dim(self) -> int:
+        """The width of the pooled states the head reads: model_dim per pooling it joins."""
+        return self.model_dim * len(self.pooling.split("+"))
+
 
 class TaskHead(nn.Module):
-    """Logits (B, num_labels) of pooled LLM states (B, model_dim); `answer` gives the text the task's
+    """Logits (B, num_labels) of pooled LLM states (B, input_dim); `answer` gives the text the task's
     parser reads (`spokenlm.tasks.parse_output`), so a head's result is typed like a decoded one."""
 
     def __init__(self, config: TaskHeadConfig) -> None:
         super().__init__()
         config.validate()
         self.config = config
-        self.linear = nn.Linear(config.model_dim, len(config.label_names))
+        self.linear = nn.Linear(config.input_dim, len(config.label_names))
 
     def forward(self, states: Tensor) -> Tensor:
-        if states.dim() != 2 or states.shape[1] != self.config.model_dim:
-            raise HeadError(f"states must be (B, {self.config.model_dim}), got shape {tuple(states.shape)}")
+        if states.dim() != 2 or states.shape[1] != self.config.input_dim:
+            raise HeadError(f"states must be (B, {self.config.input_dim}), got shape {tuple(states.shape)}")
         return self.linear(states.to(self.linear.weight.dtype))
 
     @torch.no_grad()
@@ -98,9 +105,13 @@ class TaskHead(nn.Module):
 
 def pool_states(hidden: Tensor, attention_mask: Tensor, pooling: Pooling) -> Tensor:
     """(B, L, D) hidden states of LEFT-padded prompts -> (B, D): the last position (real in every
-    row under left padding) or the mean over the real positions."""
+    row under left padding) or the mean over the real positions; "last+mean": (B, 2D), the two joined."""
+    if pooling == "last+mean":
+        return torch.cat([pool_states(hidden, attention_mask, "last"), pool_states(hidden, attention_mask, "mean")], 1)
     if pooling == "last":
         return hidden[:, -1]
+    if pooling != "mean":
+        raise HeadError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     mask = attention_mask[..., None].to(hidden.dtype)  # (B, L, 1)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
@@ -108,14 +119,14 @@ def pool_states(hidden: Tensor, attention_mask: Tensor, pooling: Pooling) -> Ten
 def fit_head(config: TaskHeadConfig, states: Tensor, label_sets: Sequence[Sequence[str]], *, c: float = 1.0,
              seed: int = 0) -> TaskHead:  # fmt: skip
     """A head fitted by L2 logistic regression (scikit-learn: one binary problem per label for
-    multi-label tasks, multinomial otherwise) on states (N, D) with their label sets. Features are
+    multi-label tasks, multinomial otherwise) on states (N, input_dim) with their label sets. Features are
     standardised with the training mean and spread, folded into the linear layer afterwards."""
     from sklearn.linear_model import LogisticRegression
 
     config.validate()
     names = config.label_names
-    if states.dim() != 2 or states.shape[1] != config.model_dim:
-        raise HeadError(f"states must be (N, {config.model_dim}), got shape {tuple(states.shape)}")
+    if states.dim() != 2 or states.shape[1] != config.input_dim:
+        raise HeadError(f"states must be (N, {config.input_dim}), got shape {tuple(states.shape)}")
     if len(label_sets) != states.shape[0]:
         raise HeadError(f"got {states.shape[0]} states but {len(label_sets)} label sets")
     if not c > 0:
@@ -123,7 +134,7 @@ def fit_head(config: TaskHeadConfig, states: Tensor, label_sets: Sequence[Sequen
     x = states.double()
     mean, std = x.mean(dim=0), x.std(dim=0).clamp(min=1e-6)
     z = ((x - mean) / std).numpy()
-    weight = torch.zeros(len(names), config.model_dim, dtype=torch.float64)
+    weight = torch.zeros(len(names), config.input_dim, dtype=torch.float64)
     bias = torch.zeros(len(names), dtype=torch.float64)
     if config.task in MULTI_LABEL:
         for k, name in enumerate(names):

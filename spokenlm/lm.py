@@ -250,13 +250,11 @@ class SpeechLLM(nn.Module):
 
     # ---- reading a prompt ----------------------------------------------------------------------------
 
-    def prompt_states(
-        self, prompts: Sequence[str], speech: Tensor | None, speech_lengths: Tensor | None, pooling: str
-    ) -> Tensor:
-        """(B, D) float last-layer hidden states of each prompt (speech spliced in as for `generate`),
-        pooled by `spokenlm.heads.pool_states` ("last" or "mean"): what a task head reads."""
-        from spokenlm.heads import pool_states
-
+    def prompt_hidden(
+        self, prompts: Sequence[str], speech: Tensor | None, speech_lengths: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Float last-layer hidden states (B, L, D) of the LEFT-padded prompts (speech spliced in as
+        for `generate`) and their attention mask (B, L): one forward, no cache."""
         embeds, mask = self.embed_prompts(prompts, speech, speech_lengths)
         inputs = dict(inputs_embeds=embeds, attention_mask=mask, position_ids=_position_ids(mask), use_cache=False)
         parts = _decoder_and_head(self.model)
@@ -264,7 +262,15 @@ class SpeechLLM(nn.Module):
             hidden = self.model(**inputs, output_hidden_states=True).hidden_states[-1]
         else:
             hidden = parts[0](**inputs).last_hidden_state
-        return pool_states(hidden.float(), mask, pooling)
+        return hidden.float(), mask
+
+    def prompt_states(
+        self, prompts: Sequence[str], speech: Tensor | None, speech_lengths: Tensor | None, pooling: str
+    ) -> Tensor:
+        """`prompt_hidden` pooled by `spokenlm.heads.pool_states`: what a task head reads."""
+        from spokenlm.heads import pool_states
+
+        return pool_states(*self.prompt_hidden(prompts, speech, speech_lengths), pooling)
 
     # ---- decoding ----------------------------------------------------------------------------------
 

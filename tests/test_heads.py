@@ -33,7 +33,7 @@ ACT_SETS = [("thanks",), ("acknowledge", "answer_agree"), ("question_general",)]
 
 
 def test_a_multi_label_head_learns_held_out_label_sets():
-    config = TaskHeadConfig(task="dialog-act", model_dim=16)
+    config = TaskHeadConfig(task="dialog-act", model_dim=16, pooling="mean")
     train_x, train_y = _clusters(120, 16, ACT_SETS, seed=0)
     test_x, test_y = _clusters(60, 16, ACT_SETS, seed=1)
     head = fit_head(config, train_x, train_y, c=1.0)
@@ -47,7 +47,7 @@ def test_a_multi_label_head_learns_held_out_label_sets():
 def test_the_head_matches_scikit_learn_on_the_standardised_states():
     from sklearn.linear_model import LogisticRegression
 
-    config = TaskHeadConfig(task="sentiment", model_dim=8)
+    config = TaskHeadConfig(task="sentiment", model_dim=8, pooling="mean")
     x, y = _clusters(90, 8, [("Negative",), ("Positive",), ("Neutral",)], seed=2)
     x = x * torch.linspace(0.1, 10, 8) + 5  # features on different scales: the standardisation matters
     head = fit_head(config, x, y, c=0.3)
@@ -59,7 +59,7 @@ def test_the_head_matches_scikit_learn_on_the_standardised_states():
 
 
 def test_threshold_and_one_class_edge_cases():
-    head = TaskHead(TaskHeadConfig(task="dialog-act", model_dim=2, threshold=0.4))
+    head = TaskHead(TaskHeadConfig(task="dialog-act", model_dim=2, pooling="mean", threshold=0.4))
     with torch.no_grad():
         head.linear.weight.zero_()
         head.linear.bias.fill_(-5.0)
@@ -69,7 +69,7 @@ def test_threshold_and_one_class_edge_cases():
     head.linear.bias.data[DIALOG_ACTS.index("thanks")] = -1.0  # none at the threshold: the most likely alone
     assert head.predict(torch.zeros(1, 2)) == [("apology",)]
     with pytest.raises(HeadError, match=r"the training labels hold one class only \('Neutral'\): nothing to fit"):
-        fit_head(TaskHeadConfig(task="sentiment", model_dim=2), torch.randn(4, 2), [("Neutral",)] * 4)
+        fit_head(TaskHeadConfig(task="sentiment", model_dim=2, pooling="mean"), torch.randn(4, 2), [("Neutral",)] * 4)
 
 
 def test_pooling_reads_only_the_real_positions_of_left_padded_prompts():
@@ -78,6 +78,9 @@ def test_pooling_reads_only_the_real_positions_of_left_padded_prompts():
     assert torch.equal(pool_states(hidden, mask, "last"), hidden[:, -1])
     mean = pool_states(hidden, mask, "mean")
     assert torch.allclose(mean[0], hidden[0, 2:].mean(0)) and torch.allclose(mean[1], hidden[1].mean(0))
+    assert torch.equal(pool_states(hidden, mask, "last+mean"), torch.cat([hidden[:, -1], mean], dim=1))
+    head = TaskHead(TaskHeadConfig(task="sentiment", model_dim=3, pooling="last+mean"))
+    assert head(pool_states(hidden, mask, "last+mean")).shape == (2, 3)  # reads (B, 2 x model_dim)
 
 
 def test_save_load_round_trip_and_named_errors(tmp_path):
@@ -99,7 +102,7 @@ def test_save_load_round_trip_and_named_errors(tmp_path):
     cases = [
         (dict(task="qa", model_dim=4), r"no head for task 'qa'; heads answer \['dialog-act', 'sentiment'\]"),
         (dict(task="sentiment", model_dim=0), "model_dim must be a positive int, got 0"),
-        (dict(task="sentiment", model_dim=4, pooling="max"), r"pooling must be one of \('last', 'mean'\), got 'max'"),
+        (dict(task="sentiment", model_dim=4, pooling="max"), r"pooling must be one of \('last', 'mean', 'last\+mean'\), got 'max'"),
         (dict(task="dialog-act", model_dim=4, threshold=1.0), r"threshold must be in \(0, 1\), got 1.0"),
         (dict(task="sentiment", model_dim=4, labels=("Happy",)), r"labels \['Happy'\] are not sentiment labels"),
     ]
@@ -129,7 +132,7 @@ def headed(tiny_bundle, tmp_path_factory):
     model = load_bundle(tiny_bundle)
     bundle = save_bundle(model, root / "bundle")
     x, y = _clusters(60, model.llm.model_dim, ACT_SETS, seed=4)
-    save_head(fit_head(TaskHeadConfig(task="dialog-act", model_dim=model.llm.model_dim), x, y), root / "head")
+    save_head(fit_head(TaskHeadConfig(task="dialog-act", model_dim=model.llm.model_dim, pooling="mean"), x, y), root / "head")
     return bundle, root / "head"
 
 
@@ -172,7 +175,7 @@ def test_a_bundle_answers_its_head_task_with_the_head_and_decodes_the_rest(heade
 def test_heads_that_do_not_fit_the_bundle_are_refused(headed, tmp_path):
     bundle, head_dir = headed
     x, y = _clusters(30, 8, ACT_SETS, seed=5)
-    save_head(fit_head(TaskHeadConfig(task="dialog-act", model_dim=8), x, y), tmp_path / "narrow")
+    save_head(fit_head(TaskHeadConfig(task="dialog-act", model_dim=8, pooling="mean"), x, y), tmp_path / "narrow")
     with pytest.raises(BundleError, match=r"the head reads states of size 8, but .*'s LLM has model_dim 64"):
         set_bundle_head(bundle, tmp_path / "narrow")
     with pytest.raises(BundleError, match=r"has no 'sentiment' head; its heads: none"):

@@ -5,7 +5,7 @@
 
 1. Read every utterance of the task in the train, dev and test splits as the bundle runs: its
    encoder, compressor and transcriber, then its LLM (with LoRA) over the task's own prompt. Keep the
-   LLM's last-layer states pooled both ways (`spokenlm.heads.POOLINGS`). The states of a split go to
+   LLM's last-layer states pooled both ways ("last", "mean"; "last+mean" joins them). The states of a split go to
    OUT/states-<split>.safetensors (with their ids in states-<split>.json) as soon as it is read: a
    rerun reads only what is missing.
 2. For every (pooling, c, threshold) of the grid, fit a head on the train states (L2 logistic
@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spokenlm.heads import HEAD_LABELS, MULTI_LABEL, POOLINGS, TaskHead, TaskHeadConfig, fit_head, save_head
+from spokenlm.heads import HEAD_LABELS, MULTI_LABEL, POOLINGS, TaskHead, TaskHeadConfig, fit_head, pool_states, save_head
+
+READ_POOLINGS = ("last", "mean")  # what a split's states file holds; "last+mean" is the two joined
 
 _LABEL_KEY = {"dialog-act": "dialog_acts", "sentiment": "sentiment"}
 
@@ -47,7 +49,7 @@ class HeadsRecipeConfig:
     dev_split: str = "dev"
     test_splits: tuple[str, ...] = ("test",)
     poolings: tuple[str, ...] = POOLINGS
-    cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)  # inverse L2 strength over standardised states
+    cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # inverse L2 strength over standardised states
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5)  # multi-label tasks only
     max_duration_s: float = 30.0
     batch_size: int = 16  # utterances per bundle call
@@ -116,7 +118,7 @@ def read_states(model, utts, task: str, *, batch_size: int, decode: bool, max_ne
 
     audio = AudioCache()
     llm = model.llm
-    pooled = {p: [] for p in POOLINGS}
+    pooled = {p: [] for p in READ_POOLINGS}
     texts, answers = [], []
     generation = GenerationConfig(strategy="greedy", max_new_tokens=max_new_tokens)
     order = sorted(range(len(utts)), key=lambda k: utts[k].duration_s)  # similar lengths together: little padding
@@ -125,8 +127,9 @@ def read_states(model, utts, task: str, *, batch_size: int, decode: bool, max_ne
         speech = model.encode_recordings([audio.get(u) for u in group])
         requests = [TaskRequest(task=task)] * len(group)
         prompts = request_prompts(llm, requests, speech.char_times, prompt_texts=speech.prompt_texts)
-        for pooling in POOLINGS:  # two forwards of a short prompt: cheaper than keeping (B, L, D) states twice
-            pooled[pooling].append(llm.prompt_states(prompts, speech.projected, speech.lengths, pooling))
+        hidden, mask = llm.prompt_hidden(prompts, speech.projected, speech.lengths)
+        for pooling in READ_POOLINGS:
+            pooled[pooling].append(pool_states(hidden, mask, pooling))
         texts += list(speech.prompt_texts or speech.transcripts or [""] * len(group))
         if decode:
             answers += [o.text for o in llm.generate(prompts, speech.projected, speech.lengths, generation)]
@@ -145,8 +148,10 @@ def _split_states(out: Path, split: str, model, utts, config: HeadsRecipeConfig,
         meta = json.loads(info.read_text())
         if meta["ids"] == ids and meta["bundle"] == config.bundle and (meta["answers"] or not decode):
             return {"states": load_file(str(tensors)), "texts": meta["texts"], "answers": meta["answers"]}
+    started = time.monotonic()
     read = read_states(model, utts, config.task, batch_size=config.batch_size, decode=decode,
                        max_new_tokens=config.max_new_tokens)  # fmt: skip
+    print(f"heads: read {len(utts)} {split} utterances in {(time.monotonic() - started) / 60:.1f} min", flush=True)
     save_file({p: s.contiguous() for p, s in read["states"].items()}, str(tensors))
     info.write_text(json.dumps({"bundle": config.bundle, "ids": ids, "texts": read["texts"], "answers": read["answers"]}))
     return read
@@ -175,6 +180,8 @@ def train(config: HeadsRecipeConfig) -> dict:
     model.llm.heads = {}  # the states and the baseline answers are the LLM's own, whatever heads the bundle has
     read = {s: _split_states(out, s, model, by_split[s], config, decode=s != config.train_split)
             for s in splits if by_split[s]}  # fmt: skip
+    for r in read.values():  # as spokenlm.heads.pool_states joins them
+        r["states"]["last+mean"] = torch.cat([r["states"]["last"], r["states"]["mean"]], dim=1)
     read_minutes = (time.monotonic() - started) / 60
     labels = {s: [u.labels for u in by_split[s]] for s in read}
     sets = {s: label_sets(config.task, labels[s]) for s in read}
@@ -182,15 +189,21 @@ def train(config: HeadsRecipeConfig) -> dict:
 
     (out / "metrics.jsonl").unlink(missing_ok=True)  # the grid is refitted whole on every run
     metrics, grid = MetricsLog(out), []
+    fitted: dict[tuple[str, float], TaskHead] = {}  # the threshold only reads the fit: one fit per (pooling, c)
     for k, (pooling, c, threshold) in enumerate(config.grid()):
         head_config = TaskHeadConfig(task=config.task, model_dim=model.llm.model_dim, pooling=pooling, threshold=threshold)
-        head = fit_head(head_config, read[config.train_split]["states"][pooling], sets[config.train_split], c=c,
-                        seed=config.seed)  # fmt: skip
+        if (pooling, c) not in fitted:
+            fitted[pooling, c] = fit_head(head_config, read[config.train_split]["states"][pooling],
+                                          sets[config.train_split], c=c, seed=config.seed)  # fmt: skip
+        head = TaskHead(head_config)
+        head.linear.load_state_dict(fitted[pooling, c].linear.state_dict())
+        head.eval()
         dev = task_score(config.task, labels[config.dev_split], head.answer(read[config.dev_split]["states"][pooling]))
         row = {"pooling": pooling, "c": c, "threshold": threshold, "dev": dev,
                "train_loss": head_loss(head, read[config.train_split]["states"][pooling], sets[config.train_split]),
                "dev_loss": head_loss(head, read[config.dev_split]["states"][pooling], sets[config.dev_split])}  # fmt: skip
         grid.append((row, head))
+        print(f"heads: {pooling} c={c} threshold={threshold}: dev {headline} {dev[headline]:.1f}", flush=True)
         metrics.log(k, loss=row["train_loss"], val_loss=row["dev_loss"], **{f"dev_{headline}": dev[headline]})
     best_row, best = max(grid, key=lambda rh: (rh[0]["dev"][headline], -grid.index(rh)))
     pooling = best.config.pooling

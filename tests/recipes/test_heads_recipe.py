@@ -37,7 +37,7 @@ def test_the_recipe_fits_a_head_that_tells_held_out_clips_apart(tiny_bundle, ton
     config = HeadsRecipeConfig(out_dir=str(tmp_path / "run"), bundle=str(tiny_bundle), manifest=str(tone_corpus),
                                cs=(0.1, 1.0), thresholds=(0.5,), max_new_tokens=4)  # fmt: skip
     summary = train(config)
-    assert summary["train_items"] == 16 and len(summary["grid"]) == 4  # 2 poolings x 2 c
+    assert summary["train_items"] == 16 and len(summary["grid"]) == 6  # 3 poolings x 2 c
     assert summary["splits"]["test"]["items"] == 6
     assert summary["splits"]["test"]["head"]["accuracy"] >= 100 * 5 / 6 - 1e-6  # percent; chance: 50
     best = max(row["dev"]["accuracy"] for row in summary["grid"])
@@ -54,7 +54,7 @@ def test_the_recipe_fits_a_head_that_tells_held_out_clips_apart(tiny_bundle, ton
     again = train(config)
     assert (tmp_path / "run" / "states-dev.safetensors").stat().st_mtime_ns == stamp
     assert again["splits"] == summary["splits"] and again["pick"] == summary["pick"]
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 4
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 6
 
 
 def test_label_sets_scores_and_bad_configs():
@@ -64,7 +64,7 @@ def test_label_sets_scores_and_bad_configs():
     assert task_score("dialog-act", labels, ["thanks", "answer_agree"])["accuracy"] == 50.0
     cases = [
         (dict(task="qa"), r"no head for task 'qa'"),
-        (dict(poolings=("max",)), r"poolings must be some of \('last', 'mean'\), got \['max'\]"),
+        (dict(poolings=("max",)), r"poolings must be some of \('last', 'mean', 'last\+mean'\), got \['max'\]"),
         (dict(cs=(0.0,)), r"cs must be positive finite numbers, at least one, got \[0.0\]"),
         (dict(thresholds=()), r"thresholds must be numbers in \(0, 1\), at least one, got \[\]"),
         (dict(test_splits=("dev",)), r"train, dev and test splits must differ, got \['fine-tune', 'dev', 'dev'\]"),
