@@ -190,3 +190,17 @@ def test_heads_that_do_not_fit_the_bundle_are_refused(headed, tmp_path):
     (broken / "spokenlm.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match=r"its dialog-act head: .*not a task head \(no head.json\)"):
         load_bundle(broken)
+
+
+def test_the_committed_part_carries_the_head_its_recipe_picked():
+    from pathlib import Path
+
+    from spokenlm.model import read_bundle_meta
+
+    part = Path(__file__).resolve().parents[1] / "models" / "parts" / "speechlm"
+    meta = read_bundle_meta(part / "bundle")
+    assert meta["llm"]["heads"] == {"dialog-act": "heads/dialog-act"}
+    head = load_head(part / "bundle" / "heads" / "dialog-act")
+    pick = json.loads((part / "heads" / "metrics.json").read_text())["pick"]
+    assert (head.config.pooling, head.config.threshold) == (pick["pooling"], pick["threshold"])
+    assert head.config.model_dim == meta["adapter"]["output_dim"]  # the LLM's width: what the adapter feeds it
