@@ -84,7 +84,8 @@ class TaskHead(nn.Module):
     def forward(self, states: Tensor) -> Tensor:
         if states.dim() != 2 or states.shape[1] != self.config.input_dim:
             raise HeadError(f"states must be (B, {self.config.input_dim}), got shape {tuple(states.shape)}")
-        return self.linear(states.to(self.linear.weight.dtype))
+        # the head stays where it was loaded (a bundle moved to a GPU leaves it on the CPU: it is tiny)
+        return self.linear(states.to(device=self.linear.weight.device, dtype=self.linear.weight.dtype))
 
     @torch.no_grad()
     def predict(self, states: Tensor) -> list[tuple[str, ...]]:
