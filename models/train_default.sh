@@ -35,7 +35,8 @@ for stage in $STAGES; do
     transcriber)   run_stage transcriber "$BIN/spokenlm" train transcriber --config configs/transcriber.yaml ;;
     speechlm)      run_stage speechlm "$BIN/spokenlm" train speechlm --config configs/speechlm.yaml ;;
     heads)         run_stage heads "$BIN/spokenlm" train heads --config configs/heads.yaml --set bundle=runs/speechlm/bundle
-                   "$BIN/spokenlm" bundle set runs/speechlm/bundle --head runs/heads/head >>runs/heads.log ;;
+                   run_stage heads-sentiment "$BIN/spokenlm" train heads --config configs/heads_sentiment.yaml --set bundle=runs/speechlm/bundle
+                   "$BIN/spokenlm" bundle set runs/speechlm/bundle --head runs/heads/head --head runs/heads_sentiment/head >>runs/heads.log ;;
     # ablations and the from-scratch path (DESIGN.md §4)
     speechlm-speech-only) run_stage speechlm-speech-only "$BIN/spokenlm" train speechlm --config configs/speechlm_speech_only.yaml ;;
     speechlm-full) run_stage speechlm-full "$BIN/spokenlm" train speechlm --config configs/speechlm_full.yaml ;;

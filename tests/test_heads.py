@@ -199,8 +199,10 @@ def test_the_committed_part_carries_the_head_its_recipe_picked():
 
     part = Path(__file__).resolve().parents[1] / "models" / "parts" / "speechlm"
     meta = read_bundle_meta(part / "bundle")
-    assert meta["llm"]["heads"] == {"dialog-act": "heads/dialog-act"}
-    head = load_head(part / "bundle" / "heads" / "dialog-act")
-    pick = json.loads((part / "heads" / "metrics.json").read_text())["pick"]
-    assert (head.config.pooling, head.config.threshold) == (pick["pooling"], pick["threshold"])
-    assert head.config.model_dim == meta["adapter"]["output_dim"]  # the LLM's width: what the adapter feeds it
+    assert meta["llm"]["heads"] == {"dialog-act": "heads/dialog-act", "sentiment": "heads/sentiment"}
+    for task in ("dialog-act", "sentiment"):
+        head = load_head(part / "bundle" / "heads" / task)
+        pick = json.loads((part / "heads" / task / "metrics.json").read_text())["pick"]
+        assert head.config.task == task
+        assert (head.config.pooling, head.config.threshold) == (pick["pooling"], pick["threshold"])
+        assert head.config.model_dim == meta["adapter"]["output_dim"]  # the LLM's width: what the adapter feeds it

@@ -75,12 +75,13 @@ def test_label_sets_scores_and_bad_configs():
             HeadsRecipeConfig(out_dir="x", bundle="b", manifest="m", **kwargs).validate()
 
 
-def test_the_shipped_config_parses():
+@pytest.mark.parametrize("name,task", [("heads.yaml", "dialog-act"), ("heads_sentiment.yaml", "sentiment")])
+def test_the_shipped_configs_parse(name, task):
     from pathlib import Path
 
     from spokenlm.train.config import load_config
 
-    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "heads.yaml", HeadsRecipeConfig)
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / name, HeadsRecipeConfig)
     config.validate()
-    assert config.task == "dialog-act" and config.manifest == ("../corpus/manifest.jsonl",)
-    assert config.bundle == "models/parts/speechlm/bundle"
+    assert config.task == task and config.manifest == ("../corpus/manifest.jsonl",)
+    assert config.bundle == "models/parts/speechlm/bundle" and config.poolings == ("last", "mean", "last+mean")
