@@ -6,8 +6,8 @@
 1. Read every utterance of the task in the train, dev and test splits as the bundle runs: its
    encoder, compressor and transcriber, then its LLM (with LoRA) over the task's own prompt. Keep the
    LLM's last-layer states pooled both ways ("last", "mean"; "last+mean" joins them). The states of a split go to
-   OUT/states-<split>.safetensors (with their ids in states-<split>.json) as soon as it is read: a
-   rerun reads only what is missing.
+   OUT/states-<split>.safetensors (with the task, the utterance ids and the bundle's fingerprint in
+   states-<split>.json) as soon as it is read: a rerun reads only what is missing or changed.
 2. For every (pooling, c, threshold) of the grid, fit a head on the train states (L2 logistic
    regression) and score it on dev with the task's SLUE metric. Keep the best; a tie keeps the earlier.
 3. Score the kept head on the test splits, beside the bundle's own decoded answers on the same dev
@@ -138,22 +138,41 @@ def read_states(model, utts, task: str, *, batch_size: int, decode: bool, max_ne
             "answers": [answers[j] for j in back] if decode else []}  # fmt: skip
 
 
-def _split_states(out: Path, split: str, model, utts, config: HeadsRecipeConfig, decode: bool) -> dict:
-    """A split's states, from OUT/states-<split>.* when they were read before for the same utterances."""
+def bundle_fingerprint(path: str | Path) -> str:
+    """What a bundle's reading of a prompt depends on: its spokenlm.json (less its heads and
+    provenance) and its trained weights. A head given to it later does not change it."""
+    import hashlib
+
+    from spokenlm.model import read_bundle_meta
+
+    meta = read_bundle_meta(path)
+    meta.pop("provenance", None)
+    meta.get("llm", {}).pop("heads", None)
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for file in sorted(Path(path).rglob("*.safetensors")):
+        if "heads" not in file.relative_to(path).parts:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _split_states(out: Path, split: str, model, utts, config: HeadsRecipeConfig, decode: bool, fingerprint: str) -> dict:
+    """A split's states, from OUT/states-<split>.* when they were read before for the same task,
+    utterances and bundle."""
     from safetensors.torch import load_file, save_file
 
     tensors, info = out / f"states-{split}.safetensors", out / f"states-{split}.json"
     ids = [u.id for u in utts]
+    key = {"task": config.task, "bundle": fingerprint, "ids": ids}
     if tensors.is_file() and info.is_file():
         meta = json.loads(info.read_text())
-        if meta["ids"] == ids and meta["bundle"] == config.bundle and (meta["answers"] or not decode):
+        if {k: meta.get(k) for k in key} == key and (meta["answers"] or not decode):
             return {"states": load_file(str(tensors)), "texts": meta["texts"], "answers": meta["answers"]}
     started = time.monotonic()
     read = read_states(model, utts, config.task, batch_size=config.batch_size, decode=decode,
                        max_new_tokens=config.max_new_tokens)  # fmt: skip
     print(f"heads: read {len(utts)} {split} utterances in {(time.monotonic() - started) / 60:.1f} min", flush=True)
     save_file({p: s.contiguous() for p, s in read["states"].items()}, str(tensors))
-    info.write_text(json.dumps({"bundle": config.bundle, "ids": ids, "texts": read["texts"], "answers": read["answers"]}))
+    info.write_text(json.dumps({**key, "texts": read["texts"], "answers": read["answers"]}))
     return read
 
 
@@ -178,7 +197,8 @@ def train(config: HeadsRecipeConfig) -> dict:
     if config.task not in model.info.tasks:
         raise ValueError(f"{config.bundle} does not do {config.task!r}; its tasks are {list(model.info.tasks)}")
     model.llm.heads = {}  # the states and the baseline answers are the LLM's own, whatever heads the bundle has
-    read = {s: _split_states(out, s, model, by_split[s], config, decode=s != config.train_split)
+    fingerprint = bundle_fingerprint(config.bundle)
+    read = {s: _split_states(out, s, model, by_split[s], config, decode=s != config.train_split, fingerprint=fingerprint)
             for s in splits if by_split[s]}  # fmt: skip
     for r in read.values():  # as spokenlm.heads.pool_states joins them
         r["states"]["last+mean"] = torch.cat([r["states"]["last"], r["states"]["mean"]], dim=1)

@@ -9,7 +9,9 @@ import soundfile as sf
 import torch
 
 from spokenlm.heads import load_head
-from spokenlm.recipes.heads import HeadsRecipeConfig, label_sets, task_score, train
+from safetensors.torch import load_file, save_file
+
+from spokenlm.recipes.heads import HeadsRecipeConfig, bundle_fingerprint, label_sets, task_score, train
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,20 @@ def test_the_recipe_fits_a_head_that_tells_held_out_clips_apart(tiny_bundle, ton
     assert (tmp_path / "run" / "states-dev.safetensors").stat().st_mtime_ns == stamp
     assert again["splits"] == summary["splits"] and again["pick"] == summary["pick"]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 6
+
+    # a head given to the bundle leaves its reading (and the cache) as it was; other weights do not
+    import shutil
+
+    from spokenlm.model import set_bundle_head
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    before = bundle_fingerprint(bundle)
+    assert before == bundle_fingerprint(tiny_bundle)  # the path is not part of it
+    set_bundle_head(bundle, tmp_path / "run" / "head")
+    assert bundle_fingerprint(bundle) == before
+    state = load_file(str(bundle / "adapter.safetensors"))
+    save_file({k: v + 1e-3 for k, v in state.items()}, str(bundle / "adapter.safetensors"))
+    assert bundle_fingerprint(bundle) != before
 
 
 def test_label_sets_scores_and_bad_configs():
