@@ -69,7 +69,7 @@ from spokenlm.encoders.dinosr import DinoSREncoderConfig
 from spokenlm.encoders.sylber import SylberEncoderConfig
 from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig, load_wav2vec2_encoder
 from spokenlm.encoders.whisper import WhisperEncoderConfig, load_whisper_encoder
-from spokenlm.heads import HeadError, TaskHead, load_head, read_head_config, save_head
+from spokenlm.heads import HeadError, TaskHead, load_head, save_head
 from spokenlm.lm import (
     DraftLM,
     GenerationConfig,
@@ -358,16 +358,9 @@ def _direct_answers(llm: SpeechLLM, speech: SpeechTokens, requests, rows: list[i
         todo = [k for k, r in enumerate(requests) if r.task == task]
         if not todo:
             continue
-        if speech.projected is None:
-            raise ValueError("a task head reads adapted speech (SpeechTokens.projected); run the adapter first (adapt)")
         _check_recording(rows, len(requests), len(speech.durations_s))
-        chosen = [rows[k] for k in todo]
-        prompts = request_prompts(llm, [requests[k] for k in todo], speech.char_times, chosen,
-                                  prompt_texts=speech.prompt_texts)  # fmt: skip
-        device = next(llm.parameters()).device
-        index = torch.tensor(chosen, device=speech.projected.device)
-        projected, lengths = speech.projected[index].to(device), speech.lengths.to(speech.projected.device)[index].to(device)
-        states = llm.prompt_states(prompts, projected, lengths, head.config.pooling)
+        inputs = _llm_inputs(llm, speech, [requests[k] for k in todo], [rows[k] for k in todo], "a task head")
+        states = llm.prompt_states(*inputs, head.config.pooling)
         for k, text in zip(todo, head.answer(states)):
             answers[k] = text
     return answers
@@ -405,12 +398,23 @@ def stream_speech(
 
 
 def _decoding_inputs(llm, speech: SpeechTokens, requests, generation: GenerationConfig, recording, draft):
-    """Prompts, (B, N, D_llm) speech and (B,) lengths on the LLM's device, one row per request, the
-    draft (a CTC LookupDraft where asked for), and the recording index of each request."""
+    """`_llm_inputs`, the draft (a CTC LookupDraft where asked for), and the recording index of each
+    request."""
     generation.validate()
-    if speech.projected is None:
-        raise ValueError("decoding needs adapted speech (SpeechTokens.projected); run the adapter first (adapt)")
     recording = list(range(len(requests))) if recording is None else list(recording)
+    prompts, projected, lengths = _llm_inputs(llm, speech, requests, recording, "decoding")
+    if draft is None and generation.ctc_draft and speech.prompt_texts is not None:  # what the prompt reads
+        draft = LookupDraft([speech.prompt_texts[item] for item in recording])
+    elif draft is None and generation.ctc_draft and speech.char_times is not None:
+        draft = LookupDraft(["".join(c for c, _, _ in speech.char_times[item]) for item in recording])
+    return prompts, projected, lengths, draft, recording
+
+
+def _llm_inputs(llm, speech: SpeechTokens, requests, recording: list[int], what: str) -> tuple[list[str], Tensor, Tensor]:
+    """Prompts, (B, N, D_llm) speech and (B,) lengths on the LLM's device, one row per request (request
+    i reads recording[i]): what the LLM reads, to decode or for a task head (`what`, for the error)."""
+    if speech.projected is None:
+        raise ValueError(f"{what} needs adapted speech (SpeechTokens.projected); run the adapter first (adapt)")
     _check_recording(recording, len(requests), len(speech.durations_s))
     prompts = request_prompts(llm, requests, speech.char_times, recording, prompt_texts=speech.prompt_texts)  # validates every request
     projected, lengths = speech.projected, speech.lengths
@@ -418,11 +422,7 @@ def _decoding_inputs(llm, speech: SpeechTokens, requests, generation: Generation
         index = torch.tensor(recording, device=projected.device)
         projected, lengths = projected[index], lengths.to(projected.device)[index]
     device = next(llm.parameters()).device
-    if draft is None and generation.ctc_draft and speech.prompt_texts is not None:  # what the prompt reads
-        draft = LookupDraft([speech.prompt_texts[item] for item in recording])
-    elif draft is None and generation.ctc_draft and speech.char_times is not None:
-        draft = LookupDraft(["".join(c for c, _, _ in speech.char_times[item]) for item in recording])
-    return prompts, projected.to(device), lengths.to(device), draft, recording
+    return prompts, projected.to(device), lengths.to(device)
 
 
 def _run_outputs(requests, texts, speech: SpeechTokens, recording, llm_ms: float) -> list[RunOutput]:
@@ -812,8 +812,7 @@ def set_bundle_head(path: str | Path, head_dir: str | Path) -> str:
     bundle's heads/<task>/); that task is then answered by it. Returns the task."""
     meta = read_bundle_meta(path)
     try:
-        config = read_head_config(head_dir)
-        load_head(head_dir)  # its weights must read too
+        config = load_head(head_dir).config  # its weights must read too, not only its config
     except HeadError as e:
         raise BundleError(str(e)) from e
     model_dim = int(meta["adapter"]["output_dim"])  # the adapter feeds the LLM: its output is the LLM's width

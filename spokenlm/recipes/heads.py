@@ -5,7 +5,7 @@
 
 1. Read every utterance of the task in the train, dev and test splits as the bundle runs: its
    encoder, compressor and transcriber, then its LLM (with LoRA) over the task's own prompt. Keep the
-   LLM's last-layer states pooled both ways ("last", "mean"; "last+mean" joins them). The states of a split go to
+   LLM's last-layer states pooled every way (`spokenlm.heads.POOLINGS`). The states of a split go to
    OUT/states-<split>.safetensors (with the task, the utterance ids and the bundle's fingerprint in
    states-<split>.json) as soon as it is read: a rerun reads only what is missing or changed.
 2. For every (pooling, c, threshold) of the grid, fit a head on the train states (L2 logistic
@@ -33,8 +33,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spokenlm.heads import HEAD_LABELS, MULTI_LABEL, POOLINGS, TaskHead, TaskHeadConfig, fit_head, pool_states, save_head
-
-READ_POOLINGS = ("last", "mean")  # what a split's states file holds; "last+mean" is the two joined
 
 _LABEL_KEY = {"dialog-act": "dialog_acts", "sentiment": "sentiment"}
 
@@ -118,7 +116,7 @@ def read_states(model, utts, task: str, *, batch_size: int, decode: bool, max_ne
 
     audio = AudioCache()
     llm = model.llm
-    pooled = {p: [] for p in READ_POOLINGS}
+    pooled = {p: [] for p in POOLINGS}
     texts, answers = [], []
     generation = GenerationConfig(strategy="greedy", max_new_tokens=max_new_tokens)
     order = sorted(range(len(utts)), key=lambda k: utts[k].duration_s)  # similar lengths together: little padding
@@ -128,7 +126,7 @@ def read_states(model, utts, task: str, *, batch_size: int, decode: bool, max_ne
         requests = [TaskRequest(task=task)] * len(group)
         prompts = request_prompts(llm, requests, speech.char_times, prompt_texts=speech.prompt_texts)
         hidden, mask = llm.prompt_hidden(prompts, speech.projected, speech.lengths)
-        for pooling in READ_POOLINGS:
+        for pooling in POOLINGS:
             pooled[pooling].append(pool_states(hidden, mask, pooling))
         texts += list(speech.prompt_texts or speech.transcripts or [""] * len(group))
         if decode:
@@ -162,7 +160,7 @@ def _split_states(out: Path, split: str, model, utts, config: HeadsRecipeConfig,
 
     tensors, info = out / f"states-{split}.safetensors", out / f"states-{split}.json"
     ids = [u.id for u in utts]
-    key = {"task": config.task, "bundle": fingerprint, "ids": ids}
+    key = {"task": config.task, "bundle": fingerprint, "ids": ids, "poolings": list(POOLINGS)}
     if tensors.is_file() and info.is_file():
         meta = json.loads(info.read_text())
         if {k: meta.get(k) for k in key} == key and (meta["answers"] or not decode):
@@ -200,8 +198,6 @@ def train(config: HeadsRecipeConfig) -> dict:
     fingerprint = bundle_fingerprint(config.bundle)
     read = {s: _split_states(out, s, model, by_split[s], config, decode=s != config.train_split, fingerprint=fingerprint)
             for s in splits if by_split[s]}  # fmt: skip
-    for r in read.values():  # as spokenlm.heads.pool_states joins them
-        r["states"]["last+mean"] = torch.cat([r["states"]["last"], r["states"]["mean"]], dim=1)
     read_minutes = (time.monotonic() - started) / 60
     labels = {s: [u.labels for u in by_split[s]] for s in read}
     sets = {s: label_sets(config.task, labels[s]) for s in read}
