@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -623,7 +624,7 @@ def save_bundle(
         "tasks": list(model.info.tasks),
         "provenance": model.info.provenance,
         "config": None if model.config is None else config_to_json(model.config),
-        "transcriber": None if model.transcriber is None else transcriber_config_to_json(model.transcriber.config),
+        "transcriber": None if model.transcriber is None else _bundle_transcriber(path, model.transcriber.config, model.transcriber.decoder_lora),
     }
     (path / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
@@ -794,8 +795,38 @@ def set_bundle_transcriber(path: str | Path, config: TranscriberConfig | None) -
             if getattr(read_compressor_config(Path(path) / meta["compressor"]["dir"]), "beam", None) is None:
                 raise BundleError(f"{path}: lm_weight is {config.lm_weight}, but the bundle's compressor has no word LM "
                                   "(a compressor from the ctc-lm recipe has one)")  # fmt: skip
-    meta["transcriber"] = None if config is None else transcriber_config_to_json(config)
+    lora = None
+    if config is not None and config.decoder_lora is not None:
+        lora = Path(config.decoder_lora)  # a path of the caller's (the transcriber recipe's OUT/transcriber.json names it)
+        if not lora.is_absolute() and not lora.exists() and (Path(path) / lora).exists():
+            lora = Path(path) / lora  # the bundle's own copy, set again
+    meta["transcriber"] = None if config is None else _bundle_transcriber(Path(path), config, lora)
+    if config is None or config.decoder_lora is None:
+        shutil.rmtree(Path(path) / TRANSCRIBER_LORA_DIR, ignore_errors=True)
     (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+TRANSCRIBER_LORA_DIR = "whisper_lora"  # a bundle's copy of its transcriber's decoder LoRA
+
+
+def _bundle_transcriber(bundle: Path, config: TranscriberConfig, lora: Path | None) -> dict:
+    """The transcriber's settings as a bundle keeps them: its decoder LoRA (at `lora`) copied into
+    the bundle (TRANSCRIBER_LORA_DIR) and named relative to it, so the bundle moves whole."""
+    if lora is None:
+        return transcriber_config_to_json(dataclasses.replace(config, decoder_lora=None))
+    from spokenlm.whisper_tune import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_decoder_lora
+
+    read_decoder_lora(lora)  # a LoRA that cannot be applied is refused before the bundle changes
+    dest = bundle / TRANSCRIBER_LORA_DIR
+    if lora.resolve() != dest.resolve():
+        tmp = bundle / f".{TRANSCRIBER_LORA_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.copy2(lora / name, tmp / name)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    return transcriber_config_to_json(dataclasses.replace(config, decoder_lora=TRANSCRIBER_LORA_DIR))
 
 
 def set_bundle_asr_from_transcript(path: str | Path, on: bool) -> None:

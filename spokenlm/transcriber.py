@@ -137,6 +137,12 @@ class TranscriberConfig:
     chunks of a decoder call to one length. CTranslate2 computes each chunk's cross-attention keys
     and values over every frame it attends: over a whole window ~7x the work of decoding ~10 tokens."""
 
+    decoder_lora: str | None = None
+    """A LoRA of the Whisper decoder (the `whisper_tune` recipe's OUT/lora, in peft's files): added to
+    the base's decoder weights at load, in a copy written once to the cache (spokenlm.whisper_tune).
+    A relative path is under the bundle dir in a bundle (`spokenlm bundle set --transcriber` copies
+    it in), else under the working directory. None: the base's own decoder."""
+
     max_tokens_per_second: float = 8.0
     """A reading longer than this many tokens per second of audio is a decoding loop, not speech
     (English speech is ~3-4 Whisper tokens/s): the CTC transcript is used instead."""
@@ -172,6 +178,8 @@ class TranscriberConfig:
             raise ValueError(f"confident_ctc must be null or a log-likelihood per second in [-1000, 0], got {self.confident_ctc!r}")
         if self.attend_margin_s is not None and not (_is_number(self.attend_margin_s) and 0.2 <= self.attend_margin_s <= WINDOW_S):
             raise ValueError(f"attend_margin_s must be null or within [0.2, {WINDOW_S:.0f}] seconds, got {self.attend_margin_s!r}")
+        if self.decoder_lora is not None and not (isinstance(self.decoder_lora, str) and self.decoder_lora.strip()):
+            raise ValueError(f"decoder_lora must be null or a path, got {self.decoder_lora!r}")
         if not (_is_number(self.max_tokens_per_second) and self.max_tokens_per_second > 0):
             raise ValueError(f"max_tokens_per_second must be > 0, got {self.max_tokens_per_second!r}")
 
@@ -278,6 +286,16 @@ class WhisperTranscriber:
             path = resolve_base(KNOWN_BASES[config.base], bundle=bundle)
         else:
             path = Path(config.path)
+        encoder_path = path
+        self.decoder_lora: Path | None = None  # the decoder LoRA's dir, resolved (`save_bundle` copies it)
+        if config.decoder_lora is not None:
+            from spokenlm.whisper_tune import tuned_whisper_dir
+
+            lora = Path(config.decoder_lora)
+            if bundle is not None and not lora.is_absolute():
+                lora = Path(bundle) / lora
+            self.decoder_lora = lora
+            path = tuned_whisper_dir(path, lora)
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
@@ -291,7 +309,7 @@ class WhisperTranscriber:
         if config.bf16_encoder:
             from spokenlm.encoders.whisper import load_whisper_encoder
 
-            self._bf16_encoder = load_whisper_encoder(path).model.eval()
+            self._bf16_encoder = load_whisper_encoder(encoder_path).model.eval()
         self._model = peer.model.model  # the ctranslate2.models.Whisper
         self._tokenizer = Tokenizer(peer.model.hf_tokenizer, peer.model.model.is_multilingual, task="transcribe",
                                     language=peer.language)  # fmt: skip
@@ -352,6 +370,45 @@ class WhisperTranscriber:
                 whisper_scores=dataclasses.replace(whisper_scores, decoder=read.decoder[0]),
                 ctc_scores=dataclasses.replace(ctc_scores[i], decoder=read.decoder[1]),
             ))  # fmt: skip
+        return out
+
+    def decoder_examples(self, audio: Sequence[Tensor], texts: Sequence[str]) -> list[DecoderExample]:
+        """What Whisper's decoder is given and should answer for chunks (mono 16 kHz, each at most
+        30 s) whose transcripts are `texts` (Whisper's style: cased, punctuated), read exactly as
+        `score` reads them: the same windows (`pack_s`), encoder and attended frames
+        (`attend_margin_s`), one example per chunk. The target is the chunk's text tokens and then
+        what ends its reading: `<|endoftext|>` alone in its window, or in a packed window the
+        timestamp of its end and the next segment's (the next chunk's start; `<|endoftext|>` after the
+        last). The `whisper_tune` recipe fine-tunes the decoder on these."""
+        waves = [wav.detach().float().cpu().numpy().reshape(-1) for wav in audio]
+        if len(waves) != len(texts):
+            raise ValueError(f"got {len(waves)} chunks and {len(texts)} texts")
+        for wav in waves:
+            if len(wav) > WINDOW_S * SAMPLE_RATE:
+                raise ValueError(f"a transcriber reads {WINDOW_S:.0f}-s windows; got a {len(wav) / SAMPLE_RATE:.1f}-s chunk")
+        from faster_whisper.audio import pad_or_trim
+
+        eot = self._tokenizer.eot
+        # a chunk with no text goes alone, as `pack_windows` sends a chunk the CTC head read as empty
+        out: list[DecoderExample] = []
+        for window in self._windows(waves, [t.strip() for t in texts], list(range(len(waves)))):
+            audio_w = self._window_audio(window, waves)
+            mel = pad_or_trim(self._features(audio_w))
+            encoded = self._encode(mel)
+            frames = [min(mel.shape[-1], len(audio_w) // self._features.hop_length)]
+            jobs = [(0, chunk, offset) for chunk, offset in zip(window.chunks, window.offsets)]
+            attended, _ = self._attended(encoded, frames, jobs, waves)
+            packed = len(window.chunks) > 1
+            for j, (_, chunk, offset) in enumerate(jobs):
+                text = texts[chunk].strip()
+                tokens = self._tokenizer.encode(" " + text) if text else []
+                if packed:
+                    end = self._timestamp(min(offset + len(waves[chunk]) / SAMPLE_RATE, WINDOW_S))
+                    after = self._timestamp(jobs[j + 1][2]) if j + 1 < len(jobs) else eot
+                    prompt, target = [*self._stamped, self._timestamp(offset)], [*tokens, end, after]
+                else:
+                    prompt, target = list(self._prompt), [*tokens, eot]
+                out.append(DecoderExample(frames=attended[j].astype(np.float16), prompt=prompt, target=target))
         return out
 
     def _load_lm(self, path: str | Path | None) -> SentenceLM | None:
@@ -487,24 +544,39 @@ class WhisperTranscriber:
         """The Whisper decoder's log-probability of each chunk's texts' tokens (forced decoding) given
         the encoder frames it read the chunk from (`chunks`: chunk -> its job's row of `attended`, its
         offset in its window, its two texts), each non-empty text in one `align` call. In a packed window the text follows the
-        timestamp of the chunk's start (a token that is not text: its own probability is left out)."""
+        timestamp of the chunk's start (a token that is not text: its own probability is left out).
+        A text longer than the decoder's context (a loop, or digits spelt out) scores -inf."""
         import ctranslate2
 
         rows, texts, keys = [], [], []
+        prompt = self._stamped if packed else self._prompt
+        out: dict[tuple[int, str], float] = {}
         for chunk, (row, offset, pair) in chunks.items():
             for text in pair:
                 if text:
                     tokens = self._tokenizer.encode(" " + text)
-                    texts.append([self._timestamp(offset), *tokens] if packed else tokens)
+                    tokens = [self._timestamp(offset), *tokens] if packed else tokens
+                    if len(prompt) + len(tokens) + 2 > MAX_LENGTH:  # CTranslate2's align takes two positions past the text
+                        out[(chunk, text)] = -math.inf
+                        continue
+                    texts.append(tokens)
                     rows.append(row)
                     keys.append((chunk, text))
         if not rows:
-            return {}
-        aligned = self._model.align(ctranslate2.StorageView.from_array(attended[rows]), self._stamped if packed else self._prompt,
-                                    texts, [frames[r] for r in rows])  # fmt: skip
+            return out
+        aligned = self._model.align(ctranslate2.StorageView.from_array(attended[rows]), prompt, texts, [frames[r] for r in rows])
         skip = 1 if packed else 0
-        return {key: float(sum(math.log(max(p, 1e-30)) for p in result.text_token_probs[skip:]))
-                for key, result in zip(keys, aligned)}  # fmt: skip
+        return out | {key: float(sum(math.log(max(p, 1e-30)) for p in result.text_token_probs[skip:]))
+                      for key, result in zip(keys, aligned)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DecoderExample:
+    """One chunk as Whisper's decoder reads it (`WhisperTranscriber.decoder_examples`)."""
+
+    frames: np.ndarray  # (frames, width) float16: the encoder output the decoder attends
+    prompt: list[int]  # the decoder's prompt (start of transcript; a packed chunk's start timestamp)
+    target: list[int]  # the tokens it should write after the prompt, its end included
 
 
 @dataclass(frozen=True)

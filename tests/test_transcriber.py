@@ -525,3 +525,57 @@ def test_the_default_bundle_falls_back_to_the_trained_part_then_an_untrained_one
     (tmp_path / "default").mkdir()
     (tmp_path / "default" / "spokenlm.json").write_text("{}")
     assert demo.default_bundle() == tmp_path / "default" and demo.default_bundle_note(tmp_path / "default") is None
+
+
+def test_a_bundle_carries_its_transcriber_s_decoder_lora(hybrid_bundle, tiny_whisper, example_clips, tmp_path):
+    """`set_bundle_transcriber` copies the LoRA in and names it relative to the bundle: a copy of the
+    bundle elsewhere reads the same, `save_bundle` copies it again, and taking the transcriber away
+    takes it too."""
+    import shutil
+
+    from spokenlm.whisper_tune import add_decoder_lora, load_whisper_for_tuning
+
+    torch.manual_seed(0)
+    lora = add_decoder_lora(load_whisper_for_tuning(tiny_whisper["ct2_float32"]), rank=2, alpha=4, dropout=0.0, targets=("fc1",))
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    lora.save_pretrained(str(tmp_path / "lora"))
+    plain_config = dataclasses.replace(_config(tiny_whisper), path=str(tiny_whisper["ct2_float32"]))  # a LoRA needs float weights
+    config = dataclasses.replace(plain_config, decoder_lora=str(tmp_path / "lora"))
+    set_bundle_transcriber(hybrid_bundle, config)
+    try:
+        assert load_bundle_transcriber_config(hybrid_bundle).decoder_lora == "whisper_lora"
+        moved = tmp_path / "moved"
+        shutil.copytree(hybrid_bundle, moved)
+        shutil.rmtree(tmp_path / "lora")  # the bundle has its own copy
+        model = load_bundle(moved)
+        assert model.transcriber.decoder_lora == moved / "whisper_lora"
+        wav = load_audio(example_clips[0])
+        vocab = model.compressor.vocab
+        ours = model.transcriber.score([wav], ["a cat"], [torch.zeros(1, vocab.size)], vocab)
+        plain = WhisperTranscriber(plain_config).score([wav], ["a cat"], [torch.zeros(1, vocab.size)], vocab)
+        assert ours[0].ctc_scores.decoder != pytest.approx(plain[0].ctc_scores.decoder, rel=1e-3)
+        resaved = save_bundle(model, tmp_path / "resaved")
+        assert (resaved / "whisper_lora" / "adapter_model.safetensors").is_file()
+        assert load_bundle_transcriber_config(resaved).decoder_lora == "whisper_lora"
+        set_bundle_transcriber(moved, load_bundle_transcriber_config(moved))  # set again from its own copy
+        assert (moved / "whisper_lora" / "adapter_config.json").is_file()
+        set_bundle_transcriber(moved, None)
+        assert not (moved / "whisper_lora").exists()
+    finally:
+        set_bundle_transcriber(hybrid_bundle, None)
+    assert not (hybrid_bundle / "whisper_lora").exists()
+
+
+def test_a_reading_longer_than_the_decoder_s_context_scores_minus_infinity(tiny_whisper, example_clips, vocab):
+    """A CTC transcript (or a looping Whisper reading) of more tokens than Whisper's 448 positions
+    hold cannot be forced through its decoder: it scores -inf instead of failing the batch."""
+    transcriber = WhisperTranscriber(dataclasses.replace(_config(tiny_whisper), max_tokens_per_second=8.0))
+    wav = load_audio(example_clips[0])
+    fits = ("ab" * 300)[: 448 - len(transcriber._prompt) - 3]  # the tiny tokenizer: a token per character, the space included
+    too_long = fits + "a"
+    log_probs = [torch.zeros(2000, vocab.size).log_softmax(-1)] * 2
+    scored = transcriber.score([wav, wav], [fits, too_long], log_probs, vocab)
+    assert math.isfinite(scored[0].ctc_scores.decoder)
+    assert scored[1].ctc_scores.decoder == -math.inf

@@ -311,6 +311,66 @@ def read_ctranslate2_model(path: str | Path) -> CTranslate2Model:
     (q = round(w * scale)); they are de-quantized to w = q / scale and the scales dropped. Nothing is
     executed; an unknown dtype, version or a truncated file raises ValueError naming it.
     """
+    file, data, spec, revision, records, aliases = _parse_ctranslate2(path)
+    raw: dict[str, Tensor] = {}
+    for record in records:
+        buffer = bytes(data[record.offset : record.offset + record.nbytes])
+        if _CT2_DTYPES[record.dtype_id] == "bfloat16":
+            tensor = torch.frombuffer(bytearray(buffer), dtype=torch.bfloat16).clone() if buffer else torch.empty(0, dtype=torch.bfloat16)
+        else:
+            tensor = torch.from_numpy(np.frombuffer(buffer, dtype=_CT2_DTYPES[record.dtype_id]).copy())
+        expected = int(np.prod(record.shape)) if record.shape else 1
+        if tensor.numel() != expected:
+            raise ValueError(f"{file}: variable {record.name} has {tensor.numel()} values for shape {record.shape}")
+        raw[record.name] = tensor.reshape(record.shape)
+    return CTranslate2Model(spec=spec, revision=revision, variables=_dequantize(raw, aliases, file))
+
+
+def write_ctranslate2_model(src: str | Path, dst: str | Path, updates: dict[str, Tensor]) -> None:
+    """Write a copy of the CTranslate2 ``model.bin`` at `src` to the file `dst` with the float
+    variables named in `updates` given new values (same shape; stored in the variable's own dtype),
+    every other byte as it was. Hand-written rather than ctranslate2's converters: those rebuild a
+    model from a Hugging Face checkpoint, its tokenizer and generation config, which a pinned
+    CTranslate2 base does not ship; patching keeps the base's vocabulary, suppressed tokens and
+    alignment heads exactly."""
+    file, data, _, _, records, _ = _parse_ctranslate2(src)
+    by_name = {r.name: r for r in records}
+    for name, value in updates.items():
+        record = by_name.get(name)
+        if record is None:
+            raise ValueError(f"{file} has no variable {name}")
+        kind = _CT2_DTYPES[record.dtype_id]
+        if kind not in (np.float32, np.float16, "bfloat16"):
+            raise ValueError(f"{file}: {name} is stored as {np.dtype(kind).name}; only float variables can be replaced "
+                             "(convert the base with --quantization float16 or float32)")  # fmt: skip
+        if list(value.shape) != record.shape:
+            raise ValueError(f"{file}: {name} has shape {record.shape}, the new value {list(value.shape)}")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"new value of {name} holds NaN or infinite values")
+    out = bytearray(data)
+    for name, value in updates.items():
+        record = by_name[name]
+        kind = _CT2_DTYPES[record.dtype_id]
+        if kind == "bfloat16":
+            raw = value.detach().to(torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
+        else:
+            raw = value.detach().float().numpy().astype(kind).tobytes()
+        out[record.offset : record.offset + record.nbytes] = raw
+    Path(dst).write_bytes(bytes(out))
+
+
+@dataclass(frozen=True)
+class _Record:
+    name: str
+    shape: list[int]
+    dtype_id: int
+    offset: int  # of the raw data in the file
+    nbytes: int
+
+
+def _parse_ctranslate2(path: str | Path) -> tuple[Path, memoryview, str, int, list[_Record], dict[str, str]]:
+    """(file, its bytes, spec, revision, the variables' records, aliases) of a model.bin (layout:
+    `read_ctranslate2_model`)."""
     path = Path(path)
     file = path / "model.bin" if path.is_dir() else path
     if not file.is_file():
@@ -343,28 +403,21 @@ def read_ctranslate2_model(path: str | Path) -> CTranslate2Model:
             f"(this reader knows {_CT2_MIN_VERSION} to {_CT2_MAX_VERSION})"
         )
     spec, revision = string(), u32()
-    raw: dict[str, Tensor] = {}
+    records = []
     for _ in range(u32()):
         name = string()
         shape = [u32() for _ in range(u8())]
         dtype_id, nbytes = u8(), u32()
         if dtype_id not in _CT2_DTYPES:
             raise ValueError(f"{file}: variable {name} has unknown CTranslate2 dtype id {dtype_id}")
-        buffer = bytes(take(nbytes))
-        if _CT2_DTYPES[dtype_id] == "bfloat16":
-            tensor = torch.frombuffer(bytearray(buffer), dtype=torch.bfloat16).clone() if buffer else torch.empty(0, dtype=torch.bfloat16)
-        else:
-            tensor = torch.from_numpy(np.frombuffer(buffer, dtype=_CT2_DTYPES[dtype_id]).copy())
-        expected = int(np.prod(shape)) if shape else 1
-        if tensor.numel() != expected:
-            raise ValueError(f"{file}: variable {name} has {tensor.numel()} values for shape {shape}")
-        raw[name] = tensor.reshape(shape)
+        records.append(_Record(name, shape, dtype_id, pos, nbytes))
+        take(nbytes)
     aliases = {}
     if pos < len(data):
         for _ in range(u32()):
             alias = string()
             aliases[alias] = string()
-    return CTranslate2Model(spec=spec, revision=revision, variables=_dequantize(raw, aliases, file))
+    return file, data, spec, revision, records, aliases
 
 
 def _dequantize(raw: dict[str, Tensor], aliases: dict[str, str], file: Path) -> dict[str, Tensor]:

@@ -17,6 +17,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "ctc": ("spokenlm.recipes.ctc", "CTCTrainConfig"),
     "ctc-lm": ("spokenlm.recipes.ctc_lm", "CTCLMConfig"),
     "transcriber": ("spokenlm.recipes.transcriber", "TranscriberRecipeConfig"),
+    "whisper-tune": ("spokenlm.recipes.whisper_tune", "WhisperTuneConfig"),
     "speechlm": ("spokenlm.recipes.speechlm", "SpeechLMTrainConfig"),
     "heads": ("spokenlm.recipes.heads", "HeadsRecipeConfig"),
 }
