@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from spokenlm.tasks import TARGET_LANGUAGES, TASK_NAMES, TaskRequest
+from spokenlm.recipes import RECIPES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SURFACES = "spokenlm.surfaces"  # the entry-point group of the surfaces' commands
@@ -68,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("files", nargs="+", help="audio files: wav, flac, ogg, mp3")
 
     train = commands.add_parser("train", help="run a training recipe (see spokenlm/recipes/)")
-    train.add_argument("stage", help="text-lm | encoder-ssl | sylber | ctc | speechlm")
+    train.add_argument("stage", help=" | ".join(RECIPES))
     train.add_argument("--config", required=True, help="recipe config, .yaml or .json")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. --set optim.max_steps=100 (value parsed as YAML)")

@@ -46,6 +46,11 @@ frames it attends, which over 1500 frames costs several times the decoding of a 
 `confident_ctc`: a chunk whose CTC transcript the CTC head and the word LM are sure of
 (`ctc_confidence`) is not read by Whisper at all.
 
+The decoder need not be the base's own: `decoder_lora` names a LoRA the `whisper_tune` recipe
+trained on the corpus's voices, over exactly what this module gives the decoder
+(`WhisperTranscriber.decoder_examples`); it is merged into a cached copy of the base at load
+(spokenlm.whisper_tune).
+
 Decoding is CTranslate2's through faster-whisper's pieces (mel features, tokenizer, the suppressed
 tokens), a pinned dependency already (the ASR peer users would pick): greedy at temperature 0 without
 timestamps, like `WhisperModel.transcribe(temperature=0, without_timestamps=True)` on one window, but

@@ -61,6 +61,12 @@ class WhisperTuneConfig:
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = LORA_TARGETS
     windows_per_step: int = 2
+    mask_time_prob: float = 0.0
+    """SpecAugment-style masks on the encoder frames the decoder attends (training only; as the ctc
+    recipe's `mask_frames`): the share of frames time spans cover; 0 = off."""
+    mask_time_length: int = 10  # frames per time span (200 ms at 50 Hz)
+    mask_channel_prob: float = 0.0  # likewise over the width's channels of every frame; 0 = off
+    mask_channel_length: int = 16
     eval_every: int = 250
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=100, max_steps=3000))
     seed: int = 0
@@ -80,6 +86,12 @@ class WhisperTuneConfig:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if not (isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}")
+        for name in ("mask_time_prob", "mask_channel_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("mask_time_length", "mask_channel_length"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not 1.0 <= self.max_duration_s <= 30.0:
@@ -239,6 +251,7 @@ def _wers(readings: dict[str, list[tuple[str, str]]]) -> dict[str, float]:
 
 def train(config: WhisperTuneConfig) -> dict:
     from spokenlm.bases import KNOWN_BASES, resolve_base
+    from spokenlm.recipes.ctc import mask_frames  # reads the mask_* fields, which this config shares
     from spokenlm.train.data import id_hash_order, read_manifest
     from spokenlm.train.loop import (
         Checkpointer,
@@ -322,8 +335,11 @@ def train(config: WhisperTuneConfig) -> dict:
         picked = order[within * config.windows_per_step : (within + 1) * config.windows_per_step]
         set_lr(optimizer, lr_at(step, config.optim))
         loss_sum = 0.0
+        masks = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # the same masks after a resume
         for g in picked:
             frames, prompts, targets = train_store.batch(train_store.groups[g])
+            if config.mask_time_prob > 0 or config.mask_channel_prob > 0:
+                frames = mask_frames(frames, torch.full((frames.shape[0],), frames.shape[1]), config, masks)
             loss = decoder_loss(model, frames, prompts, targets, tokenizer.eot) / len(picked)
             loss.backward()
             loss_sum += float(loss.detach())

@@ -19,6 +19,7 @@ def _config(tiny_whisper, tiny_corpus, out, **changes) -> WhisperTuneConfig:
     reading = TranscriberConfig(base=None, path=str(tiny_whisper["ct2_float32"]), compute_type="float32", cpu_threads=1)
     settings = dict(out_dir=str(out), manifest=str(tiny_corpus), transcriber=reading, utterances_per_shard=8,
                     lora_rank=4, lora_alpha=8, lora_dropout=0.0, windows_per_step=1, eval_every=20,
+                    mask_time_prob=0.1, mask_time_length=5, mask_channel_prob=0.1, mask_channel_length=2,
                     optim=OptimConfig(lr=3e-2, warmup_steps=5, max_steps=40))  # fmt: skip
     return WhisperTuneConfig(**(settings | changes))
 
@@ -54,6 +55,8 @@ def test_bad_recipe_configs_are_named(tiny_whisper, tiny_corpus, tmp_path):
         ({"windows_per_step": 0}, r"^windows_per_step must be an int >= 1, got 0$"),
         ({"lora_targets": ("conv1",)}, r"^decoder LoRA targets must be among"),
         ({"lora_dropout": 1.0}, r"^lora_dropout must be in \[0, 1\), got 1.0$"),
+        ({"mask_time_prob": -0.1}, r"^mask_time_prob must be in \[0, 1\), got -0.1$"),
+        ({"mask_channel_length": 0}, r"^mask_channel_length must be an int >= 1, got 0$"),
     ]:
         with pytest.raises(ValueError, match=message):
             base.__class__(**(base.__dict__ | changes)).validate()
@@ -62,3 +65,20 @@ def test_bad_recipe_configs_are_named(tiny_whisper, tiny_corpus, tmp_path):
     tuned = dataclasses.replace(base, transcriber=dataclasses.replace(base.transcriber, decoder_lora=str(tmp_path)))
     with pytest.raises(ValueError, match=r"^transcriber.decoder_lora is what this recipe trains: leave it out$"):
         train(tuned)
+
+
+def test_the_shipped_config_reads_chunks_as_the_shipped_transcriber_does():
+    """configs/whisper_tune.yaml makes its examples with the reading settings of
+    configs/transcriber.yaml, whose transcriber then decodes with the LoRA it writes."""
+    from pathlib import Path
+
+    from spokenlm.recipes.transcriber import TranscriberRecipeConfig
+    from spokenlm.recipes.whisper_tune import _reading_settings
+    from spokenlm.train.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    tune = load_config(root / "whisper_tune.yaml", WhisperTuneConfig)
+    tune.validate()
+    transcriber = load_config(root / "transcriber.yaml", TranscriberRecipeConfig)
+    assert _reading_settings(tune.transcriber) == _reading_settings(transcriber.transcriber)
+    assert transcriber.transcriber.decoder_lora == f"{tune.out_dir}/lora"
