@@ -121,6 +121,9 @@ def read_decoder_lora(path: str | Path) -> dict[str, Tensor]:
     rank, alpha = config.get("r"), config.get("lora_alpha")
     if not (isinstance(rank, int) and rank > 0 and isinstance(alpha, (int, float)) and math.isfinite(alpha)):
         raise WhisperTuneError(f"{config_file}: r must be a positive int and lora_alpha a number, got {rank!r}, {alpha!r}")
+    for key in ("use_dora", "modules_to_save", "lora_bias"):
+        if config.get(key):
+            raise WhisperTuneError(f"{config_file}: {key} is set; only plain LoRA (B·A added to a weight) can be merged here")
     scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
     try:
         tensors = load_file(str(weights_file))

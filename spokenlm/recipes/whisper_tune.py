@@ -60,6 +60,10 @@ class WhisperTuneConfig:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = LORA_TARGETS
+    alone_utterances: int = 0
+    """Per manifest, the first this many train utterances (and every dev one) are also read alone,
+    one chunk in its window, as a single request is (`pack_s` packs only a batch's chunks); their
+    dev WER is reported apart ("<manifest> (alone)"). 0: packed only."""
     windows_per_step: int = 2
     mask_time_prob: float = 0.0
     """SpecAugment-style masks on the encoder frames the decoder attends (training only; as the ctc
@@ -79,9 +83,9 @@ class WhisperTuneConfig:
         lora_target_pattern(self.lora_targets)
         if self.train_split == self.dev_split:
             raise ValueError(f"train and dev splits must differ, got {self.train_split!r} twice")
-        for name in ("train_utterances", "dev_utterances", "utterances_per_shard", "lora_rank", "windows_per_step", "eval_every"):
+        for name in ("train_utterances", "alone_utterances", "dev_utterances", "utterances_per_shard", "lora_rank", "windows_per_step", "eval_every"):
             value = getattr(self, name)
-            low = 0 if name == "train_utterances" else 1
+            low = 0 if name in ("train_utterances", "alone_utterances") else 1
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if not (isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
@@ -112,16 +116,18 @@ def _shard_key(settings: dict, ids: list[str]) -> str:
     return hashlib.sha256(json.dumps([settings, ids]).encode()).hexdigest()[:16]
 
 
-def build_examples(config: WhisperTuneConfig, split: str, utts_by_manifest: dict[str, list], transcriber) -> list[Path]:
-    """OUT/examples/<split>/shard-N.safetensors for these utterances, made where missing or stale."""
+def build_examples(config: WhisperTuneConfig, name: str, utts_by_manifest: dict[str, list], transcriber,
+                   label: str = "{}") -> list[Path]:  # fmt: skip
+    """OUT/examples/<name>/shard-N.safetensors for these utterances as `transcriber` reads them,
+    made where missing or stale; each shard names its manifest as `label` formats it."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     from spokenlm.train.data import AudioCache
 
-    root = Path(config.out_dir) / "examples" / split
+    root = Path(config.out_dir) / "examples" / name
     root.mkdir(parents=True, exist_ok=True)
-    settings = _reading_settings(config.transcriber)
+    settings = _reading_settings(transcriber.config)
     audio = AudioCache()
     shards, n = [], 0
     for manifest, utts in utts_by_manifest.items():
@@ -143,13 +149,13 @@ def build_examples(config: WhisperTuneConfig, split: str, utts_by_manifest: dict
             for u in group:
                 audio.drop(u)
             tensors = {f"frames_{i}": torch.from_numpy(e.frames) for i, e in enumerate(examples)}
-            meta = {"key": key, "manifest": manifest, "prompts": json.dumps([e.prompt for e in examples]),
+            meta = {"key": key, "manifest": label.format(manifest), "prompts": json.dumps([e.prompt for e in examples]),
                     "targets": json.dumps([e.target for e in examples])}  # fmt: skip
             tmp = path.with_suffix(".tmp")
             save_file(tensors, str(tmp), metadata=meta)
             tmp.replace(path)
             shards.append(path)
-            print(f"whisper-tune: {split} shard {n} ({len(examples)} chunks, {path.stat().st_size / 1e6:.0f} MB)", flush=True)
+            print(f"whisper-tune: {name} shard {n} ({len(examples)} chunks, {path.stat().st_size / 1e6:.0f} MB)", flush=True)
     return shards
 
 
@@ -290,8 +296,14 @@ def train(config: WhisperTuneConfig) -> dict:
 
     started = time.monotonic()
     reader = WhisperTranscriber(config.transcriber)
-    train_store = ExampleStore(build_examples(config, config.train_split, splits[config.train_split], reader))
-    dev_store = ExampleStore(build_examples(config, config.dev_split, splits[config.dev_split], reader))
+    train_shards = build_examples(config, config.train_split, splits[config.train_split], reader)
+    dev_shards = build_examples(config, config.dev_split, splits[config.dev_split], reader)
+    if config.alone_utterances and config.transcriber.pack_s:
+        alone = WhisperTranscriber(dataclasses.replace(config.transcriber, pack_s=0.0))
+        firsts = {m: utts[: config.alone_utterances] for m, utts in splits[config.train_split].items()}
+        train_shards += build_examples(config, f"{config.train_split}-alone", firsts, alone, "{} (alone)")
+        dev_shards += build_examples(config, f"{config.dev_split}-alone", splits[config.dev_split], alone, "{} (alone)")
+    train_store, dev_store = ExampleStore(train_shards), ExampleStore(dev_shards)
     examples_minutes = (time.monotonic() - started) / 60
     tokenizer = reader._tokenizer
     source = config.transcriber.path or resolve_base(KNOWN_BASES[config.transcriber.base])

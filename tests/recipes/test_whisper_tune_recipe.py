@@ -82,3 +82,16 @@ def test_the_shipped_config_reads_chunks_as_the_shipped_transcriber_does():
     transcriber = load_config(root / "transcriber.yaml", TranscriberRecipeConfig)
     assert _reading_settings(tune.transcriber) == _reading_settings(transcriber.transcriber)
     assert transcriber.transcriber.decoder_lora == f"{tune.out_dir}/lora"
+
+
+def test_some_utterances_are_also_read_alone_as_a_single_request_is(tiny_whisper_timestamps, tiny_corpus, tmp_path):
+    from spokenlm.train.loop import OptimConfig
+
+    reading = TranscriberConfig(base=None, path=str(tiny_whisper_timestamps["ct2_float32"]), compute_type="float32",
+                                cpu_threads=1, pack_s=26.0, attend_margin_s=2.5)  # fmt: skip
+    config = WhisperTuneConfig(out_dir=str(tmp_path), manifest=str(tiny_corpus), transcriber=reading, alone_utterances=3,
+                               lora_rank=2, eval_every=2, optim=OptimConfig(lr=1e-3, warmup_steps=1, max_steps=2))  # fmt: skip
+    summary = train(config)
+    assert summary["train_chunks"] == 20 + 3 and summary["dev_chunks"] == 2 + 2
+    assert set(summary["dev_wer_tuned"]) == {"mean", str(tiny_corpus), f"{tiny_corpus} (alone)"}
+    assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == ["dev", "dev-alone", "fine-tune", "fine-tune-alone"]
