@@ -220,6 +220,12 @@ def tuned_whisper_dir(base: str | Path, lora: str | Path, *, cache: str | Path |
         if file.is_file() and file.name != "model.bin":
             shutil.copy2(file, tmp / file.name)
     write_ctranslate2_model(base, tmp / "model.bin", updates)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    if out.exists() and not (out / "model.bin").is_file():
+        shutil.rmtree(out, ignore_errors=True)  # a copy someone emptied: write it again
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process (a Serve replica) wrote the same copy first: use that one
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "model.bin").is_file():
+            raise
     return out
