@@ -159,6 +159,9 @@ def test_a_lora_that_cannot_be_applied_is_named(tiny_whisper, tmp_path):
         save_file(changed, str(bad / ADAPTER_WEIGHTS))
         with pytest.raises(WhisperTuneError, match=message):
             read_decoder_lora(bad)
+    (tmp_path / "lora" / ADAPTER_CONFIG).write_text(json.dumps({"r": 2, "lora_alpha": 8, "use_dora": True}))
+    with pytest.raises(WhisperTuneError, match=r"use_dora is set; only plain LoRA \(B·A added to a weight\) can be merged here$"):
+        read_decoder_lora(tmp_path / "lora")
     (tmp_path / "lora" / ADAPTER_CONFIG).write_text(json.dumps({"r": 0, "lora_alpha": 8}))
     with pytest.raises(WhisperTuneError, match=r"r must be a positive int and lora_alpha a number, got 0, 8$"):
         read_decoder_lora(tmp_path / "lora")
@@ -207,3 +210,41 @@ def test_the_loss_scores_only_the_targets(tiny_whisper):
                 total -= logp[len(prompts[row]) - 1 + k, t].item()
                 count += 1
     assert float(loss) == pytest.approx(total / count, rel=1e-4)
+
+
+def test_the_committed_part_s_transcriber_reads_with_its_lora():
+    """models/parts/speechlm: the bundle's transcriber is the one its transcriber recipe picked, with
+    the decoder LoRA it carries (decoder layers only, rank and scale as trained)."""
+    from pathlib import Path
+
+    from spokenlm.model import load_bundle_transcriber_config
+    from spokenlm.transcriber import read_transcriber_config
+
+    part = Path(__file__).resolve().parents[1] / "models" / "parts" / "speechlm"
+    config = load_bundle_transcriber_config(part / "bundle")
+    picked = read_transcriber_config(part / "transcriber")
+    assert config.decoder_lora == "whisper_lora" and picked.decoder_lora == "models/parts/speechlm/bundle/whisper_lora"
+    assert dataclasses.replace(config, decoder_lora=None) == dataclasses.replace(picked, decoder_lora=None)
+    deltas = read_decoder_lora(part / "bundle" / "whisper_lora")
+    assert len(deltas) == 4 * 10  # 4 decoder layers x (self q k v out, cross q k v out, fc1, fc2)
+    assert all(torch.isfinite(d).all() and d.abs().max() > 0 for d in deltas.values())
+
+
+def test_two_loaders_writing_the_same_tuned_copy_both_get_it(tiny_whisper, tmp_path, monkeypatch):
+    """Serve replicas load a bundle at once: the one whose copy lands second uses the first's."""
+    import os
+
+    import spokenlm.whisper_tune as wt
+
+    _random_lora(tiny_whisper, tmp_path / "lora", rank=2)
+    real_replace = os.replace
+
+    def racing_replace(src, dst):  # another process finishes its copy just before this one
+        if not os.path.exists(dst):
+            shutil.copytree(src, dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(wt.os, "replace", racing_replace)
+    out = tuned_whisper_dir(tiny_whisper["ct2_float32"], tmp_path / "lora", cache=tmp_path / "cache")
+    assert (out / "model.bin").is_file()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [out.name]  # its own temporary copy is gone
