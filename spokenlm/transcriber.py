@@ -391,18 +391,11 @@ class WhisperTranscriber:
         for wav in waves:
             if len(wav) > WINDOW_S * SAMPLE_RATE:
                 raise ValueError(f"a transcriber reads {WINDOW_S:.0f}-s windows; got a {len(wav) / SAMPLE_RATE:.1f}-s chunk")
-        from faster_whisper.audio import pad_or_trim
-
         eot = self._tokenizer.eot
         # a chunk with no text goes alone, as `pack_windows` sends a chunk the CTC head read as empty
         out: list[DecoderExample] = []
         for window in self._windows(waves, [t.strip() for t in texts], list(range(len(waves)))):
-            audio_w = self._window_audio(window, waves)
-            mel = pad_or_trim(self._features(audio_w))
-            encoded = self._encode(mel)
-            frames = [min(mel.shape[-1], len(audio_w) // self._features.hop_length)]
-            jobs = [(0, chunk, offset) for chunk, offset in zip(window.chunks, window.offsets)]
-            attended, _ = self._attended(encoded, frames, jobs, waves)
+            jobs, attended, _ = self._window_jobs([window], waves)  # one window at a time: its jobs share a width
             packed = len(window.chunks) > 1
             for j, (_, chunk, offset) in enumerate(jobs):
                 text = texts[chunk].strip()
@@ -437,23 +430,13 @@ class WhisperTranscriber:
         """Whisper's greedy reading of each window's chunks and the decoder scores of both readings;
         None for a chunk of a packed window whose reading ran into the next chunk's (`cut_packed_reading`)."""
         import ctranslate2
-        from faster_whisper.audio import pad_or_trim
 
         out: dict[int, _Read | None] = {}
         for packed in (False, True):  # two calls: the prompts (with timestamps or without) differ in length
             group = [w for w in windows if (len(w.chunks) > 1) == packed]
             if not group:
                 continue
-            audio = [self._window_audio(w, waves) for w in group]
-            mels = [pad_or_trim(self._features(a)) for a in audio]
-            # One window per encoder call, the decoder over the whole batch: a batched encoder call holds
-            # every window's 1500 x 1500 attention maps at once (bench pipeline's peak RSS rose 1.9 -> 2.7 GB
-            # with 8-window calls) and was no faster here (19.2 vs 19.8 s for 94 s of audio, 1 thread).
-            encoded = np.concatenate([self._encode(m) for m in mels])
-            frames = [min(mel.shape[-1], len(a) // self._features.hop_length) for mel, a in zip(mels, audio)]
-            # one decoding job per chunk, in a packed window from its start's timestamp on
-            jobs = [(row, chunk, offset) for row, w in enumerate(group) for chunk, offset in zip(w.chunks, w.offsets)]
-            attended, frames = self._attended(encoded, frames, jobs, waves)
+            jobs, attended, frames = self._window_jobs(group, waves)
             prompts = [[*self._stamped, self._timestamp(offset)] if packed else self._prompt for _, _, offset in jobs]
             longest = max(len(waves[chunk]) for _, chunk, _ in jobs) / SAMPLE_RATE
             # a reading longer than max_tokens_per_second is a loop (`choose` drops it): decoding stops there
@@ -487,6 +470,23 @@ class WhisperTranscriber:
                 decoder = (math.nan, math.nan) if texts is None else tuple(scores[(chunk, t)] if t else silent[chunk] for t in texts)
                 out[chunk] = dataclasses.replace(out[chunk], decoder=decoder)
         return out
+
+    def _window_jobs(self, group: list[_Window], waves: list[np.ndarray]) -> tuple[list[tuple[int, int, float]], np.ndarray, list[int]]:
+        """The windows encoded: one decoding job (window row, chunk, offset) per chunk (in a packed
+        window from its start's timestamp on), the encoder frames each job's decoder attends, and how
+        many mel frames of audio they hold (`_attended`)."""
+        from faster_whisper.audio import pad_or_trim
+
+        audio = [self._window_audio(w, waves) for w in group]
+        mels = [pad_or_trim(self._features(a)) for a in audio]
+        # One window per encoder call, the decoder over the whole batch: a batched encoder call holds
+        # every window's 1500 x 1500 attention maps at once (bench pipeline's peak RSS rose 1.9 -> 2.7 GB
+        # with 8-window calls) and was no faster here (19.2 vs 19.8 s for 94 s of audio, 1 thread).
+        encoded = np.concatenate([self._encode(m) for m in mels])
+        frames = [min(mel.shape[-1], len(a) // self._features.hop_length) for mel, a in zip(mels, audio)]
+        jobs = [(row, chunk, offset) for row, w in enumerate(group) for chunk, offset in zip(w.chunks, w.offsets)]
+        attended, frames = self._attended(encoded, frames, jobs, waves)
+        return jobs, attended, frames
 
     def _attended(self, encoded: np.ndarray, frames: list[int], jobs: list[tuple[int, int, float]],
                   waves: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:  # fmt: skip
@@ -539,10 +539,7 @@ class WhisperTranscriber:
         return audio
 
     def _text(self, tokens: list[int]) -> str:
-        from spokenlm.data.text import normalize, speakable
-
-        raw = self._tokenizer.decode(tokens).strip()
-        return normalize(speakable(raw) or raw)
+        return reading_text(self._tokenizer, tokens)
 
     def _decoder_scores(self, attended: np.ndarray, frames: list[int], packed: bool,
                         chunks: dict[int, tuple[int, float, tuple[str, str]]]) -> dict[tuple[int, str], float]:  # fmt: skip
@@ -573,6 +570,15 @@ class WhisperTranscriber:
         skip = 1 if packed else 0
         return out | {key: float(sum(math.log(max(p, 1e-30)) for p in result.text_token_probs[skip:]))
                       for key, result in zip(keys, aligned)}  # fmt: skip
+
+
+def reading_text(tokenizer, tokens: Sequence[int]) -> str:
+    """A Whisper reading's tokens as our transcripts are written: decoded (faster-whisper's
+    tokenizer drops the special and timestamp tokens), digits spoken, normalized."""
+    from spokenlm.data.text import normalize, speakable
+
+    raw = tokenizer.decode(list(tokens)).strip()
+    return normalize(speakable(raw) or raw)
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def train(config: TranscriberRecipeConfig) -> dict:
 
     from spokenlm.recipes.ctc_lm import load_ctc_reader
     from spokenlm.speech import encode_chunks, join_chunks
-    from spokenlm.train.data import AudioCache, id_hash_order, read_manifest
+    from spokenlm.train.data import AudioCache, transcribed_sample
     from spokenlm.train.loop import world_size
 
     config.validate()
@@ -113,10 +113,8 @@ def train(config: TranscriberRecipeConfig) -> dict:
     manifests = (config.manifest,) if isinstance(config.manifest, str) else tuple(config.manifest)
     samples: dict[str, list] = {}
     for path in manifests:
-        utts = [u for u in read_manifest(path, splits=(config.dev_split,), tasks=("asr",))
-                if u.labels.get("text") and u.duration_s <= config.max_duration_s]  # fmt: skip
-        if utts:
-            samples[path] = id_hash_order(utts)[: config.dev_utterances]
+        if utts := transcribed_sample(path, config.dev_split, config.dev_utterances, config.max_duration_s):
+            samples[path] = utts
     if not samples:
         raise ValueError(f"{list(manifests)}: no asr utterances with a transcript in {config.dev_split!r}")
 

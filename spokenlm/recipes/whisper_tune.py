@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from spokenlm.train.loop import OptimConfig
-from spokenlm.transcriber import TranscriberConfig, transcriber_config_to_json
-from spokenlm.whisper_tune import LORA_TARGETS
+from spokenlm.transcriber import TIME_STEP_S, WINDOW_S, TranscriberConfig, reading_text, transcriber_config_to_json
+from spokenlm.whisper_tune import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_TARGETS
 
 LORA_DIR = "lora"
 
@@ -211,19 +211,13 @@ def greedy_readings(model: nn.Module, store: ExampleStore, tokenizer, *, tokens_
     chunk's text), normalized as transcripts are. As in the transcriber, a reading stops at
     `tokens_per_second` of the chunk's duration (read off its target's end timestamp; 30 s for an
     unpacked chunk): a loop is kept as far as it got, and counts against the WER."""
-    from spokenlm.data.text import normalize, speakable
-
-    def text(tokens: list[int]) -> str:
-        raw = tokenizer.decode([t for t in tokens if t < tokenizer.eot]).strip()
-        return normalize(speakable(raw) or raw)
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     out: dict[str, list[tuple[str, str]]] = {}
     for group in store.groups:
         frames, prompts, targets = store.batch(group)
         ids = torch.tensor(prompts)  # one prompt length per group: packed or not, as the window
         stamps = [[t for t in [*p, *tg] if t >= tokenizer.timestamp_begin] for p, tg in zip(prompts, targets)]
-        seconds = max((s[1] - s[0]) * 0.02 if len(s) > 1 else 30.0 for s in stamps)
+        seconds = max((s[1] - s[0]) * TIME_STEP_S if len(s) > 1 else WINDOW_S for s in stamps)
         max_tokens = math.ceil(tokens_per_second * max(seconds, 1.0)) + 2
         done = torch.zeros(len(prompts), dtype=torch.bool)
         written: list[list[int]] = [[] for _ in prompts]
@@ -244,7 +238,7 @@ def greedy_readings(model: nn.Module, store: ExampleStore, tokenizer, *, tokens_
                     break
                 step_ids = nxt[:, None]
         for target, tokens in zip(targets, written):
-            out.setdefault(store.manifest(group), []).append((text(target), text(tokens)))
+            out.setdefault(store.manifest(group), []).append((reading_text(tokenizer, target), reading_text(tokenizer, tokens)))
     return out
 
 
@@ -258,7 +252,7 @@ def _wers(readings: dict[str, list[tuple[str, str]]]) -> dict[str, float]:
 def train(config: WhisperTuneConfig) -> dict:
     from spokenlm.bases import KNOWN_BASES, resolve_base
     from spokenlm.recipes.ctc import mask_frames  # reads the mask_* fields, which this config shares
-    from spokenlm.train.data import id_hash_order, read_manifest
+    from spokenlm.train.data import transcribed_sample
     from spokenlm.train.loop import (
         Checkpointer,
         MetricsLog,
@@ -283,12 +277,7 @@ def train(config: WhisperTuneConfig) -> dict:
     splits: dict[str, dict[str, list]] = {config.train_split: {}, config.dev_split: {}}
     for path in manifests:
         for split, limit in ((config.train_split, config.train_utterances), (config.dev_split, config.dev_utterances)):
-            utts = [u for u in read_manifest(path, splits=(split,), tasks=("asr",))
-                    if u.labels.get("text") and u.duration_s <= config.max_duration_s]  # fmt: skip
-            utts = id_hash_order(utts)
-            if limit:
-                utts = utts[:limit]
-            if utts:
+            if utts := transcribed_sample(path, split, limit, config.max_duration_s):
                 splits[split][path] = utts
     for split, found in splits.items():
         if not found:
@@ -367,7 +356,7 @@ def train(config: WhisperTuneConfig) -> dict:
                 best = value
                 model.save_pretrained(str(out / LORA_DIR))
             checkpoints.save(step, {"lora": lora}, optimizer, {"best_dev_loss": best, "wall_s": clock.seconds})
-    if not (out / LORA_DIR / "adapter_config.json").is_file():
+    if not (out / LORA_DIR / ADAPTER_CONFIG).is_file():
         model.save_pretrained(str(out / LORA_DIR))
 
     # dev readings: the base decoder (the adapter off) against the best LoRA, read back as a bundle reads it
@@ -378,7 +367,7 @@ def train(config: WhisperTuneConfig) -> dict:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(out / LORA_DIR / "adapter_model.safetensors")))
+    set_peft_model_state_dict(model, load_file(str(out / LORA_DIR / ADAPTER_WEIGHTS)))
     tuned_readings = greedy_readings(model, dev_store, tokenizer)
     rows = metrics.rows()
     summary = {
@@ -397,7 +386,7 @@ def train(config: WhisperTuneConfig) -> dict:
         "examples_minutes": round(examples_minutes, 2),
         "train_minutes": round(clock.seconds / 60, 2),
         "lora": str(out / LORA_DIR),
-        "transcriber": dataclasses.asdict(config.transcriber),
+        "transcriber": transcriber_config_to_json(config.transcriber),
     }
     metrics.write_summary(summary)
     metrics.plot(title="whisper-tune: decoder LoRA")

@@ -95,6 +95,15 @@ def read_manifest(path: str | Path | Sequence[str | Path], *, splits: tuple[str,
     return out
 
 
+def transcribed_sample(path: str | Path, split: str, limit: int, max_duration_s: float) -> list[Utterance]:
+    """The first `limit` (0: all) ASR utterances of `split` in one manifest that have a transcript
+    and last at most `max_duration_s`, in id-hash order: what the transcriber's recipes read."""
+    utts = [u for u in read_manifest(path, splits=(split,), tasks=("asr",))
+            if u.labels.get("text") and u.duration_s <= max_duration_s]  # fmt: skip
+    utts = id_hash_order(utts)
+    return utts[:limit] if limit else utts
+
+
 def _keep(utt: Utterance, tasks: tuple[str, ...] | None, max_duration_s: float | None) -> bool:
     if tasks and not set(utt.tasks) & set(tasks):
         return False
