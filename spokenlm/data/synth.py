@@ -55,7 +55,7 @@ from spokenlm.data.text import (
     normalize_with_map,
     text_dir,
 )
-from spokenlm.data.voices import VoiceConfig, VoiceSetting, sample_voice
+from spokenlm.data.voices import VoiceConfig, VoiceSetting, espeak_voice_exists, sample_voice
 
 FORMAT_VERSION = 1
 SPLITS = ("fine-tune", "dev", "test")
@@ -675,6 +675,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default <repo>/../shared/data)")
     p.add_argument("--engines", default="piper,espeak", help="comma-separated: piper, espeak")
     p.add_argument("--piper-fraction", type=float, default=0.5, help="share spoken by piper (default 0.5)")
+    p.add_argument("--espeak-voices", default=None,
+                   help="comma-separated espeak-ng voices to draw from, e.g. en-us+m1,en-gb-scotland+f2 "
+                        f"(default: the {len(VoiceConfig().espeak_voices)} of VoiceConfig; never the held-out "
+                        f"{VoiceConfig().heldout_espeak_voice})")  # fmt: skip
     p.add_argument("--mix", type=_parse_mix, default=None,
                    help="stream shares, e.g. ljspeech=0.2,tatoeba=0.3,ner=0.3,sentiment=0.2 "
                         f"(streams: {', '.join(STREAMS)})")  # fmt: skip
@@ -693,6 +697,12 @@ def synth_main(argv: list[str] | None = None) -> int:
         VoiceConfig(), engines=tuple(e.strip() for e in args.engines.split(",") if e.strip()),
         piper_fraction=args.piper_fraction, augment=not args.no_augment,
     )  # fmt: skip
+    if args.espeak_voices is not None:
+        voices = replace(voices, espeak_voices=tuple(v.strip() for v in args.espeak_voices.split(",") if v.strip()))
+        unknown = [v for v in voices.espeak_voices if not espeak_voice_exists(v)]
+        if unknown:
+            print(f"spokenlm data synth: error: espeak-ng does not know voice(s) {', '.join(unknown)}", file=sys.stderr)
+            return 2
     config = SynthConfig(
         seed=args.seed, hours=args.hours, limit=args.limit, mix=args.mix or DEFAULT_MIX,
         dev_fraction=args.dev_fraction, test_fraction=args.test_fraction, voices=voices,

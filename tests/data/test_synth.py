@@ -231,6 +231,22 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
     assert "shared text data not found at" in capsys.readouterr().err
     assert synth_main(["--out", str(tmp_path / "c"), "--mix", "ljspeech=1,klingon=1", "--dry-run"]) == 2
     assert "unknown stream(s) ['klingon']" in capsys.readouterr().err
+    base = ["--out", str(tmp_path / "c"), "--dry-run"]
+    assert synth_main([*base, "--espeak-voices", "en-us+m1,zz-top"]) == 2
+    assert "espeak-ng does not know voice(s) zz-top" in capsys.readouterr().err
+    assert synth_main([*base, "--espeak-voices", f"en-us,{voices.VoiceConfig().heldout_espeak_voice}"]) == 2
+    assert "held-out espeak voice 'en-gb-x-gbcwmd+f3' is also a training voice" in capsys.readouterr().err
+
+
+def test_cli_espeak_voices_are_the_ones_drawn(tmp_path):
+    out = tmp_path / "c"
+    argv = ["--out", str(out), "--hours", "0.05", "--limit", "6", "--engines", "espeak", "--mix", "dialog=1",
+            "--test-fraction", "0", "--espeak-voices", "en-us+m1, en-gb-scotland+f2", "--no-progress"]  # fmt: skip
+    assert synth_main(argv) == 0
+    config = json.loads((out / "synth_config.json").read_text())
+    assert config["fingerprint"]["voices"]["espeak_voices"] == ["en-us+m1", "en-gb-scotland+f2"]
+    drawn = {json.loads(line)["voice"]["voice"] for line in (out / "manifest.jsonl").read_text().splitlines()}
+    assert drawn and drawn <= {"en-us+m1", "en-gb-scotland+f2"}
 
 
 def test_template_only_corpus_needs_no_shared_data(tmp_path):
