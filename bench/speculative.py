@@ -18,7 +18,8 @@ Two measurements, greedy, batch 1 (the latency case speculative decoding is for)
 2. With --model DIR: the bundle's LLM on ASR requests for the example clips (or, with --manifest,
    the --split's fixed held-out sample of --limit items per task of --tasks, as bench default takes
    it), drafted by the bundle's draft LM (DIR/draft/) when it ships one, else by a lookup draft of
-   its CTC transcript (`LookupDraft`, free to run; prompt lookup for the tasks that are not ASR):
+   the text its prompt reads (`LookupDraft`, free to run: the transcriber's reading where the bundle
+   has one, else the CTC transcript, as `decode_speech` drafts; prompt lookup for the other tasks):
    trained parts, so the acceptance is real. One row per task. Each row also times the prefill alone
    (the prompt's forward and one token, the same in both decodings) and gives the speed-up of the
    decoding after it: for answers of a few tokens (ASR: ~9) the prefill of the speech and the
@@ -41,7 +42,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from spokenlm.lm import DraftLM, GenerationConfig, LLMSpeedups, LookupDraft, SpeechLLM, build_llm, speculative_generate
+from spokenlm.lm import DraftLM, GenerationConfig, LLMSpeedups, SpeechLLM, build_llm, speculative_generate
 from spokenlm.tokenizer import train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,33 +155,32 @@ def bundle_requests(args) -> dict[str, list[tuple[torch.Tensor, "TaskRequest"]]]
 
 def bench_bundle(model_dir: Path, args) -> dict[str, dict] | None:
     """Per task: plain and speculative greedy decoding of each (clip, request), batch 1, timed."""
-    from spokenlm.model import load_bundle, request_prompts
+    from spokenlm.model import decoding_inputs, load_bundle
+    from spokenlm.speech import adapt
 
     model = load_bundle(model_dir, speedups=LLMSpeedups.parse(args.speedups))
     plain_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=0)
     prefill_config = GenerationConfig(max_new_tokens=1, draft_tokens=0)
     spec_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=args.draft_tokens)
+    lookup_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=args.draft_tokens, ctc_draft=True)
     results = {}
     for task, pairs in bundle_requests(args).items():
         row = {"items": len(pairs), "plain_s": 0.0, "spec_s": 0.0, "prefill_s": 0.0, "drafted": 0, "accepted": 0,
                "tokens": 0, "identical": True}  # fmt: skip
         for clip, request in pairs:
             with torch.inference_mode():
-                speech = model.encode_recordings([clip])
-                projected = model.adapter(speech.embeddings)
-            prompts = request_prompts(model.llm, [request], speech.char_times)
-            draft = model.draft
+                speech = adapt(model.adapter, model.encode_recordings([clip]))
+            # the prompt and the lookup reference the bundle decodes with: with a transcriber, its reading
+            prompts, projected, lengths, draft, _ = decoding_inputs(model.llm, speech, [request], lookup_config, draft=model.draft)
             if draft is None:
-                if speech.transcripts is None:
-                    print(f"{model_dir} has neither a draft LM nor a CTC compressor: bundle measurement skipped")
-                    return None
-                draft = LookupDraft(speech.transcripts)
-            _, dt = timed(lambda: model.llm.generate(prompts, projected, speech.lengths, prefill_config))
+                print(f"{model_dir} has neither a draft LM nor a CTC compressor: bundle measurement skipped")
+                return None
+            _, dt = timed(lambda: model.llm.generate(prompts, projected, lengths, prefill_config))
             row["prefill_s"] += dt
-            plain, dt = timed(lambda: model.llm.generate(prompts, projected, speech.lengths, plain_config))
+            plain, dt = timed(lambda: model.llm.generate(prompts, projected, lengths, plain_config))
             row["plain_s"] += dt
             (spec, stats), dt = timed(
-                lambda: speculative_generate(model.llm, draft, prompts, projected, speech.lengths, spec_config)
+                lambda: speculative_generate(model.llm, draft, prompts, projected, lengths, spec_config)
             )
             row["spec_s"] += dt
             row["drafted"] += stats.drafted
@@ -189,7 +189,7 @@ def bench_bundle(model_dir: Path, args) -> dict[str, dict] | None:
             row["identical"] &= spec[0].token_ids == plain[0].token_ids
         assert row["identical"], f"{task}: speculative greedy output differs from plain greedy output"
         row["acceptance"] = row["accepted"] / max(row["drafted"], 1)
-        row["kind"] = "its draft LM" if model.draft is not None else "a lookup draft of the CTC transcript"
+        row["kind"] = "its draft LM" if model.draft is not None else "a lookup draft of the prompt's transcript"
         row["asr_from_transcript"] = model.llm.asr_from_transcript
         results[task] = row
     return results

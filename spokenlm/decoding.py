@@ -280,10 +280,16 @@ class LookupDraft:
 
     references: Sequence[str | Sequence[int]]  # per prompt: a text (tokenized by the target) or token ids
     ngram: int = 3  # longest tail of the generated tokens looked up in the reference
+    opens: bool | Sequence[bool] = False
+    """Per prompt (or for all): the output is expected to open as its reference does (ASR: the
+    transcript). Those prompts' first draft block is the reference's opening, verified in the
+    prefill's own forward, so an output that repeats a short reference costs one forward in all."""
 
     def check_pairs_with(self, target: SpeechLLM) -> None:
         if self.ngram < 1:
             raise ValueError(f"ngram must be >= 1, got {self.ngram}")
+        if not isinstance(self.opens, bool) and len(self.opens) != len(self.references):
+            raise ValueError(f"got {len(self.opens)} opens flags for {len(self.references)} lookup references")
 
 
 @dataclass(frozen=True)
@@ -316,7 +322,9 @@ def speculative_generate(
     at the first rejection the target's token is drawn from norm(max(0, p_j - q_j)) (greedy: its
     argmax), after a fully accepted block from p_k. So a block yields 1 to k+1 tokens, each exactly
     from the target's own (temperature/top-k/top-p filtered) distribution: greedy output equals
-    ``target.generate`` without a draft.
+    ``target.generate`` without a draft. A ``LookupDraft`` that ``opens`` drafts its first block
+    before any token: the reference's opening follows the prompt in the prefill's forward and is
+    verified there by the same rule.
 
     A batch advances together: the block keeps n = the fewest drafts any unfinished item accepted,
     and every item then takes its own token at position n (the draft token where the item accepted
@@ -351,8 +359,9 @@ def _speculative_blocks(
     config: GenerationConfig,
     counts: _Counts,
 ) -> Iterator[Tensor]:
-    """speculative_generate's blocks as the target decides them: (B, 1) first, then (B, n + 1) per
-    verification (see speculative_generate); `counts` is updated as they go."""
+    """speculative_generate's blocks as the target decides them: (B, 1) first (or (B, n + 1) from an
+    opening verified in the prefill), then (B, n + 1) per verification (see speculative_generate);
+    `counts` is updated as they go."""
     config.validate()
     if config.strategy == "beam":
         raise ValueError("speculative decoding does greedy or sampling, not beam search")
@@ -362,54 +371,37 @@ def _speculative_blocks(
     t_embeds, t_mask = target.embed_prompts(prompts, speech, speech_lengths)
     device = t_embeds.device
     generator = _generator(config, device)
-    greedy = config.strategy == "greedy"
     eos = torch.tensor(target.eos_token_ids, device=device)
+    finished = torch.zeros(len(t_embeds), dtype=torch.bool, device=device)
 
-    t_logits, t_state = target.prefill(t_embeds, t_mask)
-    pending = _pick(t_logits, config, generator)  # (B,) emitted, fed to the target not yet
-    if isinstance(draft, LookupDraft):
-        drafter = _LookupDrafter(draft, target, pending)
+    lookup = _LookupDrafter(draft, target, len(t_embeds), device) if isinstance(draft, LookupDraft) else None
+    opening = None if lookup is None else lookup.opening(min(config.draft_tokens, config.max_new_tokens - 1))
+    counts.target_forwards = 1
+    if opening is None:
+        t_logits, t_state = target.prefill(t_embeds, t_mask)
+        pending = _pick(t_logits, config, generator)  # (B,) emitted, fed to the target not yet
+        kept = pending[:, None]
+    else:  # the openings are verified in the prefill's forward, as a block after a pending token is
+        drafts, valid = opening
+        logits, t_state = target.prefill(t_embeds, t_mask, drafts)  # (B, k+1, V)
+        n, pending = _verify(logits, drafts, None, valid, finished, config, generator, counts)
+        t_state = _crop_state(t_state, t_embeds.shape[1] + n)  # the prompt and the kept drafts
+        kept = torch.cat([drafts[:, :n], pending[:, None]], dim=1)
+    if lookup is not None:
+        drafter = lookup.start(kept)
     else:
         drafter = _ModelDrafter(draft, prompts, speech, speech_lengths, pending)
     counts.draft_forwards = drafter.forwards
-    yield pending[:, None]
-    emitted = 1
-    finished = torch.isin(pending, eos)
-    counts.target_forwards = 1
+    yield kept
+    emitted = kept.shape[1]
+    finished |= torch.isin(kept, eos).any(dim=1)
     while emitted < config.max_new_tokens and not finished.all():
         drafts, q, valid = drafter.propose(min(config.draft_tokens, config.max_new_tokens - emitted - 1), config, generator)
-        k = drafts.shape[1]  # (B, k); a lookup draft may propose fewer (valid marks real proposals)
-
+        # (B, k); a lookup draft may propose fewer (valid marks real proposals)
         t_start = t_state.attention_mask.shape[1]
         logits, t_state = target.decode_step(torch.cat([pending[:, None], drafts], dim=1), t_state)  # (B, k+1, V)
         counts.target_forwards += 1
-        if greedy:
-            choice = logits.argmax(dim=-1)  # (B, k+1): the target's token at each draft position, and one more
-            agree = (drafts == choice[:, :k]) & valid
-        else:
-            p = sampling_probs(logits, config)  # (B, k+1, V)
-            if q is None:  # a deterministic proposal: q is one-hot on it
-                q = F.one_hot(drafts, p.shape[-1]).to(p.dtype) * valid[..., None]
-            p_x = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)
-            q_x = q.gather(-1, drafts[..., None]).squeeze(-1)  # > 0 where valid: each draft was drawn from q
-            agree = (torch.rand(p_x.shape, generator=generator, device=device) * q_x < p_x) & valid
-        n_item = agree.long().cumprod(dim=1).sum(dim=1)  # (B,) leading drafts each item accepts
-        live = ~finished
-        n = int(n_item[live].min())
-        counts.drafted += int(valid[live].sum())
-        counts.accepted += int(n_item[live].sum())
-
-        if greedy:
-            pending = choice[:, n]  # where an item accepted draft n, this is that same token
-        elif n == k:
-            pending = torch.multinomial(p[:, k], num_samples=1, generator=generator).squeeze(1)
-        else:
-            residual = (p[:, n] - q[:, n]).clamp(min=0)
-            mass = residual.sum(dim=-1, keepdim=True)
-            # p == q leaves no residual mass; then nothing was rejected in favour of anything, and p is the rule
-            residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, n])
-            corrected = torch.multinomial(residual, num_samples=1, generator=generator).squeeze(1)
-            pending = torch.where(n_item > n, drafts[:, n], corrected)
+        n, pending = _verify(logits, drafts, q, valid, finished, config, generator, counts)
         kept = torch.cat([drafts[:, :n], pending[:, None]], dim=1)  # (B, n+1)
         emitted += n + 1
         finished |= torch.isin(kept, eos).any(dim=1)
@@ -417,6 +409,41 @@ def _speculative_blocks(
         drafter.keep(drafts, n, pending)
         counts.draft_forwards = drafter.forwards
         yield kept
+
+
+def _verify(
+    logits: Tensor, drafts: Tensor, q: Tensor | None, valid: Tensor, finished: Tensor, config: GenerationConfig,
+    generator: torch.Generator | None, counts: _Counts,
+) -> tuple[int, Tensor]:  # fmt: skip
+    """The target's verdict on a (B, k) draft block from its (B, k+1, V) logits (position j: the
+    distribution of the token after draft j-1): n, the drafts the batch keeps (the fewest any
+    unfinished item accepts), and each item's (B,) token at position n."""
+    k = drafts.shape[1]
+    if config.strategy == "greedy":
+        choice = logits.argmax(dim=-1)  # (B, k+1): the target's token at each draft position, and one more
+        agree = (drafts == choice[:, :k]) & valid
+    else:
+        p = sampling_probs(logits, config)  # (B, k+1, V)
+        if q is None:  # a deterministic proposal: q is one-hot on it
+            q = F.one_hot(drafts, p.shape[-1]).to(p.dtype) * valid[..., None]
+        p_x = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)
+        q_x = q.gather(-1, drafts[..., None]).squeeze(-1)  # > 0 where valid: each draft was drawn from q
+        agree = (torch.rand(p_x.shape, generator=generator, device=logits.device) * q_x < p_x) & valid
+    n_item = agree.long().cumprod(dim=1).sum(dim=1)  # (B,) leading drafts each item accepts
+    live = ~finished
+    n = int(n_item[live].min())
+    counts.drafted += int(valid[live].sum())
+    counts.accepted += int(n_item[live].sum())
+    if config.strategy == "greedy":
+        return n, choice[:, n]  # where an item accepted draft n, this is that same token
+    if n == k:
+        return n, torch.multinomial(p[:, k], num_samples=1, generator=generator).squeeze(1)
+    residual = (p[:, n] - q[:, n]).clamp(min=0)
+    mass = residual.sum(dim=-1, keepdim=True)
+    # p == q leaves no residual mass; then nothing was rejected in favour of anything, and p is the rule
+    residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, n])
+    corrected = torch.multinomial(residual, num_samples=1, generator=generator).squeeze(1)
+    return n, torch.where(n_item > n, drafts[:, n], corrected)
 
 
 class _ModelDrafter:
@@ -463,19 +490,34 @@ class _ModelDrafter:
 class _LookupDrafter:
     """A LookupDraft's side: each item's emitted tokens and where its reference continues them."""
 
-    def __init__(self, draft: LookupDraft, target: SpeechLLM, first: Tensor) -> None:
-        if len(draft.references) != len(first):
-            raise ValueError(f"got {len(draft.references)} lookup references for {len(first)} prompts")
+    def __init__(self, draft: LookupDraft, target: SpeechLLM, batch: int, device: torch.device) -> None:
+        if len(draft.references) != batch:
+            raise ValueError(f"got {len(draft.references)} lookup references for {batch} prompts")
         self.ngram = draft.ngram
         self.refs = [
             target.tokenizer(r, add_special_tokens=False).input_ids if isinstance(r, str) else list(r)
             for r in draft.references
         ]
-        self.history = [[t] for t in first.tolist()]
-        self.cursor = [0] * len(first)  # per item: where in its reference the last proposal started
+        self.opens = [draft.opens] * batch if isinstance(draft.opens, bool) else list(draft.opens)
+        self.history: list[list[int]] = [[] for _ in range(batch)]
+        self.cursor = [0] * batch  # per item: where in its reference the last proposal started
         self.pad = target.tokenizer.pad_token_id
-        self.device = first.device
+        self.device = device
         self.forwards = 0
+
+    def opening(self, k: int) -> tuple[Tensor, Tensor] | None:
+        """(B, k) drafts and valid marks for the prefill: the first k tokens of each opening item's
+        reference; None where no item has one to propose."""
+        rows = [ref[:k] if opens and k > 0 else [] for ref, opens in zip(self.refs, self.opens)]
+        if not any(rows):
+            return None
+        return self._block(rows)
+
+    def start(self, first: Tensor) -> _LookupDrafter:
+        """The target emitted its (B, m) first block: the history lookups continue from."""
+        for history, row in zip(self.history, first.tolist()):
+            history.extend(row)
+        return self
 
     def propose(self, k: int, config: GenerationConfig, generator) -> tuple[Tensor, None, Tensor]:
         rows = []
@@ -483,13 +525,17 @@ class _LookupDrafter:
             start = self._continuation(history, ref, self.cursor[i])
             self.cursor[i] = start if start is not None else self.cursor[i]
             rows.append(ref[start : start + k] if start is not None and k > 0 else [])
+        drafts, valid = self._block(rows)
+        return drafts, None, valid
+
+    def _block(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
         width = max(len(r) for r in rows)
         drafts = torch.full((len(rows), width), self.pad, dtype=torch.long)
         valid = torch.zeros(len(rows), width, dtype=torch.bool)
         for i, row in enumerate(rows):
             drafts[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             valid[i, : len(row)] = True
-        return drafts.to(self.device), None, valid.to(self.device)
+        return drafts.to(self.device), valid.to(self.device)
 
     def _continuation(self, history: list[int], ref: list[int], cursor: int) -> int | None:
         """Where `ref` continues the longest (<= ngram) tail of `history`: the first match at or after

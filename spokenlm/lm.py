@@ -274,10 +274,22 @@ class SpeechLLM(nn.Module):
 
     # ---- decoding ----------------------------------------------------------------------------------
 
-    def prefill(self, inputs_embeds: Tensor, attention_mask: Tensor) -> tuple[Tensor, DecodingState]:
-        """One forward over left-padded prompt embeddings (B, L, D) -> next-token logits (B, V) + state."""
+    def prefill(
+        self, inputs_embeds: Tensor, attention_mask: Tensor, token_ids: Tensor | None = None
+    ) -> tuple[Tensor, DecodingState]:
+        """One forward over left-padded prompt embeddings (B, L, D) -> next-token logits (B, V) + state.
+
+        With ``token_ids`` (B, K), those tokens follow every prompt in the same forward (a draft to
+        verify: speculative decoding that drafts before the first token) and the logits are (B, K+1, V):
+        after the prompt, and after each of the K tokens. The state then holds all L + K positions.
+        """
+        if token_ids is not None:
+            embedded = self.model.get_input_embeddings()(token_ids).to(inputs_embeds.dtype)
+            inputs_embeds = torch.cat([inputs_embeds, embedded], dim=1)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(token_ids.shape)], dim=1)
+        keep = 1 if token_ids is None else token_ids.shape[1] + 1
         position_ids = _position_ids(attention_mask)  # (B, L): left pads shift each row's positions
-        kwargs = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}
+        kwargs = {"logits_to_keep": keep} if _accepts(self.model, "logits_to_keep") else {}
         out = self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -290,7 +302,8 @@ class SpeechLLM(nn.Module):
             attention_mask=attention_mask,
             next_positions=attention_mask.sum(dim=1),  # (B,) real tokens so far = next position id
         )
-        return out.logits[:, -1], state  # left padding: the last column is real for every row
+        # left padding: the last columns are real for every row
+        return (out.logits[:, -1] if token_ids is None else out.logits[:, -keep:]), state
 
     def decode_step(self, token_ids: Tensor, state: DecodingState) -> tuple[Tensor, DecodingState]:
         """Feed (B, K) tokens after ``state``; returns logits (B, K, V) and the advanced state.

@@ -94,7 +94,7 @@ from spokenlm.speech import (  # the speech half; re-exported: the feature cache
     encode_speech,
     join_chunks,
 )
-from spokenlm.tasks import TASK_NAMES, Answer, Entities, TaskRequest, TaskResult, build_prompt, parse_output
+from spokenlm.tasks import TASK_NAMES, TASKS, Answer, Entities, TaskRequest, TaskResult, build_prompt, parse_output
 from spokenlm.transcriber import (
     WINDOW_S,
     TranscriberConfig,
@@ -106,7 +106,8 @@ from spokenlm.transcriber import (
 
 __all__ = [
     "BundleError", "BundleInfo", "ChunkBatch", "LLMConfig", "Pretrained", "RunOutput", "SpeechLM", "SpeechLMConfig",
-    "SpeechTokens", "build_speechlm", "bundle_bases", "decode_speech", "drop_bundle_head", "encode_chunks", "join_chunks",
+    "SpeechTokens", "build_speechlm", "bundle_bases", "decode_speech", "decoding_inputs", "drop_bundle_head",
+    "encode_chunks", "join_chunks",
     "load_bundle", "load_bundle_compressor", "load_bundle_draft", "load_bundle_encoder", "load_bundle_llm",
     "load_bundle_transcriber", "load_bundle_transcriber_config", "locate_entities", "locate_text",
     "read_bundle_meta", "request_prompts", "save_bundle", "set_bundle_asr_from_transcript", "set_bundle_head",
@@ -333,12 +334,13 @@ def decode_speech(
     texts = _direct_answers(llm, speech, requests, rows)
     todo = [k for k, text in enumerate(texts) if text is None]  # what the LLM decodes
     if todo:
-        prompts, projected, lengths, draft, rows = _decoding_inputs(llm, speech, requests, generation, rows, draft)
+        prompts, projected, lengths, draft, rows = decoding_inputs(llm, speech, requests, generation, rows, draft)
         if len(todo) < len(requests):  # the transcript answers the others
             index = torch.tensor(todo, device=projected.device)
             prompts, projected, lengths = [prompts[k] for k in todo], projected[index], lengths[index]
             if isinstance(draft, LookupDraft):  # one reference per prompt: keep those of the decoded ones
-                draft = dataclasses.replace(draft, references=[draft.references[k] for k in todo])
+                opens = draft.opens if isinstance(draft.opens, bool) else [draft.opens[k] for k in todo]
+                draft = dataclasses.replace(draft, references=[draft.references[k] for k in todo], opens=opens)
         for k, o in zip(todo, llm.generate(prompts, projected, lengths, generation, draft=draft)):
             texts[k] = o.text
     return _run_outputs(requests, texts, speech, rows, (time.perf_counter() - t0) * 1e3)
@@ -385,7 +387,7 @@ def stream_speech(
             yield given[0]
         yield _run_outputs([request], given, speech, [recording], (time.perf_counter() - t0) * 1e3)[0]
         return
-    prompts, projected, lengths, draft, rec = _decoding_inputs(llm, speech, [request], generation, [recording], draft)
+    prompts, projected, lengths, draft, rec = decoding_inputs(llm, speech, [request], generation, [recording], draft)
     ids: list[int] = []
     text = ""
     for (new,) in stream_tokens(llm, prompts, projected, lengths, generation, draft):
@@ -398,16 +400,19 @@ def stream_speech(
     yield _run_outputs([request], [full], speech, rec, (time.perf_counter() - t0) * 1e3)[0]
 
 
-def _decoding_inputs(llm, speech: SpeechTokens, requests, generation: GenerationConfig, recording, draft):
-    """`_llm_inputs`, the draft (a CTC LookupDraft where asked for), and the recording index of each
-    request."""
+def decoding_inputs(llm, speech: SpeechTokens, requests, generation: GenerationConfig, recording=None, draft=None):
+    """What the LLM decodes request i with, as `decode_speech` gives it: the prompts (the hybrid one
+    reads the transcriber's text where the bundle has one), (B, N, D_llm) speech and (B,) lengths
+    (`_llm_inputs`), the draft (with `generation.ctc_draft` and no draft given: a LookupDraft of
+    the text the prompt reads), and the recording index of each request."""
     generation.validate()
     recording = list(range(len(requests))) if recording is None else list(recording)
     prompts, projected, lengths = _llm_inputs(llm, speech, requests, recording, "decoding")
+    opens = [TASKS[r.task].opens_with_transcript for r in requests]
     if draft is None and generation.ctc_draft and speech.prompt_texts is not None:  # what the prompt reads
-        draft = LookupDraft([speech.prompt_texts[item] for item in recording])
+        draft = LookupDraft([speech.prompt_texts[item] for item in recording], opens=opens)
     elif draft is None and generation.ctc_draft and speech.char_times is not None:
-        draft = LookupDraft(["".join(c for c, _, _ in speech.char_times[item]) for item in recording])
+        draft = LookupDraft(["".join(c for c, _, _ in speech.char_times[item]) for item in recording], opens=opens)
     return prompts, projected, lengths, draft, recording
 
 

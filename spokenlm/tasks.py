@@ -223,6 +223,7 @@ class TaskSpec:
     instruction: str  # may hold {lang} / {question}
     target: Callable[[dict], str] = field(repr=False)  # labels of one example -> target text
     parse: Callable[[str, TaskRequest], TaskResult] = field(repr=False)
+    opens_with_transcript: bool = False  # the answer starts as the transcript does (a speculative draft's opening)
 
     def prompt(self, request: TaskRequest, transcript: str | None = None) -> str:
         lang = TARGET_LANGUAGES.get(request.target_lang or "", "")
@@ -238,6 +239,7 @@ TASKS: dict[str, TaskSpec] = {
             instruction="Transcribe the speech.",
             target=lambda labels: labels["text"],
             parse=lambda text, _: Transcript(text=_normalise_space(text), raw=text),
+            opens_with_transcript=True,
         ),
         TaskSpec(
             name="translate",

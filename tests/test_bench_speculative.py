@@ -42,7 +42,7 @@ def test_the_bundle_measurement_reads_clips_from_a_manifest_split(tiny_bundle, e
                  "--model", str(tiny_bundle), "--manifest", str(tmp_path / "manifest.jsonl"), "--tasks", "all",
                  "--speedups", "merge"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert re.search(r"^2\. .* with a lookup draft of the CTC transcript, greedy, batch 1, 4 drafted per block, "
+    assert re.search(r"^2\. .* with a lookup draft of the prompt's transcript, greedy, batch 1, 4 drafted per block, "
                      r"LLM speed-ups merge;", out, re.M), out  # fmt: skip
     rows = {m[0]: m[1:] for m in re.findall(r"^\| (asr|sentiment) \| (\d+) \| \d+ \| (\S+) \| (\S+) \| \S+x \| (\S+) \|", out, re.M)}
     assert sorted(rows) == ["asr", "sentiment"] and (rows["asr"][0], rows["sentiment"][0]) == ("2", "1"), out

@@ -204,6 +204,10 @@ def test_ctc_draft_decoding_gives_the_same_results(tiny_bundle, example_clips):
     plain = model.run(wavs, _requests(), GenerationConfig(max_new_tokens=8))
     drafted = model.run(wavs, _requests(), GenerationConfig(max_new_tokens=8, ctc_draft=True))
     assert [o.result for o in drafted] == [o.result for o in plain]
+    # ASR answered from the transcript: the draft keeps the references (and openings) of the others
+    model.llm.asr_from_transcript = True
+    direct = model.run(wavs, _requests(), GenerationConfig(max_new_tokens=8, ctc_draft=True))
+    assert [o.result for o in direct if o.request.task != "asr"] == [o.result for o in plain if o.request.task != "asr"]
 
 
 def test_a_hybrid_prompt_bundle_puts_the_ctc_transcript_in_its_prompts(tmp_path, tiny_bundle, example_clips):

@@ -21,6 +21,7 @@ from spokenlm.lm import (
     sampling_probs,
     speculative_generate,
 )
+from spokenlm.decoding import stream_tokens
 from spokenlm.tokenizer import train_bpe_tokenizer
 
 TEXT = [
@@ -204,7 +205,41 @@ def test_a_lookup_draft_of_the_right_text_is_accepted_in_runs_and_changes_nothin
         speculative_generate(target, LookupDraft(["x"]), PROMPTS, speech, SPEECH_LENGTHS, config)
 
 
-def test_sampling_with_a_lookup_draft_keeps_the_target_distribution(tok):
+def test_a_lookup_draft_that_opens_is_verified_in_the_prefill(tok, speech):
+    from spokenlm.lm import LookupDraft
+
+    target = tiny("llama", tok, hidden=32, layers=2, seed=1)
+    config = GenerationConfig(max_new_tokens=12, draft_tokens=4)
+    plain = target.generate(PROMPTS, speech, SPEECH_LENGTHS, GenerationConfig(max_new_tokens=12))
+    refs = [o.token_ids for o in plain]
+    _, after = speculative_generate(target, LookupDraft(refs), PROMPTS, speech, SPEECH_LENGTHS, config)
+    outputs, opened = speculative_generate(target, LookupDraft(refs, opens=True), PROMPTS, speech, SPEECH_LENGTHS, config)
+    assert outputs == plain
+    # the first block rides on the prefill: one forward fewer, and its drafts are counted
+    assert opened.target_forwards == after.target_forwards - 1 and opened.drafted > after.drafted
+    assert opened.acceptance_rate > 0.9
+    # a reference of one token answers the whole of a 2-token request in the prefill's forward
+    short = GenerationConfig(max_new_tokens=2, draft_tokens=4)
+    two = target.generate(PROMPTS, speech, SPEECH_LENGTHS, short)
+    outputs, stats = speculative_generate(target, LookupDraft([o.token_ids[:1] for o in two], opens=True), PROMPTS,
+                                          speech, SPEECH_LENGTHS, short)  # fmt: skip
+    assert outputs == two and stats.target_forwards == 1
+    # wrong openings, or only some prompts opening, change nothing either
+    wrong = LookupDraft(["she sells sea shells", "", "the meeting starts at nine"], opens=[True, True, False])
+    assert speculative_generate(target, wrong, PROMPTS, speech, SPEECH_LENGTHS, config)[0] == plain
+    some = LookupDraft(refs, opens=[False, True, True])
+    assert target.generate(PROMPTS, speech, SPEECH_LENGTHS, config, draft=some) == plain
+    streamed = [[] for _ in PROMPTS]
+    for block in stream_tokens(target, PROMPTS, speech, SPEECH_LENGTHS, config, draft=LookupDraft(refs, opens=True)):
+        for ids, new in zip(streamed, block):
+            ids += new
+    assert streamed == [o.token_ids for o in plain]
+    with pytest.raises(ValueError, match="got 2 opens flags for 3 lookup references"):
+        speculative_generate(target, LookupDraft(refs, opens=[True, False]), PROMPTS, speech, SPEECH_LENGTHS, config)
+
+
+@pytest.mark.parametrize("opens", [False, True])
+def test_sampling_with_a_lookup_draft_keeps_the_target_distribution(tok, opens):
     from spokenlm.lm import LookupDraft
 
     target = tiny("llama", tok, hidden=32, layers=2, seed=1, init=0.5)
@@ -217,7 +252,7 @@ def test_sampling_with_a_lookup_draft_keeps_the_target_distribution(tok):
     drafted = accepted = 0
     for seed in range(8):
         config_s = GenerationConfig(**{**config.__dict__, "seed": seed})
-        outputs, stats = speculative_generate(target, LookupDraft([reference] * 1000), [prompt] * 1000, config=config_s)
+        outputs, stats = speculative_generate(target, LookupDraft([reference] * 1000, opens=opens), [prompt] * 1000, config=config_s)
         drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
         for o in outputs:
             key = tuple(o.token_ids + target.eos_token_ids[:1] if o.finished else o.token_ids)
