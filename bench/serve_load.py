@@ -8,7 +8,7 @@ throughput (requests/s over the phase's wall time), p50/p95 latency, mean batch 
 
     bench serve: clients=32 ... ratio=<batched/unbatched throughput>
 
-    python bench/serve_load.py [--model DIR] [--clients 32] [--requests 4] [--max-batch-size 32]
+    python bench/serve_load.py [--model DIR] [--clients 32] [--requests 4] [--max-batch-size 32] [--threads N]
 
 Without --model it serves an untrained demo bundle (serve.app.resolve_model_dir): the numbers are
 then about serving overhead and batching, not about a real model's compute.
@@ -34,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-wait-s", type=float, default=0.1, help="0.1 s was best at 32 clients on 2 CPUs (0.02: batches of ~4; 0.25: stalls)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads per model replica, both apps (ServeSettings.threads)")
     p.add_argument("--clip", default=str(sorted((REPO / "examples").glob("*.wav"))[0]))
     return p.parse_args(argv)
 
@@ -95,7 +96,8 @@ def main(argv=None) -> int:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        settings = {"model_dir": model_dir, "max_new_tokens": args.max_new_tokens, "max_inflight": 4 * args.clients}
+        settings = {"model_dir": model_dir, "max_new_tokens": args.max_new_tokens, "max_inflight": 4 * args.clients,
+                    "threads": args.threads}  # fmt: skip
         variants = {"batched": args.max_batch_size, "unbatched": 1}
         for name, size in variants.items():
             batching = {"max_batch_size": size, "batch_wait_timeout_s": args.batch_wait_s if size > 1 else 0.0}

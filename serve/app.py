@@ -139,6 +139,11 @@ class ServeSettings:
     default_target_language: str = "es"
     """Target of /v1/audio/translations when the client names none."""
 
+    threads: int | None = None
+    """Intra-op threads of each model replica (torch and CTranslate2). None: Ray's OMP_NUM_THREADS for the
+    replica's num_cpus, which is 1 for the fractional CPUs of serve/config.yaml; a CPU-only node whose
+    replicas take turns (a batch encodes while the last one decodes) can give each of them every core."""
+
     def validate(self) -> None:
         for name in ("max_upload_mb", "upload_idle_timeout_s", "upload_timeout_s", "max_duration_s",
                      "max_long_audio_s", "max_queue_wait_s", "request_timeout_s"):  # fmt: skip
@@ -149,6 +154,8 @@ class ServeSettings:
                 f"max_inflight and max_new_tokens must be >= 1 and retry_after_s >= 0, "
                 f"got {self.max_inflight}, {self.max_new_tokens}, {self.retry_after_s}"
             )
+        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise ValueError(f"threads must be an int >= 1 (or None), got {self.threads!r}")
         if self.max_uploads < 1 or self.max_text_chars < 1:
             raise ValueError(f"max_uploads and max_text_chars must be >= 1, got {self.max_uploads}, {self.max_text_chars}")
         if self.max_long_audio_s < self.max_duration_s:
@@ -766,8 +773,9 @@ def bind_app(args: dict | None = None, *, gpus: bool = False, batching: dict | N
         llm = LLM.options(ray_actor_options={"num_cpus": 0.25, "num_gpus": 0.5})
     if batching is not None:
         encoder, llm = encoder.options(user_config=batching), llm.options(user_config=batching)
-    stuck = settings.stuck_after_s
-    return Ingress.bind(encoder.bind(settings.model_dir, stuck), llm.bind(settings.model_dir, stuck), asdict(settings))
+    stuck, threads = settings.stuck_after_s, settings.threads
+    return Ingress.bind(encoder.bind(settings.model_dir, stuck, threads), llm.bind(settings.model_dir, stuck, threads),
+                        asdict(settings))  # fmt: skip
 
 
 # Ray Serve's throughput mode (Ray >= 2.56): user code and the router on the replica's own event loop

@@ -129,8 +129,10 @@ class _Replica:
             raise RuntimeError(reason)
 
     def stats(self) -> dict:
-        """Work running now, and work stopped early by why: what tests and operators look at."""
-        return {"running": len(self.work.started), "stopped": dict(self.work.stopped)}
+        """Work running now, work stopped early by why, and torch's threads: what tests and operators look at."""
+        import torch
+
+        return {"running": len(self.work.started), "stopped": dict(self.work.stopped), "threads": torch.get_num_threads()}
 
 
 async def _until_cancelled(stop: _Stop, call):
@@ -155,14 +157,16 @@ def _configure_batching(replica: Any, method_names: tuple[str, ...], config: dic
         getattr(replica, name).set_batch_wait_timeout_s(wait)
 
 
-def _init_torch() -> "Any":
+def _init_torch(threads: int | None) -> "Any":
+    """The replica's device, with torch's intra-op threads set: `threads`, else OMP_NUM_THREADS (Ray sets
+    it from the replica's num_cpus: fractional-CPU replicas on a small box must not each spawn one
+    thread per core unless told to)."""
     import os
 
     import ray
     import torch
 
-    # Fractional-CPU replicas on a small box must not each spawn one thread per core.
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
+    torch.set_num_threads(threads or max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
     return torch.device("cuda") if ray.get_gpu_ids() else torch.device("cpu")
 
 
@@ -172,13 +176,14 @@ def _init_torch() -> "Any":
     user_config=DEFAULT_BATCH,
 )
 class Encoder(_Replica):
-    def __init__(self, model_dir: str, stuck_after_s: float = STUCK_AFTER_S):
+    def __init__(self, model_dir: str, stuck_after_s: float = STUCK_AFTER_S, threads: int | None = None):
         from spokenlm.model import load_bundle_compressor, load_bundle_encoder, load_bundle_transcriber
 
-        self.device = _init_torch()
+        self.device = _init_torch(threads)
         encoder, self.max_chunk_s = load_bundle_encoder(model_dir)
         compressor, adapter = load_bundle_compressor(model_dir)
-        self.transcriber = load_bundle_transcriber(model_dir)  # Whisper's reading for the prompt, if the bundle has one
+        # Whisper's reading for the prompt, if the bundle has one; CTranslate2 takes `threads` too
+        self.transcriber = load_bundle_transcriber(model_dir, cpu_threads=threads)
         self.encoder = encoder.to(self.device)
         self.compressor, self.adapter = compressor.to(self.device), adapter.to(self.device)
         _stoppable(self.encoder)
@@ -219,10 +224,10 @@ class Encoder(_Replica):
     user_config=DEFAULT_BATCH,
 )
 class LLM(_Replica):
-    def __init__(self, model_dir: str, stuck_after_s: float = STUCK_AFTER_S):
+    def __init__(self, model_dir: str, stuck_after_s: float = STUCK_AFTER_S, threads: int | None = None):
         from spokenlm.model import load_bundle_draft, load_bundle_llm
 
-        self.device = _init_torch()
+        self.device = _init_torch(threads)
         self.llm = load_bundle_llm(model_dir).to(self.device)
         draft = load_bundle_draft(model_dir)  # speculative decoding of batched requests, when the bundle has one
         self.draft = None if draft is None else draft.to(self.device)

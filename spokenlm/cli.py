@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="a bundle (default: models/default, else the best trained part, else untrained)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--threads", type=int, default=None,
+                       help="intra-op threads per model replica (default: Ray's, 1 for a fractional CPU)")  # fmt: skip
 
     evaluate = commands.add_parser("eval", help="batch evaluation: `spokenlm eval slue --help`", add_help=False)
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
@@ -291,7 +293,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     serve_main = surface("serve")
-    serve_main(args.model, host=args.host, port=args.port)
+    serve_main(args.model, host=args.host, port=args.port, **({} if args.threads is None else {"threads": args.threads}))
     return 0
 
 

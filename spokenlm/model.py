@@ -779,9 +779,13 @@ def load_bundle_transcriber_config(path: str | Path) -> TranscriberConfig | None
         raise BundleError(str(e)) from e
 
 
-def load_bundle_transcriber(path: str | Path) -> WhisperTranscriber | None:
-    """The bundle's transcriber, loaded (its Whisper base resolved); None when it has none."""
-    return load_transcriber(load_bundle_transcriber_config(path), bundle=path)
+def load_bundle_transcriber(path: str | Path, *, cpu_threads: int | None = None) -> WhisperTranscriber | None:
+    """The bundle's transcriber, loaded (its Whisper base resolved); None when it has none. `cpu_threads`
+    overrides the bundle's CTranslate2 threads (a server's replica knows its share of the machine)."""
+    config = load_bundle_transcriber_config(path)
+    if config is not None and cpu_threads is not None:
+        config = dataclasses.replace(config, cpu_threads=cpu_threads)
+    return load_transcriber(config, bundle=path)
 
 
 def set_bundle_transcriber(path: str | Path, config: TranscriberConfig | None) -> None:

@@ -14,6 +14,7 @@ from spokenlm.audio import load_audio
 from spokenlm.model import (
     BundleError,
     load_bundle,
+    load_bundle_transcriber,
     load_bundle_transcriber_config,
     request_prompts,
     save_bundle,
@@ -407,6 +408,8 @@ def test_a_bundle_with_a_transcriber_prompts_with_the_chosen_reading(hybrid_bund
     set_bundle_transcriber(hybrid_bundle, config)
     try:
         assert load_bundle_transcriber_config(hybrid_bundle) == config
+        # a server's replica sets CTranslate2's threads; the bundle's settings are otherwise kept
+        assert load_bundle_transcriber(hybrid_bundle, cpu_threads=2).config == dataclasses.replace(config, cpu_threads=2)
         model = load_bundle(hybrid_bundle)
         waves = [load_audio(c) for c in example_clips[:2]]
         speech = model.encode_recordings(waves)

@@ -200,4 +200,6 @@ def test_settings_are_checked():
         _settings(max_long_audio_s=300).validate()
     with pytest.raises(ValueError, match="^max_uploads and max_text_chars must be >= 1, got 0, 1000$"):
         _settings(max_uploads=0).validate()
+    with pytest.raises(ValueError, match=r"^threads must be an int >= 1 \(or None\), got 0$"):
+        _settings(threads=0).validate()
     assert _settings(request_timeout_s=600).stuck_after_s == 1200
