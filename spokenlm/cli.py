@@ -137,7 +137,7 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--ctc-draft", action="store_true",
-        help="without a draft LM, draft from the CTC transcript instead (speculative, output unchanged)",
+        help="without a draft LM, draft from the transcript the prompt reads (speculative, output unchanged)",
     )  # fmt: skip
 
 

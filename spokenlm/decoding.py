@@ -63,8 +63,9 @@ class GenerationConfig:
     given (greedy and sampling; beam search ignores the draft). 0 turns speculative decoding off."""
 
     ctc_draft: bool = False
-    """Where no draft model is given, draft from the CTC compressor's transcript (``LookupDraft``):
-    exact like any draft, and nearly free, so it pays off for outputs that repeat the transcript."""
+    """Where no draft model is given, draft from the transcript the prompt reads (the transcriber's, else
+    the CTC compressor's: ``LookupDraft``): exact like any draft, and nearly free, so it pays off for
+    outputs that repeat the transcript."""
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
