@@ -167,7 +167,8 @@ def _init_torch(threads: int | None) -> "Any":
     import torch
 
     torch.set_num_threads(threads or max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
-    return torch.device("cuda") if ray.get_gpu_ids() else torch.device("cpu")
+    # outside a Ray worker (a test, a debugger) get_gpu_ids would start a Ray of its own: no GPUs there
+    return torch.device("cuda") if ray.is_initialized() and ray.get_gpu_ids() else torch.device("cpu")
 
 
 @serve.deployment(

@@ -75,18 +75,22 @@ def test_build_app_binds_the_three_deployments(tiny_bundle):
 def test_model_replicas_take_the_threads_they_are_given(tiny_bundle):
     """ServeSettings.threads reaches both replicas (bind_app passes it); each sets torch's threads from it,
     else from OMP_NUM_THREADS as Ray sets it."""
+    import ray
     import torch
 
     from serve.app import build_app
     from serve.deployments import LLM, Encoder
 
-    saved = torch.get_num_threads()
+    saved, had_ray = torch.get_num_threads(), ray.is_initialized()
     try:
         for deployment in (Encoder, LLM):
             replica = deployment.func_or_class(str(tiny_bundle), 60.0, 3)
             assert replica.stats() == {"running": 0, "stopped": {"cancelled": 0, "deadline": 0}, "threads": 3}
     finally:
         torch.set_num_threads(saved)
+    # built outside Ray, a replica starts none: a Ray started here would lack the proxy settings of
+    # start_ray, and every later Serve test in this process would run on it
+    assert ray.is_initialized() == had_ray
     with pytest.raises(ValueError, match=r"threads must be an int >= 1 \(or None\), got 0"):
         build_app({"model_dir": str(tiny_bundle), "threads": 0})
 
