@@ -161,8 +161,8 @@ def bench_bundle(model_dir: Path, args) -> dict[str, dict] | None:
     model = load_bundle(model_dir, speedups=LLMSpeedups.parse(args.speedups))
     plain_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=0)
     prefill_config = GenerationConfig(max_new_tokens=1, draft_tokens=0)
-    spec_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=args.draft_tokens)
-    lookup_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=args.draft_tokens, ctc_draft=True)
+    # ctc_draft: decoding_inputs gives the lookup draft where the bundle ships no draft LM
+    spec_config = GenerationConfig(max_new_tokens=args.new_tokens, draft_tokens=args.draft_tokens, ctc_draft=True)
     results = {}
     for task, pairs in bundle_requests(args).items():
         row = {"items": len(pairs), "plain_s": 0.0, "spec_s": 0.0, "prefill_s": 0.0, "drafted": 0, "accepted": 0,
@@ -171,7 +171,7 @@ def bench_bundle(model_dir: Path, args) -> dict[str, dict] | None:
             with torch.inference_mode():
                 speech = adapt(model.adapter, model.encode_recordings([clip]))
             # the prompt and the lookup reference the bundle decodes with: with a transcriber, its reading
-            prompts, projected, lengths, draft, _ = decoding_inputs(model.llm, speech, [request], lookup_config, draft=model.draft)
+            prompts, projected, lengths, draft, _ = decoding_inputs(model.llm, speech, [request], spec_config, draft=model.draft)
             if draft is None:
                 print(f"{model_dir} has neither a draft LM nor a CTC compressor: bundle measurement skipped")
                 return None

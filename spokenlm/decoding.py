@@ -509,7 +509,7 @@ class _LookupDrafter:
     def opening(self, k: int) -> tuple[Tensor, Tensor] | None:
         """(B, k) drafts and valid marks for the prefill: the first k tokens of each opening item's
         reference; None where no item has one to propose."""
-        rows = [ref[:k] if opens and k > 0 else [] for ref, opens in zip(self.refs, self.opens)]
+        rows = [ref[:k] if opens else [] for ref, opens in zip(self.refs, self.opens)]
         if not any(rows):
             return None
         return self._block(rows)

@@ -325,22 +325,18 @@ def decode_speech(
     """Decode request i on recording i of adapted `speech` (or on `recording[i]`) and parse it.
 
     Entities and answers get audio times from the CTC characters of their recording. With a `draft` (or
-    `generation.ctc_draft` and a CTC transcript: a LookupDraft of each recording's transcript),
+    `generation.ctc_draft`: a LookupDraft of the transcript each prompt reads, `decoding_inputs`),
     decoding is speculative (same output, faster). The LLM follows the prompt it was trained with
     (`request_prompts`).
     """
     t0 = time.perf_counter()
     rows = list(range(len(requests))) if recording is None else list(recording)
-    texts = _direct_answers(llm, speech, requests, rows)
-    todo = [k for k, text in enumerate(texts) if text is None]  # what the LLM decodes
+    texts = _direct_answers(llm, speech, requests, rows)  # checks rows
+    todo = [k for k, text in enumerate(texts) if text is None]  # what the LLM decodes (the others are answered)
     if todo:
-        prompts, projected, lengths, draft, rows = decoding_inputs(llm, speech, requests, generation, rows, draft)
-        if len(todo) < len(requests):  # the transcript answers the others
-            index = torch.tensor(todo, device=projected.device)
-            prompts, projected, lengths = [prompts[k] for k in todo], projected[index], lengths[index]
-            if isinstance(draft, LookupDraft):  # one reference per prompt: keep those of the decoded ones
-                opens = draft.opens if isinstance(draft.opens, bool) else [draft.opens[k] for k in todo]
-                draft = dataclasses.replace(draft, references=[draft.references[k] for k in todo], opens=opens)
+        prompts, projected, lengths, draft, _ = decoding_inputs(
+            llm, speech, [requests[k] for k in todo], generation, [rows[k] for k in todo], draft
+        )
         for k, o in zip(todo, llm.generate(prompts, projected, lengths, generation, draft=draft)):
             texts[k] = o.text
     return _run_outputs(requests, texts, speech, rows, (time.perf_counter() - t0) * 1e3)
@@ -350,18 +346,17 @@ def _direct_answers(llm: SpeechLLM, speech: SpeechTokens, requests, rows: list[i
     """Per request, its answer text where the bundle answers without decoding: the prompt's
     transcript for ASR (`llm.asr_from_transcript`), a task head's labels for a task with one
     (`llm.heads`); else None (the LLM decodes it)."""
+    _check_recording(rows, len(requests), len(speech.durations_s))
     answers: list[str | None] = [None] * len(requests)
     if llm.asr_from_transcript and any(r.task == "asr" for r in requests):
         texts = speech.prompt_texts if speech.prompt_texts is not None else speech.transcripts
         if texts is None:
             raise ValueError("this bundle answers ASR with the prompt's transcript, but the compressor gave none")
-        _check_recording(rows, len(requests), len(speech.durations_s))
         answers = [texts[i] if r.task == "asr" else None for r, i in zip(requests, rows)]
     for task, head in llm.heads.items():
         todo = [k for k, r in enumerate(requests) if r.task == task]
         if not todo:
             continue
-        _check_recording(rows, len(requests), len(speech.durations_s))
         inputs = _llm_inputs(llm, speech, [requests[k] for k in todo], [rows[k] for k in todo], "a task head")
         states = llm.prompt_states(*inputs, head.config.pooling)
         for k, text in zip(todo, head.answer(states)):
