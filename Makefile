@@ -5,16 +5,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SYSTEM_TOOLS := ffmpeg espeak-ng chromium
+SYSTEM_TOOLS := ffmpeg espeak-ng chromium apertium
 
 .PHONY: setup system-deps bases test demo clean
 
 setup: system-deps $(VENV)/.installed bases
 
 # ffmpeg: torchcodec's decoder backend; espeak-ng: a TTS for tests and the corpus builder;
-# chromium: the browser the UI end-to-end test drives (playwright, no browser download).
+# chromium: the browser the UI end-to-end test drives (playwright, no browser download);
+# apertium + apertium-eng-spa (no command of its own: its mode file is checked): the default bundle's
+# en->es translator (spokenlm/translator.py).
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	[ -e /usr/share/apertium/modes/eng-spa.mode ] || missing="$$missing apertium-eng-spa"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \

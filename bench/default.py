@@ -1,7 +1,8 @@
 """Issue 15 item 3: the default bundle and its baselines on the same clips, in one report.
 
     spokenlm bench default [--model models/default] [--manifest M ...] [--split test]
-                           [--items-per-task 100] [--fsdd-items 100] [--tsv LIBRIVOX_TSV ...]
+                           [--items-per-task 100] [--tasks all|asr,translate,...] [--fsdd-items 100]
+                           [--tsv LIBRIVOX_TSV ...]
                            [--skip-ours] [--skip-peers] [--skip-cascade]
                            [--whisper DIR] [--cascade-asr faster-whisper|whisper] [--cascade-llm DIR]
                            [--batch 8] [--max-new-tokens N] [--threads 2] [--json OUT]
@@ -215,10 +216,11 @@ def load_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Sets
         parser.error(f"no {args.split!r} utterances in {where} (splits there: {', '.join(found) or 'none'})")
     fsdd = [u for u in chosen if u.id.startswith(FSDD_PREFIX)]
     synthetic = [u for u in chosen if not u.id.startswith(FSDD_PREFIX)]
+    asr = "asr" in args.tasks
     items = {
-        TEST: heldout_items(synthetic, args.items_per_task) if synthetic else {},
-        FSDD: {"asr": heldout_items(fsdd, args.fsdd_items)["asr"]} if fsdd and args.fsdd_items else {},
-        LIBRIVOX: {"asr": [i for tsv in args.tsv for i in tsv_items(tsv)]} if args.tsv else {},
+        TEST: {t: v for t, v in heldout_items(synthetic, args.items_per_task).items() if t in args.tasks} if synthetic else {},
+        FSDD: {"asr": heldout_items(fsdd, args.fsdd_items)["asr"]} if asr and fsdd and args.fsdd_items else {},
+        LIBRIVOX: {"asr": [i for tsv in args.tsv for i in tsv_items(tsv)]} if asr and args.tsv else {},
     }
     if not any(items.values()):
         parser.error("no items: give --manifest (with utterances of --split) and/or --tsv")
@@ -506,6 +508,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
                         help=f"corpus manifests (default: {' '.join(str(m) for m in DEFAULT_MANIFESTS)})")  # fmt: skip
     parser.add_argument("--split", default="test")
     parser.add_argument("--items-per-task", type=int, default=100, help="per task, of the split (0: all)")
+    parser.add_argument("--tasks", default="all",
+                        help="comma list of the tasks scored (default all); without asr no FSDD or LibriVox rows")  # fmt: skip
     parser.add_argument("--fsdd-items", type=int, default=100, help="FSDD recordings of the split (0: none)")
     parser.add_argument("--tsv", type=Path, nargs="*", default=None,
                         help="file<TAB>transcript TSVs of real speech (default: LibriVox smoke; --tsv alone: none)")
@@ -529,6 +533,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     for name in ("items_per_task", "fsdd_items", "max_new_tokens", "show"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    from spokenlm.tasks import TASK_NAMES
+
+    args.tasks = TASK_NAMES if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    unknown = [t for t in args.tasks if t not in TASK_NAMES]
+    if unknown or not args.tasks:
+        parser.error(f"--tasks: unknown task(s) {unknown or 'none given'}; expected a comma list of {', '.join(TASK_NAMES)} or all")
     args.manifest_defaulted = args.manifest is None
     args.manifest = list(DEFAULT_MANIFESTS) if args.manifest is None else args.manifest
     args.tsv_defaulted = args.tsv is None

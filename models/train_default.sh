@@ -5,7 +5,7 @@
 # checkpoints (finished stages return at once; the encoder feature cache keeps every finished shard).
 # Run from the repository root; the corpus goes to ../corpus and ../corpus-fsdd (what configs/*.yaml
 # read). Log per stage under runs/<stage>.log, stage times in runs/chain.log.
-#   bash models/train_default.sh                       # corpus, fsdd, ctc, ctc-fsdd, ctc-lm, whisper-tune, transcriber, speechlm, heads
+#   bash models/train_default.sh                       # corpus, fsdd, ctc, ctc-fsdd, ctc-lm, whisper-tune, transcriber, speechlm, heads, translator
 #   STAGES="speechlm" bash models/train_default.sh
 #   STAGES="ctc-dinosr speechlm-speech-only" bash models/train_default.sh   # ablations (encoder-ssl first)
 set -euo pipefail
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 CORPUS=${CORPUS:-../corpus}
 HOURS=${HOURS:-21}  # the plan for 20 h speaks 19.4 h; 21 h gives 20.4 h (a superset: same ids, splits, text)
-STAGES=${STAGES:-"corpus fsdd ctc ctc-fsdd ctc-lm whisper-tune transcriber speechlm heads"}
+STAGES=${STAGES:-"corpus fsdd ctc ctc-fsdd ctc-lm whisper-tune transcriber speechlm heads translator"}
 mkdir -p runs
 
 stamp() { date -u +%FT%TZ; }
@@ -38,6 +38,8 @@ for stage in $STAGES; do
     heads)         run_stage heads "$BIN/spokenlm" train heads --config configs/heads.yaml --set bundle=runs/speechlm/bundle
                    run_stage heads-sentiment "$BIN/spokenlm" train heads --config configs/heads_sentiment.yaml --set bundle=runs/speechlm/bundle
                    "$BIN/spokenlm" bundle set runs/speechlm/bundle --head runs/heads/head --head runs/heads_sentiment/head >>runs/heads.log ;;
+    translator)    run_stage translator "$BIN/spokenlm" train translator --config configs/translator.yaml
+                   "$BIN/spokenlm" bundle set runs/speechlm/bundle --translator runs/translator/translator >>runs/translator.log ;;
     # ablations and the from-scratch path (DESIGN.md §4)
     speechlm-speech-only) run_stage speechlm-speech-only "$BIN/spokenlm" train speechlm --config configs/speechlm_speech_only.yaml ;;
     speechlm-full) run_stage speechlm-full "$BIN/spokenlm" train speechlm --config configs/speechlm_full.yaml ;;

@@ -15,7 +15,8 @@ them, and they depend on it, never the other way round. `bench` runs a script of
     spokenlm data fsdd --out DIR [--source FSDD_DIR]
     spokenlm demo [--model DIR]
     spokenlm bases {fetch,list} [--model DIR]
-    spokenlm bundle set DIR [--transcriber OUT|none] [--asr-from-transcript on|off]
+    spokenlm bundle set DIR [--transcriber OUT|none] [--asr-from-transcript on|off] [--head DIR]
+                        [--drop-head TASK] [--translator DIR|none]
 
 Bad input files get one line on stderr and exit code 2; the other files of the call still run (a FIFO
 or device given as a file is refused at once, never opened). ^C, and SIGTERM for the commands that
@@ -117,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                         "LLM's reading of the prompt instead of decoded; repeatable")  # fmt: skip
     bundle.add_argument("--drop-head", metavar="TASK", action="append", default=[],
                         help="take that task's head away: the LLM decodes it again")
+    bundle.add_argument("--translator", metavar="DIR|none",
+                        help="a translator (the translator recipe's OUT/translator): translate requests into its "
+                        "language are answered by Apertium over the prompt's transcript; none: the LLM decodes them")  # fmt: skip
 
     demo = commands.add_parser("demo", help="run every task on the example clips")
     demo.add_argument("--model", help="a bundle (default: models/default, else the best trained part, else an untrained one)")
@@ -178,11 +182,13 @@ def _sigterm_as_interrupt(enabled: bool):
 def _bundle(args: argparse.Namespace) -> int:
     from spokenlm.model import (
         drop_bundle_head, read_bundle_meta, set_bundle_asr_from_transcript, set_bundle_head, set_bundle_transcriber,
+        set_bundle_translator,
     )  # fmt: skip
     from spokenlm.transcriber import read_transcriber_config
 
-    if args.transcriber is None and args.asr_from_transcript is None and not args.head and not args.drop_head:
-        raise ValueError("bundle set: give --transcriber, --asr-from-transcript, --head and/or --drop-head")
+    if (args.transcriber is None and args.asr_from_transcript is None and not args.head and not args.drop_head
+            and args.translator is None):  # fmt: skip
+        raise ValueError("bundle set: give --transcriber, --asr-from-transcript, --head, --drop-head and/or --translator")
     read_bundle_meta(args.model)
     for task in args.drop_head:
         drop_bundle_head(args.model, task)
@@ -193,10 +199,12 @@ def _bundle(args: argparse.Namespace) -> int:
         set_bundle_transcriber(args.model, config)
     if args.asr_from_transcript is not None:
         set_bundle_asr_from_transcript(args.model, args.asr_from_transcript == "on")
+    if args.translator is not None:
+        set_bundle_translator(args.model, None if args.translator == "none" else args.translator)
     meta = read_bundle_meta(args.model)
     print(json.dumps({"transcriber": meta.get("transcriber"),
                       "asr_from_transcript": meta["llm"].get("asr_from_transcript", False),
-                      "heads": meta["llm"].get("heads") or {}}))  # fmt: skip
+                      "heads": meta["llm"].get("heads") or {}, "translator": meta["llm"].get("translator")}))  # fmt: skip
     return 0
 
 

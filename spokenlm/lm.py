@@ -95,6 +95,9 @@ class SpeechLLM(nn.Module):
         # task -> spokenlm.heads.TaskHead: those tasks are answered by a classifier over this LLM's
         # reading of the prompt (`prompt_states`) instead of decoded; a bundle records them.
         self.heads: dict = {}
+        # spokenlm.translator.Translator: translate requests into its language are answered by it,
+        # from the prompt's transcript, instead of decoded; a bundle records it.
+        self.translator = None
         if tokenizer.convert_tokens_to_ids(AUDIO_TOKEN) in (None, tokenizer.unk_token_id):
             raise ValueError(f"tokenizer has no {AUDIO_TOKEN} token; build the LLM with load_llm or build_llm")
         if tokenizer.pad_token_id is None:
@@ -674,8 +677,14 @@ def speed_up_llm(llm: SpeechLLM, options: LLMSpeedups) -> SpeechLLM:
 
         model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     model.eval().requires_grad_(False)
-    return SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript,
-                     asr_from_transcript=llm.asr_from_transcript)
+    return _answering_as(llm, SpeechLLM(model=model, tokenizer=llm.tokenizer, prompt_transcript=llm.prompt_transcript,
+                                        asr_from_transcript=llm.asr_from_transcript))  # fmt: skip
+
+
+def _answering_as(llm: SpeechLLM, new: SpeechLLM) -> SpeechLLM:
+    """`new` (the same LLM changed) with `llm`'s task heads and translator: it answers as `llm` did."""
+    new.heads, new.translator = dict(llm.heads), llm.translator
+    return new
 
 
 def save_lora(llm: SpeechLLM, path: str | Path) -> None:

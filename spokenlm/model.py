@@ -18,6 +18,9 @@ the bundle format.
     DIR/lora/                a peft adapter dir (optional)
     DIR/draft/               optional draft LM for speculative decoding: llm/ (an HF dir) and, when the
                              draft hears the speech, adapter.safetensors (target speech -> draft width)
+    DIR/whisper_lora/        optional: the transcriber's Whisper-decoder LoRA (`"transcriber"` in spokenlm.json)
+    DIR/heads/TASK/          optional task heads (`"llm": {"heads": {TASK: "heads/TASK"}}`)
+    DIR/translator/          optional Apertium translator: translator.json + truecase.json (`"llm": {"translator"}`)
 
 The encoder and the LLM may instead be named by the pretrained base they are (spokenlm/bases.py):
 `"llm": {"base": {"package", "version", "path", "sha256"}, "lora": "lora"}`, `"encoder": {"base": {...},
@@ -103,6 +106,7 @@ from spokenlm.transcriber import (
     transcriber_config_from_json,
     transcriber_config_to_json,
 )
+from spokenlm.translator import TRANSLATOR_JSON, TRUECASE_JSON, TranslatorError, load_translator, save_translator
 
 __all__ = [
     "BundleError", "BundleInfo", "ChunkBatch", "LLMConfig", "Pretrained", "RunOutput", "SpeechLM", "SpeechLMConfig",
@@ -111,7 +115,7 @@ __all__ = [
     "load_bundle", "load_bundle_compressor", "load_bundle_draft", "load_bundle_encoder", "load_bundle_llm",
     "load_bundle_transcriber", "load_bundle_transcriber_config", "locate_entities", "locate_text",
     "read_bundle_meta", "request_prompts", "save_bundle", "set_bundle_asr_from_transcript", "set_bundle_head",
-    "set_bundle_transcriber",
+    "set_bundle_transcriber", "set_bundle_translator",
     "stream_speech",
 ]  # fmt: skip
 
@@ -344,15 +348,23 @@ def decode_speech(
 
 def _direct_answers(llm: SpeechLLM, speech: SpeechTokens, requests, rows: list[int]) -> list[str | None]:
     """Per request, its answer text where the bundle answers without decoding: the prompt's
-    transcript for ASR (`llm.asr_from_transcript`), a task head's labels for a task with one
-    (`llm.heads`); else None (the LLM decodes it)."""
+    transcript for ASR (`llm.asr_from_transcript`), its translation for translate requests into the
+    translator's language (`llm.translator`), a task head's labels for a task with one (`llm.heads`);
+    else None (the LLM decodes it)."""
     _check_recording(rows, len(requests), len(speech.durations_s))
     answers: list[str | None] = [None] * len(requests)
-    if llm.asr_from_transcript and any(r.task == "asr" for r in requests):
+    translator = llm.translator
+    translated = [k for k, r in enumerate(requests)
+                  if translator is not None and r.task == "translate" and r.target_lang == translator.config.target_lang]  # fmt: skip
+    asr = [k for k, r in enumerate(requests) if llm.asr_from_transcript and r.task == "asr"]
+    if asr or translated:
         texts = speech.prompt_texts if speech.prompt_texts is not None else speech.transcripts
         if texts is None:
-            raise ValueError("this bundle answers ASR with the prompt's transcript, but the compressor gave none")
-        answers = [texts[i] if r.task == "asr" else None for r, i in zip(requests, rows)]
+            raise ValueError("this bundle answers ASR and translations from the prompt's transcript, but the compressor gave none")
+        for k in asr:
+            answers[k] = texts[rows[k]]
+        for k, text in zip(translated, translator.translate([texts[rows[k]] for k in translated]) if translated else []):
+            answers[k] = text
     for task, head in llm.heads.items():
         todo = [k for k, r in enumerate(requests) if r.task == task]
         if not todo:
@@ -598,6 +610,9 @@ def save_bundle(
     llm_meta["heads"] = {task: f"heads/{task}" for task in sorted(model.llm.heads)}
     for task, head in model.llm.heads.items():
         save_head(head, path / "heads" / task)
+    if model.llm.translator is not None:
+        save_translator(path / TRANSLATOR_DIR, model.llm.translator.config, model.llm.translator.truecase)
+        llm_meta["translator"] = TRANSLATOR_DIR
     if has_lora:
         save_lora(model.llm, path / "lora")
     if weights_dtype is not None:
@@ -745,6 +760,11 @@ def load_bundle_llm(path: str | Path) -> SpeechLLM:
     llm.asr_from_transcript = bool(part.get("asr_from_transcript", False))
     for task, rel in (part.get("heads") or {}).items():
         llm.heads[task] = _bundle_head(path, task, rel, llm.model_dim)
+    if part.get("translator"):
+        try:
+            llm.translator = load_translator(Path(path) / part["translator"])
+        except (ValueError, TranslatorError) as e:
+            raise BundleError(f"{path}: its translator: {e}") from e
     return llm.eval()
 
 
@@ -876,6 +896,36 @@ def drop_bundle_head(path: str | Path, task: str) -> None:
     del heads[task]
     shutil.rmtree(Path(path) / "heads" / task, ignore_errors=True)
     meta["llm"]["heads"] = heads
+    (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+TRANSLATOR_DIR = "translator"  # a bundle's copy of its translator directory
+
+
+def set_bundle_translator(path: str | Path, translator_dir: str | Path | None) -> None:
+    """Give a saved bundle a translator (a `spokenlm.translator.save_translator` directory, copied into
+    the bundle's translator/; it must load here: Apertium and its pair installed), or take it away
+    (None): translate requests into its language are then answered by it from the prompt's transcript."""
+    meta = read_bundle_meta(path)
+    target = Path(path) / TRANSLATOR_DIR
+    if translator_dir is None:
+        shutil.rmtree(target, ignore_errors=True)
+        meta["llm"].pop("translator", None)
+    else:
+        if "translate" not in meta.get("tasks", []):
+            raise BundleError(f"{path}: the bundle does not do 'translate'; its tasks are {meta.get('tasks')}")
+        if not meta.get("llm", {}).get("prompt_transcript"):
+            raise BundleError(f"{path}: its LLM reads no transcript in the prompt; there is none to translate")
+        try:
+            load_translator(translator_dir)  # one that cannot run is refused before the bundle changes
+        except (ValueError, TranslatorError) as e:
+            raise BundleError(str(e)) from e
+        if target.resolve() != Path(translator_dir).resolve():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            for name in (TRANSLATOR_JSON, TRUECASE_JSON):
+                shutil.copyfile(Path(translator_dir) / name, target / name)
+        meta["llm"]["translator"] = TRANSLATOR_DIR
     (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 

@@ -153,6 +153,15 @@ def test_bench_default_names_what_is_wrong(manifest, tmp_path, capsys):
     assert f"--model {tmp_path}: no spokenlm.json there, so not a bundle" in capsys.readouterr().err
     assert main(["bench", "default", "--skip-ours", "--manifest", str(manifest), "--tsv", str(tmp_path / "x.tsv")]) == 2
     assert f"--tsv {tmp_path / 'x.tsv'}: no such file" in capsys.readouterr().err
+    assert main(["bench", "default", "--skip-ours", "--manifest", str(manifest), "--tasks", "asr,poetry"]) == 2
+    assert "--tasks: unknown task(s) ['poetry']; expected a comma list of asr, translate" in capsys.readouterr().err
+
+
+def test_bench_default_scores_only_the_tasks_asked_for(tiny_bundle, manifest, capsys):
+    code = main(["bench", "default", "--model", str(tiny_bundle), "--manifest", str(manifest), "--skip-peers",
+                 "--skip-cascade", "--tasks", "translate,sentiment", "--max-new-tokens", "4", "--threads", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and _rows(out) == {("test", "translate", "ours"), ("test", "sentiment", "ours")}  # no FSDD rows
 
 
 def _real_bases() -> tuple[Path, Path]:

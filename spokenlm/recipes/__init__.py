@@ -20,6 +20,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "whisper-tune": ("spokenlm.recipes.whisper_tune", "WhisperTuneConfig"),
     "speechlm": ("spokenlm.recipes.speechlm", "SpeechLMTrainConfig"),
     "heads": ("spokenlm.recipes.heads", "HeadsRecipeConfig"),
+    "translator": ("spokenlm.recipes.translator", "TranslatorRecipeConfig"),
 }
 
 
