@@ -9,7 +9,9 @@
    both models (`spokenlm.transcriber`).
 3. For every (`ctc_weight`, `length_bonus`, `lm_weight`) of the grid, choose per chunk as the bundle will and score
    the chosen transcripts: the WER of each manifest's sample, and their mean (each corpus counts once,
-   whatever its words). Keep the best mean; a tie keeps the earlier grid point.
+   whatever its words). Keep the best mean; a tie keeps the earlier grid point. With `beam_sizes`,
+   steps 2-3 run once per Whisper beam size (each reads the chunks again) and the beam is picked
+   with the rule.
 4. The gate (`confident_ctc`): for each share in `skip_fractions`, the threshold on `ctc_confidence`
    (under the kept rule) above which that share of the dev chunks lies; those chunks take the CTC
    transcript without Whisper. Keep the largest share whose mean WER is at most `max_wer_rise`
@@ -61,6 +63,7 @@ class TranscriberRecipeConfig:
     length_bonuses: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)
     lm_weights: tuple[float, ...] = (0.0,)  # > 0 needs the compressor's word LM (a ctc-lm compressor has one)
     skip_fractions: tuple[float, ...] = (0.0,)  # shares of dev chunks the gate would keep from Whisper (0: no gate)
+    beam_sizes: tuple[int, ...] = ()  # Whisper's beam, picked with the rule (each re-reads dev); empty: transcriber.beam_size
     max_wer_rise: float = 0.0  # dev WER (absolute) the gate may give up for the Whisper time it saves
     dev_split: str = "dev"
     dev_utterances: int = 300  # per manifest
@@ -75,6 +78,9 @@ class TranscriberRecipeConfig:
             raise ValueError("ctc_weights, length_bonuses and lm_weights need at least one value each")
         for rule in self.rules():
             rule.validate()
+        for beam in self.beam_sizes:
+            if not (isinstance(beam, int) and 1 <= beam <= 16):
+                raise ValueError(f"beam_sizes must be ints in [1, 16], got {list(self.beam_sizes)!r}")
         if self.transcriber.confident_ctc is not None:
             raise ValueError("transcriber.confident_ctc is what the recipe picks (skip_fractions, max_wer_rise): leave it out")
         if not self.skip_fractions or not all(_is_share(q) for q in self.skip_fractions):
@@ -121,48 +127,57 @@ def train(config: TranscriberRecipeConfig) -> dict:
     encoder, compressor = load_ctc_reader(config)
     if max(config.lm_weights) > 0 and compressor.lm_path is None:
         raise ValueError(f"lm_weights {list(config.lm_weights)}: the compressor in {config.compressor_dir} has no word LM")
-    whisper = WhisperTranscriber(config.transcriber)
     audio = AudioCache()
     refs = {path: [u.labels["text"] for u in utts] for path, utts in samples.items()}
-    readings: dict[str, list[list[ChunkReadings]]] = {}
-    for path, utts in samples.items():
-        waves = [audio.get(u) for u in utts]
-        with torch.inference_mode():
-            batches = encode_chunks(encoder, waves, max_chunk_s=config.max_duration_s, keep_audio=True)
-            readings[path] = join_chunks(compressor, batches, [u.duration_s for u in utts], transcriber=whisper).readings
+    by_beam: dict[int, dict[str, list[list[ChunkReadings]]]] = {}  # Whisper's beam -> manifest -> readings
+    for beam in config.beam_sizes or (config.transcriber.beam_size,):
+        whisper = WhisperTranscriber(dataclasses.replace(config.transcriber, beam_size=beam))
+        by_beam[beam] = {}
+        for path, utts in samples.items():
+            waves = [audio.get(u) for u in utts]
+            with torch.inference_mode():
+                batches = encode_chunks(encoder, waves, max_chunk_s=config.max_duration_s, keep_audio=True)
+                by_beam[beam][path] = join_chunks(compressor, batches, [u.duration_s for u in utts], transcriber=whisper).readings
 
-    def wers(pick) -> dict[str, float]:
-        """WER per manifest of the transcripts `pick(ref, chunk)` takes, and their mean (every
-        recording is one chunk: max_duration_s <= 30)."""
+    def wers(pick, readings) -> dict[str, float]:
+        """WER per manifest of the transcripts `pick(ref, chunk)` takes from `readings`, and their mean
+        (every recording is one chunk: max_duration_s <= 30)."""
         by_manifest = {path: jiwer.wer(refs[path], [pick(ref, chunks[0]) for ref, chunks in zip(refs[path], rs)])
                        for path, rs in readings.items()}  # fmt: skip
         return {"mean": sum(by_manifest.values()) / len(by_manifest), **by_manifest}
 
-    def whisper_share(rule: TranscriberConfig) -> float:
+    def whisper_share(rule: TranscriberConfig, readings) -> float:
         differ = [c for rs in readings.values() for chunks in rs for c in chunks if c.whisper != c.ctc]
         return sum(c.choose(rule) == c.whisper for c in differ) / max(len(differ), 1)
 
-    rows = [{"setting": "ctc", **wers(lambda ref, c: c.ctc)},
-            {"setting": "whisper (empty readings: ctc)", **wers(lambda ref, c: c.whisper or c.ctc)}]  # fmt: skip
-    best = None
-    for rule in config.rules():
-        setting = {"ctc_weight": rule.ctc_weight, "length_bonus": rule.length_bonus, "lm_weight": rule.lm_weight}
-        row = {"setting": " ".join(f"{k}={v}" for k, v in setting.items()), **setting,
-               **wers(lambda ref, c, rule=rule: c.choose(rule)), "whisper_share": whisper_share(rule)}  # fmt: skip
-        rows.append(row)
-        print(f"transcriber: {row['setting']}: dev WER mean {row['mean']:.4f} ({row['whisper_share']:.0%} Whisper where they differ)")
-        if best is None or row["mean"] < best["mean"]:
-            best = row
+    first_beam = next(iter(by_beam))
+    rows = [{"setting": "ctc", **wers(lambda ref, c: c.ctc, by_beam[first_beam])}]
+    best, whisper_rows = None, {}
+    for beam, readings in by_beam.items():
+        whisper_rows[beam] = {"setting": f"whisper, beam {beam} (empty readings: ctc)", "beam_size": beam,
+                              **wers(lambda ref, c: c.whisper or c.ctc, readings)}  # fmt: skip
+        rows.append(whisper_rows[beam])
+        for rule in config.rules():
+            setting = {"beam_size": beam, "ctc_weight": rule.ctc_weight, "length_bonus": rule.length_bonus,
+                       "lm_weight": rule.lm_weight}  # fmt: skip
+            row = {"setting": " ".join(f"{k}={v}" for k, v in setting.items()), **setting,
+                   **wers(lambda ref, c, rule=rule: c.choose(rule), readings), "whisper_share": whisper_share(rule, readings)}  # fmt: skip
+            rows.append(row)
+            print(f"transcriber: {row['setting']}: dev WER mean {row['mean']:.4f} ({row['whisper_share']:.0%} Whisper where they differ)")
+            if best is None or row["mean"] < best["mean"]:
+                best = row
+    readings = by_beam[best["beam_size"]]
     rule = dataclasses.replace(config.transcriber, ctc_weight=best["ctc_weight"], length_bonus=best["length_bonus"],
-                               lm_weight=best["lm_weight"])  # fmt: skip
+                               lm_weight=best["lm_weight"], beam_size=best["beam_size"])  # fmt: skip
     gate = None
-    for row in gate_rows(readings, rule, config.skip_fractions, wers):
+    for row in gate_rows(readings, rule, config.skip_fractions, lambda pick: wers(pick, readings)):
         print(f"transcriber: {row['setting']}: dev WER mean {row['mean']:.4f} ({row['skipped']:.0%} of chunks skipped)")
         rows.append(row)
         if row["mean"] <= best["mean"] + config.max_wer_rise and (gate is None or row["skip"] > gate["skip"]):
             gate = row
     # a bound, not a rule: whichever reading is nearer the reference
-    rows.append({"setting": "oracle", **wers(lambda ref, c: min((c.ctc, c.whisper), key=lambda t: jiwer.wer(ref, t or "-")))})
+    rows.append({"setting": "oracle", **wers(lambda ref, c: min((c.ctc, c.whisper), key=lambda t: jiwer.wer(ref, t or "-")),
+                                             readings)})  # fmt: skip
 
     result = dataclasses.replace(rule, confident_ctc=None if gate is None else gate["confident_ctc"])
     (out / TRANSCRIBER_FILE).write_text(json.dumps(transcriber_config_to_json(result), indent=2) + "\n")
@@ -176,12 +191,13 @@ def train(config: TranscriberRecipeConfig) -> dict:
         "ctc_weight": result.ctc_weight,
         "length_bonus": result.length_bonus,
         "lm_weight": result.lm_weight,
+        "beam_size": result.beam_size,
         "confident_ctc": result.confident_ctc,
         "dev_skipped": 0.0 if gate is None else gate["skipped"],
         "dev_wer": best["mean"] if gate is None else gate["mean"],
         "dev_wer_ungated": best["mean"],
         "dev_wer_ctc": rows[0]["mean"],
-        "dev_wer_whisper": rows[1]["mean"],
+        "dev_wer_whisper": whisper_rows[result.beam_size]["mean"],
         "dev_wer_oracle": rows[-1]["mean"],
         "rows": rows,
         "examples": [

@@ -523,6 +523,30 @@ def test_transcriber_recipe_picks_the_weights_with_the_lowest_dev_wer(trained, t
         replace(recipe, max_wer_rise=-0.1).validate()
     with pytest.raises(ValueError, match=r"^transcriber.confident_ctc is what the recipe picks"):
         replace(recipe, transcriber=replace(whisper, confident_ctc=-5.0)).validate()
+    with pytest.raises(ValueError, match=r"^beam_sizes must be ints in \[1, 16\], got \[1, 0\]$"):
+        replace(recipe, beam_sizes=(1, 0)).validate()
+
+
+def test_transcriber_recipe_picks_whispers_beam_with_the_rule(trained, tiny_corpus, tiny_whisper, tmp_path):
+    from spokenlm.recipes.transcriber import TranscriberRecipeConfig
+    from spokenlm.recipes.transcriber import train as pick
+    from spokenlm.transcriber import TranscriberConfig, read_transcriber_config
+
+    config, _ = trained
+    whisper = TranscriberConfig(base=None, path=str(tiny_whisper["ct2_int8"]), cpu_threads=1, max_tokens_per_second=1000.0)
+    recipe = TranscriberRecipeConfig(
+        out_dir=str(tmp_path / "out"), manifest=str(tiny_corpus), compressor_dir=config.out_dir + "/compressor",
+        encoder_dir=config.out_dir + "/encoder", transcriber=whisper, ctc_weights=(0.0, 1.0), length_bonuses=(0.0,),
+        dev_split="fine-tune", dev_utterances=4, beam_sizes=(1, 3),
+    )  # fmt: skip
+    metrics = pick(recipe)
+    grid = [r for r in metrics["rows"] if "ctc_weight" in r]
+    assert [(r["beam_size"], r["ctc_weight"]) for r in grid] == [(1, 0.0), (1, 1.0), (3, 0.0), (3, 1.0)]
+    best = min(grid, key=lambda r: r["mean"])  # the first of equals
+    assert (metrics["beam_size"], metrics["ctc_weight"], metrics["dev_wer_ungated"]) == (best["beam_size"], best["ctc_weight"], best["mean"])
+    # Whisper's reading alone, per beam
+    assert [r["beam_size"] for r in metrics["rows"] if r["setting"].startswith("whisper, beam")] == [1, 3]
+    assert read_transcriber_config(recipe.out_dir).beam_size == best["beam_size"]
 
 
 def test_the_gate_rows_skip_the_surest_chunks_and_never_a_hopeless_one():
