@@ -158,6 +158,8 @@ class Translator:
                                   capture_output=True, text=True, timeout=self.config.timeout_s)  # fmt: skip
         except subprocess.TimeoutExpired as e:
             raise TranslatorError(f"Apertium took over {self.config.timeout_s:g} s for {len(todo)} transcripts") from e
+        except OSError as e:  # removed or broken since the check in __init__
+            raise TranslatorError(f"Apertium could not run: {e}") from e
         if done.returncode != 0:
             raise TranslatorError(f"Apertium failed (exit {done.returncode}): {done.stderr.strip()[:300]}")
         translated = done.stdout.split("\n")

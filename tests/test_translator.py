@@ -108,6 +108,16 @@ def test_a_missing_apertium_or_pair_is_named_with_its_package(monkeypatch, apert
     with pytest.raises(TranslatorError, match=r"Apertium has no 'eng-xyz' pair \(installed: .*eng-spa.*\): "
                        r"apt-get install apertium-eng-xyz"):  # fmt: skip
         Translator(TranslatorConfig(pair="eng-xyz"))
+    with pytest.raises(TranslatorError, match=r"^Apertium took over 0.001 s for 1 transcripts$"):
+        Translator(TranslatorConfig(timeout_s=0.001)).translate(["a sentence too slow to translate"])
+    ready = Translator(TranslatorConfig())
+
+    def gone(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "apertium")
+
+    monkeypatch.setattr(translator_module.subprocess, "run", gone)  # removed after the translator was loaded
+    with pytest.raises(TranslatorError, match=r"^Apertium could not run: .*No such file or directory"):
+        ready.translate(["hello"])
     monkeypatch.setattr(translator_module.shutil, "which", lambda name: None)
     with pytest.raises(TranslatorError, match=r"runs Apertium, which is not installed: apt-get install apertium apertium-eng-spa"):
         Translator(TranslatorConfig())
