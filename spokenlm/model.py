@@ -363,8 +363,9 @@ def _direct_answers(llm: SpeechLLM, speech: SpeechTokens, requests, rows: list[i
             raise ValueError("this bundle answers ASR and translations from the prompt's transcript, but the compressor gave none")
         for k in asr:
             answers[k] = texts[rows[k]]
-        for k, text in zip(translated, translator.translate([texts[rows[k]] for k in translated]) if translated else []):
-            answers[k] = text
+        if translated:  # one Apertium call for all of them
+            for k, text in zip(translated, translator.translate([texts[rows[k]] for k in translated])):
+                answers[k] = text
     for task, head in llm.heads.items():
         todo = [k for k, r in enumerate(requests) if r.task == task]
         if not todo:

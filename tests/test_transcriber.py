@@ -507,7 +507,7 @@ def test_the_bundle_command_sets_and_clears_the_options(hybrid_bundle, tiny_whis
     model = load_bundle(hybrid_bundle)
     assert not model.llm.asr_from_transcript and model.transcriber is None
     assert main(["bundle", "set", str(hybrid_bundle)]) == 2
-    assert "give --transcriber, --asr-from-transcript, --head and/or --drop-head" in capsys.readouterr().err
+    assert "give --transcriber, --asr-from-transcript, --head, --drop-head and/or --translator" in capsys.readouterr().err
     assert main(["bundle", "set", str(tmp_path), "--asr-from-transcript", "on"]) == 2
     assert "spokenlm.json is missing" in capsys.readouterr().err
 

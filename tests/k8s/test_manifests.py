@@ -314,13 +314,14 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in joined.splitlines() if ln.strip()]
 
 
-def test_dockerfile_installs_ffmpeg_and_everything_in_one_pip_command():
+def test_dockerfile_installs_ffmpeg_apertium_and_everything_in_one_pip_command():
     instructions = dockerfile_instructions()
     (base,) = [args for op, args in instructions if op == "FROM"]
     assert base == "python:3.11-slim"  # pyproject: requires-python >=3.11,<3.12
     runs = [args for op, args in instructions if op == "RUN"]
     (apt,) = [r for r in runs if "apt-get install" in r]
     assert {"ffmpeg", "wget"} <= set(apt.split())  # torchcodec's decoder; KubeRay's probes
+    assert {"apertium", "apertium-eng-spa"} <= set(apt.split())  # the default bundle's translator
     pips = [r for r in runs if re.search(r"\bpip3? install\b", r)]
     assert len(pips) == 1 and len(re.findall(r"\bpip3? install\b", pips[0])) == 1, pips
     assert re.search(r"\bpip install -r requirements\.txt (-e )?\.$", pips[0]), pips[0]
