@@ -106,7 +106,7 @@ from spokenlm.transcriber import (
     transcriber_config_from_json,
     transcriber_config_to_json,
 )
-from spokenlm.translator import TRANSLATOR_JSON, TRUECASE_JSON, TranslatorError, load_translator, save_translator
+from spokenlm.translator import TranslatorError, load_translator, save_translator
 
 __all__ = [
     "BundleError", "BundleInfo", "ChunkBatch", "LLMConfig", "Pretrained", "RunOutput", "SpeechLM", "SpeechLMConfig",
@@ -918,14 +918,10 @@ def set_bundle_translator(path: str | Path, translator_dir: str | Path | None) -
         if not meta.get("llm", {}).get("prompt_transcript"):
             raise BundleError(f"{path}: its LLM reads no transcript in the prompt; there is none to translate")
         try:
-            load_translator(translator_dir)  # one that cannot run is refused before the bundle changes
+            translator = load_translator(translator_dir)  # one that cannot run is refused before the bundle changes
         except (ValueError, TranslatorError) as e:
             raise BundleError(str(e)) from e
-        if target.resolve() != Path(translator_dir).resolve():
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
-            for name in (TRANSLATOR_JSON, TRUECASE_JSON):
-                shutil.copyfile(Path(translator_dir) / name, target / name)
+        save_translator(target, translator.config, translator.truecase)  # as save_bundle writes it
         meta["llm"]["translator"] = TRANSLATOR_DIR
     (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
 

@@ -129,15 +129,15 @@ def train(config: TranscriberRecipeConfig) -> dict:
         raise ValueError(f"lm_weights {list(config.lm_weights)}: the compressor in {config.compressor_dir} has no word LM")
     audio = AudioCache()
     refs = {path: [u.labels["text"] for u in utts] for path, utts in samples.items()}
+    with torch.inference_mode():  # the encoder's pass is the same for every beam: once
+        encoded = {path: encode_chunks(encoder, [audio.get(u) for u in utts], max_chunk_s=config.max_duration_s, keep_audio=True)
+                   for path, utts in samples.items()}  # fmt: skip
     by_beam: dict[int, dict[str, list[list[ChunkReadings]]]] = {}  # Whisper's beam -> manifest -> readings
     for beam in config.beam_sizes or (config.transcriber.beam_size,):
         whisper = WhisperTranscriber(dataclasses.replace(config.transcriber, beam_size=beam))
-        by_beam[beam] = {}
-        for path, utts in samples.items():
-            waves = [audio.get(u) for u in utts]
-            with torch.inference_mode():
-                batches = encode_chunks(encoder, waves, max_chunk_s=config.max_duration_s, keep_audio=True)
-                by_beam[beam][path] = join_chunks(compressor, batches, [u.duration_s for u in utts], transcriber=whisper).readings
+        with torch.inference_mode():
+            by_beam[beam] = {path: join_chunks(compressor, encoded[path], [u.duration_s for u in utts], transcriber=whisper).readings
+                             for path, utts in samples.items()}  # fmt: skip
 
     def wers(pick, readings) -> dict[str, float]:
         """WER per manifest of the transcripts `pick(ref, chunk)` takes from `readings`, and their mean

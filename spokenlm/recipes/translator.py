@@ -49,18 +49,10 @@ class TranslatorRecipeConfig:
             raise ValueError(f"text {self.text}: no such file")
 
 
-def corpus_bleu(hypotheses: list[str], references: list[list[str]]) -> float:
-    """sacrebleu's corpus BLEU with every item's references (items with fewer get None, as sacrebleu takes)."""
-    import sacrebleu
-
-    width = max(len(r) for r in references)
-    streams = [[r[k] if k < len(r) else None for r in references] for k in range(width)]
-    return sacrebleu.corpus_bleu(hypotheses, streams).score
-
-
 def train(config: TranslatorRecipeConfig) -> dict:
     from spokenlm.data.text import normalize
-    from spokenlm.recipes.speechlm import heldout_items
+    from spokenlm.recipes.speechlm import heldout_items, score_task
+    from spokenlm.tasks import Translation
     from spokenlm.train.data import read_manifest
 
     config.validate()
@@ -82,14 +74,17 @@ def train(config: TranslatorRecipeConfig) -> dict:
         if not items:
             continue
         sources = [i.labels["text"] for i in items]
-        refs = [i.labels.get("translations") or [i.labels["translation"]] for i in items]
         translated = with_table.translate(sources)
+
+        def bleu(texts: list[str]) -> float:  # the speechlm recipe's metric: sacrebleu over every reference
+            return score_task("translate", items, [Translation(text=t, target_lang=config.translator.target_lang) for t in texts])["bleu"]
+
         scores[split] = {
             "items": len(items),
-            "bleu": corpus_bleu(translated, refs),
-            "bleu_without_truecase": corpus_bleu(plain.translate(sources), refs),
-            "examples": [{"transcript": s, "translation": t, "reference": r[0]}
-                         for s, t, r in list(zip(sources, translated, refs))[: config.examples]],  # fmt: skip
+            "bleu": bleu(translated),
+            "bleu_without_truecase": bleu(plain.translate(sources)),
+            "examples": [{"transcript": s, "translation": t, "reference": i.labels["translation"]}
+                         for s, t, i in list(zip(sources, translated, items))[: config.examples]],  # fmt: skip
         }
     if not scores:
         raise ValueError(f"{manifests}: no translate items in {list(config.score_splits)}")
