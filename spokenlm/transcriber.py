@@ -27,6 +27,13 @@ term), against 17.7 % for the CTC transcript alone, 31.6 % for Whisper's alone, 
 the joint one replaced (Whisper's reading where its own mean log-probability was >= -0.2), and 12.2 %
 for the oracle that knows the reference.
 
+With `beam_size` > 1 Whisper's decoder searches a beam, and with `num_hypotheses` > 1 the rule
+weighs the beam's n best readings, not its best alone: each is scored as the first is, and the
+highest joint score of all (the CTC reading's included) wins. The beam ranks its readings by the
+decoder's length-normalized score alone; the CTC head and the word LM know what it does not. On both
+of `make demo`'s LibriVox clips the right reading is the beam's second ("ill disposed" after "old
+supposed", "amiable" after "immutable").
+
 An empty reading has no tokens to score: its decoder log-probability is that of Whisper's no-speech
 token at the first step, and its CTC log-likelihood that of the all-blank path.
 
@@ -111,6 +118,11 @@ class TranscriberConfig:
     apart that both acoustic models hear alike ("four" / "for" said alone). 0: no LM term."""
 
     beam_size: int = 1
+    num_hypotheses: int = 1
+    """How many of the beam's best readings of a chunk the rule weighs (at most `beam_size`): the
+    first and those of the next that differ from it and from the CTC reading (in a packed window, the
+    ones that end where the chunk ends). 1: the beam's best alone."""
+
     compute_type: str = "int8"
     cpu_threads: int = 0  # 0: CTranslate2 chooses
     batch_size: int = 8  # Whisper windows per decoder call (the encoder reads one window per call)
@@ -169,6 +181,9 @@ class TranscriberConfig:
             raise ValueError(f"lm_weight must be a number in [0, 10], got {self.lm_weight!r}")
         if not (isinstance(self.beam_size, int) and 1 <= self.beam_size <= 16):
             raise ValueError(f"beam_size must be an int in [1, 16], got {self.beam_size!r}")
+        if not (isinstance(self.num_hypotheses, int) and not isinstance(self.num_hypotheses, bool)
+                and 1 <= self.num_hypotheses <= self.beam_size):  # fmt: skip
+            raise ValueError(f"num_hypotheses must be an int in [1, beam_size={self.beam_size}], got {self.num_hypotheses!r}")
         if not (isinstance(self.cpu_threads, int) and self.cpu_threads >= 0):
             raise ValueError(f"cpu_threads must be an int >= 0, got {self.cpu_threads!r}")
         if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= 256):
@@ -252,6 +267,15 @@ class Scores:
 
 
 @dataclass(frozen=True)
+class Alternative:
+    """One more of Whisper's readings of a chunk (`num_hypotheses`), scored as its best one is."""
+
+    text: str
+    scores: Scores
+    rank: int  # its place in the beam's n best: 1 for the second best
+
+
+@dataclass(frozen=True)
 class ChunkReadings:
     """Both readings of one chunk (normalized as our transcripts are) and what the rule weighs."""
 
@@ -267,16 +291,30 @@ class ChunkReadings:
     confident: bool = False
     """Whisper did not read the chunk (`confident_ctc`): `whisper` is "", its scores and the decoder's
     score of the CTC reading nan."""
+    others: tuple[Alternative, ...] = ()
+    """Whisper's further readings (`num_hypotheses`), each text once, none equal to `whisper` or
+    `ctc`, none empty or looping; in rank order."""
+
+    def candidates(self, config: TranscriberConfig) -> list[tuple[str, Scores]]:
+        """The readings the rule weighs under `config`, the CTC one first: Whisper's (the best and,
+        with `num_hypotheses`, the others ranked below it) unless it read nothing, did not read the
+        chunk or looped; none twice."""
+        looping = self.whisper_tokens > config.max_tokens_per_second * max(self.duration_s, 1.0)
+        if self.confident or not self.whisper or looping:
+            return [(self.ctc, self.ctc_scores)]
+        whisper = [(self.whisper, self.whisper_scores)] if self.whisper != self.ctc else []
+        others = [(a.text, a.scores) for a in self.others if a.rank < config.num_hypotheses]
+        return [(self.ctc, self.ctc_scores), *whisper, *others]
 
     def choose(self, config: TranscriberConfig) -> str:
-        """The reading the prompt takes (module docstring): the higher joint score; the CTC one on a
-        tie, or when Whisper read nothing (or did not read the chunk) or looped."""
-        looping = self.whisper_tokens > config.max_tokens_per_second * max(self.duration_s, 1.0)
-        if self.confident or not self.whisper or looping or self.whisper == self.ctc:
-            return self.ctc
-        w = self.whisper_scores.joint(config, len(self.whisper.split()))
-        c = self.ctc_scores.joint(config, len(self.ctc.split()))
-        return self.whisper if w > c else self.ctc
+        """The reading the prompt takes (module docstring): the highest joint score of `candidates`;
+        the earlier on a tie (the CTC one first)."""
+        best, best_score = self.ctc, -math.inf
+        for i, (text, scores) in enumerate(self.candidates(config)):
+            score = scores.joint(config, len(text.split()))
+            if i == 0 or score > best_score:
+                best, best_score = text, score
+        return best
 
 
 class WhisperTranscriber:
@@ -366,14 +404,16 @@ class WhisperTranscriber:
                                          duration_s=len(wav) / SAMPLE_RATE, confident=True))  # fmt: skip
                 continue
             read = reads[i]
-            # where Whisper read what the CTC head read, its text is already scored
-            whisper_scores = (ctc_scores[i] if read.text == text else
-                              Scores(ctc=ctc_log_likelihood(log_probs, read.text, vocab), decoder=math.nan, lm=lm_score(read.text)))  # fmt: skip
+
+            def scored(reading: str) -> Scores:  # the decoder's score: nan where no two readings differ
+                base = (ctc_scores[i] if reading == text else  # the CTC reading is scored already
+                        Scores(ctc=ctc_log_likelihood(log_probs, reading, vocab), decoder=math.nan, lm=lm_score(reading)))  # fmt: skip
+                return dataclasses.replace(base, decoder=read.decoder.get(reading, math.nan))
+
             out.append(ChunkReadings(
                 whisper=read.text, ctc=text, whisper_tokens=read.tokens, whisper_logprob=read.logprob,
-                duration_s=len(wav) / SAMPLE_RATE, packed=read.packed,
-                whisper_scores=dataclasses.replace(whisper_scores, decoder=read.decoder[0]),
-                ctc_scores=dataclasses.replace(ctc_scores[i], decoder=read.decoder[1]),
+                duration_s=len(wav) / SAMPLE_RATE, packed=read.packed, whisper_scores=scored(read.text),
+                ctc_scores=scored(text), others=tuple(Alternative(other, scored(other), rank) for rank, other in read.others),
             ))  # fmt: skip
         return out
 
@@ -427,8 +467,9 @@ class WhisperTranscriber:
         return [_Window(tuple(chunks[c] for c in w.chunks), w.offsets) for w in windows]
 
     def _read_windows(self, windows: list[_Window], waves: list[np.ndarray], ctc_texts: Sequence[str]) -> dict[int, _Read | None]:
-        """Whisper's greedy reading of each window's chunks and the decoder scores of both readings;
-        None for a chunk of a packed window whose reading ran into the next chunk's (`cut_packed_reading`)."""
+        """Whisper's reading of each window's chunks (its beam's `num_hypotheses` best) and the decoder
+        scores of every reading, the CTC one's included; None for a chunk of a packed window whose
+        best reading ran into the next chunk's (`cut_packed_reading`)."""
         import ctranslate2
 
         out: dict[int, _Read | None] = {}
@@ -443,32 +484,45 @@ class WhisperTranscriber:
             limit = min(MAX_LENGTH, len(prompts[0]) + math.ceil(self.config.max_tokens_per_second * max(longest, 1.0)) + 2)
             results = self._model.generate(
                 ctranslate2.StorageView.from_array(attended), prompts,
-                beam_size=self.config.beam_size, max_length=limit, return_scores=True, return_no_speech_prob=True,
+                beam_size=self.config.beam_size, num_hypotheses=self.config.num_hypotheses, max_length=limit,
+                return_scores=True, return_no_speech_prob=True,
                 suppress_blank=True, suppress_tokens=self._suppress,
             )  # fmt: skip
             read: list[tuple[int, int, float]] = []  # (job, chunk, offset) of every chunk read
             silent: dict[int, float] = {}
             for job, ((_, chunk, offset), result) in enumerate(zip(jobs, results)):
-                ids = result.sequences_ids[0]
-                # faster-whisper's avg_logprob: CTranslate2's length-normalized score, over the tokens and the end
-                logprob = result.scores[0] * len(ids) / (len(ids) + 1)
+                end_s = offset + len(waves[chunk]) / SAMPLE_RATE
+                hypotheses = []  # (rank, token ids) of each reading that is whole
+                for rank, ids in enumerate(result.sequences_ids):
+                    if packed:
+                        ids = cut_packed_reading(ids, end_s, self._tokenizer.timestamp_begin, gap_s=self.config.pack_gap_s,
+                                                 ended=len(prompts[0]) + len(ids) < limit)  # fmt: skip
+                    if ids is not None:
+                        hypotheses.append((rank, ids))
                 silent[chunk] = math.log(max(result.no_speech_prob, 1e-30))
-                if packed:
-                    ids = cut_packed_reading(ids, offset + len(waves[chunk]) / SAMPLE_RATE, self._tokenizer.timestamp_begin,
-                                             gap_s=self.config.pack_gap_s, ended=len(prompts[0]) + len(ids) < limit)  # fmt: skip
-                    if ids is None:
-                        out[chunk] = None
-                        continue
-                out[chunk] = _Read(text=self._text(ids), tokens=len(ids), logprob=logprob, packed=packed)
+                if not hypotheses or hypotheses[0][0] != 0:  # the best reading ran on: read the chunk alone
+                    out[chunk] = None
+                    continue
+                ids = hypotheses[0][1]
+                # faster-whisper's avg_logprob: CTranslate2's length-normalized score, over the tokens and the end
+                logprob = result.scores[0] * len(result.sequences_ids[0]) / (len(result.sequences_ids[0]) + 1)
+                text = self._text(ids)
+                seen, others = {text, ctc_texts[chunk], ""}, []
+                most = self.config.max_tokens_per_second * max(len(waves[chunk]) / SAMPLE_RATE, 1.0)
+                for rank, other in hypotheses[1:]:
+                    reading = self._text(other)
+                    if reading not in seen and len(other) <= most:  # a loop is never the rule's to take
+                        seen.add(reading)
+                        others.append((rank, reading))
+                out[chunk] = _Read(text=text, tokens=len(ids), logprob=logprob, packed=packed, others=tuple(others))
                 read.append((job, chunk, offset))
-            # where the two readings agree, the rule takes that text without a score: only the others are scored
-            differ = {chunk: (job, offset, (out[chunk].text, ctc_texts[chunk])) for job, chunk, offset in read
-                      if out[chunk].text != ctc_texts[chunk]}  # fmt: skip
+            # where every reading is the CTC one's, the rule takes that text without a score: only the others are scored
+            differ = {chunk: (job, offset, texts) for job, chunk, offset in read
+                      if len(set(texts := (out[chunk].text, ctc_texts[chunk], *(t for _, t in out[chunk].others)))) > 1}  # fmt: skip
             scores = self._decoder_scores(attended, frames, packed, differ)
             for _, chunk, _ in read:
-                texts = differ[chunk][2] if chunk in differ else None
-                decoder = (math.nan, math.nan) if texts is None else tuple(scores[(chunk, t)] if t else silent[chunk] for t in texts)
-                out[chunk] = dataclasses.replace(out[chunk], decoder=decoder)
+                texts = differ[chunk][2] if chunk in differ else ()
+                out[chunk] = dataclasses.replace(out[chunk], decoder={t: scores[(chunk, t)] if t else silent[chunk] for t in texts})
         return out
 
     def _window_jobs(self, group: list[_Window], waves: list[np.ndarray]) -> tuple[list[tuple[int, int, float]], np.ndarray, list[int]]:
@@ -542,10 +596,10 @@ class WhisperTranscriber:
         return reading_text(self._tokenizer, tokens)
 
     def _decoder_scores(self, attended: np.ndarray, frames: list[int], packed: bool,
-                        chunks: dict[int, tuple[int, float, tuple[str, str]]]) -> dict[tuple[int, str], float]:  # fmt: skip
+                        chunks: dict[int, tuple[int, float, tuple[str, ...]]]) -> dict[tuple[int, str], float]:  # fmt: skip
         """The Whisper decoder's log-probability of each chunk's texts' tokens (forced decoding) given
         the encoder frames it read the chunk from (`chunks`: chunk -> its job's row of `attended`, its
-        offset in its window, its two texts), each non-empty text in one `align` call. In a packed window the text follows the
+        offset in its window, its readings), each non-empty text in one `align` call. In a packed window the text follows the
         timestamp of the chunk's start (a token that is not text: its own probability is left out).
         A text longer than the decoder's context (a loop, or digits spelt out) scores -inf."""
         import ctranslate2
@@ -553,8 +607,8 @@ class WhisperTranscriber:
         rows, texts, keys = [], [], []
         prompt = self._stamped if packed else self._prompt
         out: dict[tuple[int, str], float] = {}
-        for chunk, (row, offset, pair) in chunks.items():
-            for text in pair:
+        for chunk, (row, offset, readings) in chunks.items():
+            for text in dict.fromkeys(readings):
                 if text:
                     tokens = self._tokenizer.encode(" " + text)
                     tokens = [self._timestamp(offset), *tokens] if packed else tokens
@@ -592,13 +646,15 @@ class DecoderExample:
 
 @dataclass(frozen=True)
 class _Read:
-    """Whisper's reading of one chunk, and the decoder's scores of (that reading, the CTC one)."""
+    """Whisper's reading of one chunk, and the decoder's score of each reading (its best, the CTC
+    one, the others); none where they are all one text."""
 
     text: str
     tokens: int
     logprob: float
     packed: bool
-    decoder: tuple[float, float] = (0.0, 0.0)
+    others: tuple[tuple[int, str], ...] = ()  # (rank, text) of the further readings (`num_hypotheses`)
+    decoder: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

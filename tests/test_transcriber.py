@@ -22,6 +22,7 @@ from spokenlm.model import (
 )
 from spokenlm.tasks import TRANSCRIPT_HINT, TaskRequest
 from spokenlm.transcriber import (
+    Alternative,
     ChunkReadings,
     Scores,
     TranscriberConfig,
@@ -92,6 +93,37 @@ def test_whisper_scores_chunks_deterministically_whatever_the_batch(tiny_whisper
         assert one.whisper == one.ctc == reading.whisper and one.choose(_config(tiny_whisper)) == reading.whisper
         assert math.isnan(one.whisper_scores.decoder) and math.isnan(one.ctc_scores.decoder)
         assert one.ctc_scores.ctc == pytest.approx(ctc_log_likelihood(log_probs[batched.index(reading)], reading.whisper, vocab))
+
+
+@pytest.mark.parametrize(("whisper", "pack_s"), [("tiny_whisper", 0.0), ("tiny_whisper_timestamps", 26.0)])
+def test_the_beam_s_n_best_readings_are_scored_as_its_best(whisper, pack_s, example_clips, vocab, request):
+    """`num_hypotheses`: the beam's best reading is the same as with one hypothesis; the others are
+    the beam's further readings, each once and none the best or the CTC one, scored by the CTC head
+    and by the decoder's forced log-probability as the best one is."""
+    waves = [load_audio(c) for c in example_clips[:2]]
+    waves.append(waves[0][:16000])
+    texts, log_probs = _ctc_inputs(vocab, waves)
+    config = _config(request.getfixturevalue(whisper), beam_size=4, pack_s=pack_s)
+    one = WhisperTranscriber(config).score(waves, texts, log_probs, vocab)
+    four = WhisperTranscriber(dataclasses.replace(config, num_hypotheses=4)).score(waves, texts, log_probs, vocab)
+    assert not any(r.others for r in one)
+    # the random model's readings differ late: alone, its beam offers more; packed, each cut where its chunk ends reads the same
+    assert any(r.others for r in four) == (pack_s == 0)
+    rescored = WhisperTranscriber(config)
+    for best, chunk, wav, log_prob in zip(one, four, waves, log_probs):
+        assert (chunk.whisper, chunk.whisper_tokens) == (best.whisper, best.whisper_tokens)
+        assert chunk.whisper_scores.decoder == pytest.approx(best.whisper_scores.decoder, abs=1e-3, nan_ok=True)
+        texts_seen = [a.text for a in chunk.others]
+        assert len(set(texts_seen)) == len(texts_seen) and not {chunk.whisper, chunk.ctc, ""} & set(texts_seen)
+        assert [a.rank for a in chunk.others] == sorted(a.rank for a in chunk.others) and all(1 <= a.rank < 4 for a in chunk.others)
+        for other in chunk.others:
+            assert other.scores.ctc == pytest.approx(ctc_log_likelihood(log_prob, other.text, vocab))
+            if not chunk.packed:  # alone in its window: the same forced score as when it is the CTC head's reading
+                (forced,) = rescored.score([wav], [other.text], [log_prob], vocab)
+                assert other.scores.decoder == pytest.approx(forced.ctc_scores.decoder, abs=1e-3)
+        # with one hypothesis the rule weighs what it did before
+        assert chunk.choose(config) == best.choose(config)
+        assert [t for t, _ in chunk.candidates(dataclasses.replace(config, num_hypotheses=4))][2 if chunk.whisper != chunk.ctc else 1 :] == texts_seen
 
 
 def test_whisper_leaves_the_chunks_the_ctc_head_is_sure_of(tiny_whisper, example_clips, vocab):
@@ -348,6 +380,27 @@ def test_the_rule_takes_the_reading_both_models_prefer():
     assert choose_prompt_texts(chunks, config) == ["two", "x q"]
 
 
+def test_the_rule_weighs_the_beam_s_further_readings_up_to_num_hypotheses():
+    four = TranscriberConfig(beam_size=4, num_hypotheses=4, ctc_weight=0.5)
+    # the beam's best ("old supposed") is the decoder's favourite, its second the CTC head's by more
+    chunk = dataclasses.replace(
+        _reading("old supposed", "neild spots", (-30.0, -13.0), (-20.0, -40.0)),
+        others=(Alternative("ill disposed", Scores(-25.0, -14.0), 1), Alternative("all deposed", Scores(-40.0, -20.0), 3)),
+    )  # fmt: skip
+    assert chunk.choose(four) == "ill disposed"  # -19.5 > -21.5 (the best), -30 (the CTC reading), -30 (the fourth)
+    assert chunk.choose(dataclasses.replace(four, num_hypotheses=1)) == "old supposed"  # the beam's best alone
+    assert chunk.choose(dataclasses.replace(four, num_hypotheses=2)) == "ill disposed"  # rank 1 < 2
+    assert [t for t, _ in chunk.candidates(dataclasses.replace(four, num_hypotheses=3))] == ["neild spots", "old supposed", "ill disposed"]
+    # where Whisper's best is the CTC reading, a further reading may still win; a tie keeps the earlier
+    agreed = dataclasses.replace(_reading("a b", "a b", (-5.0, -5.0), (-5.0, -5.0)), others=(Alternative("a c", Scores(-4.0, -4.0), 1),))
+    assert agreed.choose(four) == "a c" and agreed.choose(TranscriberConfig()) == "a b"
+    tie = dataclasses.replace(agreed, others=(Alternative("a c", Scores(-5.0, -5.0), 1),))
+    assert tie.choose(four) == "a b"
+    # a chunk left to the CTC head, or one Whisper read as a loop, takes the CTC reading whatever the others
+    assert dataclasses.replace(chunk, confident=True).choose(four) == "neild spots"
+    assert dataclasses.replace(chunk, whisper_tokens=100).choose(four) == "neild spots"
+
+
 def test_the_word_lm_tells_apart_what_both_models_hear_alike():
     # Scores(ctc, decoder, lm): "four" said alone; both acoustic models slightly prefer "for"
     four = _reading("for", "four", (-2.0, -1.0, -10.8), (-2.0, -1.5, -4.7))
@@ -370,6 +423,9 @@ def test_the_word_lm_tells_apart_what_both_models_hear_alike():
         ({"lm_weight": True}, "lm_weight must be a number in [0, 10], got True"),
         ({"batch_size": 0}, "batch_size must be an int in [1, 256], got 0"),
         ({"beam_size": 0}, "beam_size must be an int in [1, 16], got 0"),
+        ({"num_hypotheses": 2}, "num_hypotheses must be an int in [1, beam_size=1], got 2"),
+        ({"num_hypotheses": 0, "beam_size": 4}, "num_hypotheses must be an int in [1, beam_size=4], got 0"),
+        ({"num_hypotheses": True}, "num_hypotheses must be an int in [1, beam_size=1], got True"),
         ({"cpu_threads": -1}, "cpu_threads must be an int >= 0, got -1"),
         ({"max_tokens_per_second": 0}, "max_tokens_per_second must be > 0, got 0"),
         ({"pack_s": 3.0}, "pack_s must be 0 (one chunk per window) or within [5, 30] seconds, got 3.0"),
@@ -507,7 +563,7 @@ def test_the_bundle_command_sets_and_clears_the_options(hybrid_bundle, tiny_whis
     model = load_bundle(hybrid_bundle)
     assert not model.llm.asr_from_transcript and model.transcriber is None
     assert main(["bundle", "set", str(hybrid_bundle)]) == 2
-    assert "give --transcriber, --asr-from-transcript, --head, --drop-head and/or --translator" in capsys.readouterr().err
+    assert "give --transcriber, --asr-from-transcript, --head, --drop-head, --translator and/or --grounded" in capsys.readouterr().err
     assert main(["bundle", "set", str(tmp_path), "--asr-from-transcript", "on"]) == 2
     assert "spokenlm.json is missing" in capsys.readouterr().err
 

@@ -11,7 +11,8 @@
    the chosen transcripts: the WER of each manifest's sample, and their mean (each corpus counts once,
    whatever its words). Keep the best mean; a tie keeps the earlier grid point. With `beam_sizes`,
    steps 2-3 run once per Whisper beam size (each reads the chunks again) and the beam is picked
-   with the rule.
+   with the rule; with `num_hypotheses`, so is how many of the beam's best readings the rule weighs
+   (each beam reads its largest n once; a smaller n takes the readings ranked below it).
 4. The gate (`confident_ctc`): for each share in `skip_fractions`, the threshold on `ctc_confidence`
    (under the kept rule) above which that share of the dev chunks lies; those chunks take the CTC
    transcript without Whisper. Keep the largest share whose mean WER is at most `max_wer_rise`
@@ -20,7 +21,7 @@
 5. Write OUT/transcriber.json (the TranscriberConfig with that pick: `spokenlm bundle set BUNDLE
    --transcriber OUT`, or the speechlm recipe's `transcriber: OUT`) and metrics.json (every grid
    point's WERs, CTC alone, Whisper alone, the oracle choice that knows the reference, examples), and
-   readings.jsonl (every chunk's two readings with their scores, for fitting another rule offline).
+   readings.jsonl (every chunk's readings with their scores, for fitting another rule offline).
 
 Nothing is trained: minutes of decoding on 2 cores, no checkpoint, no worker split.
 """
@@ -64,6 +65,7 @@ class TranscriberRecipeConfig:
     lm_weights: tuple[float, ...] = (0.0,)  # > 0 needs the compressor's word LM (a ctc-lm compressor has one)
     skip_fractions: tuple[float, ...] = (0.0,)  # shares of dev chunks the gate would keep from Whisper (0: no gate)
     beam_sizes: tuple[int, ...] = ()  # Whisper's beam, picked with the rule (each re-reads dev); empty: transcriber.beam_size
+    num_hypotheses: tuple[int, ...] = ()  # how many of the beam's readings the rule weighs (those > the beam skipped); empty: transcriber's
     max_wer_rise: float = 0.0  # dev WER (absolute) the gate may give up for the Whisper time it saves
     dev_split: str = "dev"
     dev_utterances: int = 300  # per manifest
@@ -81,6 +83,11 @@ class TranscriberRecipeConfig:
         for beam in self.beam_sizes:
             if not (isinstance(beam, int) and 1 <= beam <= 16):
                 raise ValueError(f"beam_sizes must be ints in [1, 16], got {list(self.beam_sizes)!r}")
+        for n in self.num_hypotheses:
+            if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 16):
+                raise ValueError(f"num_hypotheses must be ints in [1, 16], got {list(self.num_hypotheses)!r}")
+        if not any(n <= beam for n in self.hypotheses() for beam in self.beams()):
+            raise ValueError(f"num_hypotheses {list(self.hypotheses())}: none fits a beam of {list(self.beams())}")
         if self.transcriber.confident_ctc is not None:
             raise ValueError("transcriber.confident_ctc is what the recipe picks (skip_fractions, max_wer_rise): leave it out")
         if not self.skip_fractions or not all(_is_share(q) for q in self.skip_fractions):
@@ -92,9 +99,17 @@ class TranscriberRecipeConfig:
         if not 1.0 <= self.max_duration_s <= 30.0:
             raise ValueError(f"max_duration_s must be within [1, 30] (a transcriber reads 30-s chunks), got {self.max_duration_s}")
 
+    def beams(self) -> tuple[int, ...]:
+        return self.beam_sizes or (self.transcriber.beam_size,)
+
+    def hypotheses(self) -> tuple[int, ...]:
+        return self.num_hypotheses or (self.transcriber.num_hypotheses,)
+
     def rules(self) -> list[TranscriberConfig]:
         """Every grid point, in the order the recipe tries them (a tie keeps the earlier)."""
-        return [dataclasses.replace(self.transcriber, ctc_weight=weight, length_bonus=bonus, lm_weight=lm)
+        beam = max(self.beams())  # each rule is validated against the widest beam; `train` pairs them
+        return [dataclasses.replace(self.transcriber, ctc_weight=weight, length_bonus=bonus, lm_weight=lm, beam_size=beam,
+                                    num_hypotheses=min(max(self.hypotheses()), beam))
                 for lm in self.lm_weights for weight in self.ctc_weights for bonus in self.length_bonuses]  # fmt: skip
 
 
@@ -133,8 +148,9 @@ def train(config: TranscriberRecipeConfig) -> dict:
         encoded = {path: encode_chunks(encoder, [audio.get(u) for u in utts], max_chunk_s=config.max_duration_s, keep_audio=True)
                    for path, utts in samples.items()}  # fmt: skip
     by_beam: dict[int, dict[str, list[list[ChunkReadings]]]] = {}  # Whisper's beam -> manifest -> readings
-    for beam in config.beam_sizes or (config.transcriber.beam_size,):
-        whisper = WhisperTranscriber(dataclasses.replace(config.transcriber, beam_size=beam))
+    for beam in config.beams():
+        widest = max([n for n in config.hypotheses() if n <= beam], default=1)  # the smaller n are its first readings
+        whisper = WhisperTranscriber(dataclasses.replace(config.transcriber, beam_size=beam, num_hypotheses=widest))
         with torch.inference_mode():
             by_beam[beam] = {path: join_chunks(compressor, encoded[path], [u.duration_s for u in utts], transcriber=whisper).readings
                              for path, utts in samples.items()}  # fmt: skip
@@ -147,8 +163,9 @@ def train(config: TranscriberRecipeConfig) -> dict:
         return {"mean": sum(by_manifest.values()) / len(by_manifest), **by_manifest}
 
     def whisper_share(rule: TranscriberConfig, readings) -> float:
-        differ = [c for rs in readings.values() for chunks in rs for c in chunks if c.whisper != c.ctc]
-        return sum(c.choose(rule) == c.whisper for c in differ) / max(len(differ), 1)
+        """Of the chunks where Whisper offers a reading other than the CTC one, the share the rule gives it."""
+        differ = [c for rs in readings.values() for chunks in rs for c in chunks if len(c.candidates(rule)) > 1]
+        return sum(c.choose(rule) != c.ctc for c in differ) / max(len(differ), 1)
 
     first_beam = next(iter(by_beam))
     rows = [{"setting": "ctc", **wers(lambda ref, c: c.ctc, by_beam[first_beam])}]
@@ -157,9 +174,10 @@ def train(config: TranscriberRecipeConfig) -> dict:
         whisper_rows[beam] = {"setting": f"whisper, beam {beam} (empty readings: ctc)", "beam_size": beam,
                               **wers(lambda ref, c: c.whisper or c.ctc, readings)}  # fmt: skip
         rows.append(whisper_rows[beam])
-        for rule in config.rules():
-            setting = {"beam_size": beam, "ctc_weight": rule.ctc_weight, "length_bonus": rule.length_bonus,
-                       "lm_weight": rule.lm_weight}  # fmt: skip
+        for rule in (dataclasses.replace(r, beam_size=beam, num_hypotheses=n)
+                     for n in config.hypotheses() if n <= beam for r in config.rules()):  # fmt: skip
+            setting = {"beam_size": beam, "num_hypotheses": rule.num_hypotheses, "ctc_weight": rule.ctc_weight,
+                       "length_bonus": rule.length_bonus, "lm_weight": rule.lm_weight}  # fmt: skip
             row = {"setting": " ".join(f"{k}={v}" for k, v in setting.items()), **setting,
                    **wers(lambda ref, c, rule=rule: c.choose(rule), readings), "whisper_share": whisper_share(rule, readings)}  # fmt: skip
             rows.append(row)
@@ -168,15 +186,15 @@ def train(config: TranscriberRecipeConfig) -> dict:
                 best = row
     readings = by_beam[best["beam_size"]]
     rule = dataclasses.replace(config.transcriber, ctc_weight=best["ctc_weight"], length_bonus=best["length_bonus"],
-                               lm_weight=best["lm_weight"], beam_size=best["beam_size"])  # fmt: skip
+                               lm_weight=best["lm_weight"], beam_size=best["beam_size"], num_hypotheses=best["num_hypotheses"])  # fmt: skip
     gate = None
     for row in gate_rows(readings, rule, config.skip_fractions, lambda pick: wers(pick, readings)):
         print(f"transcriber: {row['setting']}: dev WER mean {row['mean']:.4f} ({row['skipped']:.0%} of chunks skipped)")
         rows.append(row)
         if row["mean"] <= best["mean"] + config.max_wer_rise and (gate is None or row["skip"] > gate["skip"]):
             gate = row
-    # a bound, not a rule: whichever reading is nearer the reference
-    rows.append({"setting": "oracle", **wers(lambda ref, c: min((c.ctc, c.whisper), key=lambda t: jiwer.wer(ref, t or "-")),
+    # a bound, not a rule: whichever reading the kept rule weighs is nearest the reference
+    rows.append({"setting": "oracle", **wers(lambda ref, c: min((t for t, _ in c.candidates(rule)), key=lambda t: jiwer.wer(ref, t or "-")),
                                              readings)})  # fmt: skip
 
     result = dataclasses.replace(rule, confident_ctc=None if gate is None else gate["confident_ctc"])
@@ -192,6 +210,7 @@ def train(config: TranscriberRecipeConfig) -> dict:
         "length_bonus": result.length_bonus,
         "lm_weight": result.lm_weight,
         "beam_size": result.beam_size,
+        "num_hypotheses": result.num_hypotheses,
         "confident_ctc": result.confident_ctc,
         "dev_skipped": 0.0 if gate is None else gate["skipped"],
         "dev_wer": best["mean"] if gate is None else gate["mean"],

@@ -499,10 +499,9 @@ def test_transcriber_recipe_picks_the_weights_with_the_lowest_dev_wer(trained, t
     assert written == replace(whisper, ctc_weight=metrics["ctc_weight"], length_bonus=metrics["length_bonus"],
                               lm_weight=metrics["lm_weight"], confident_ctc=metrics["confident_ctc"])  # fmt: skip
     # the gated rows, again from the dumped readings: the surest chunks take the CTC reading
-    from spokenlm.transcriber import ChunkReadings, Scores, ctc_confidence
+    from spokenlm.transcriber import ctc_confidence
 
-    chunks = [ChunkReadings(**{**c, "whisper_scores": Scores(**c["whisper_scores"]), "ctc_scores": Scores(**c["ctc_scores"])})
-              for c in (d["chunks"][0] for d in dumped)]  # fmt: skip
+    chunks = [_chunk_readings(d["chunks"][0]) for d in dumped]
     sure = [ctc_confidence(c.ctc_scores, c.duration_s, written) >= written.confident_ctc for c in chunks]
     assert sum(sure) / len(sure) == metrics["dev_skipped"]
     import jiwer
@@ -527,6 +526,15 @@ def test_transcriber_recipe_picks_the_weights_with_the_lowest_dev_wer(trained, t
         replace(recipe, beam_sizes=(1, 0)).validate()
 
 
+def _chunk_readings(record: dict):
+    """A ChunkReadings back from readings.jsonl."""
+    from spokenlm.transcriber import Alternative, ChunkReadings, Scores
+
+    others = tuple(Alternative(a["text"], Scores(**a["scores"]), a["rank"]) for a in record["others"])
+    return ChunkReadings(**{**record, "whisper_scores": Scores(**record["whisper_scores"]),
+                            "ctc_scores": Scores(**record["ctc_scores"]), "others": others})  # fmt: skip
+
+
 def test_transcriber_recipe_picks_whispers_beam_with_the_rule(trained, tiny_corpus, tiny_whisper, tmp_path):
     from spokenlm.recipes.transcriber import TranscriberRecipeConfig
     from spokenlm.recipes.transcriber import train as pick
@@ -537,16 +545,35 @@ def test_transcriber_recipe_picks_whispers_beam_with_the_rule(trained, tiny_corp
     recipe = TranscriberRecipeConfig(
         out_dir=str(tmp_path / "out"), manifest=str(tiny_corpus), compressor_dir=config.out_dir + "/compressor",
         encoder_dir=config.out_dir + "/encoder", transcriber=whisper, ctc_weights=(0.0, 1.0), length_bonuses=(0.0,),
-        dev_split="fine-tune", dev_utterances=4, beam_sizes=(1, 3),
+        dev_split="fine-tune", dev_utterances=4, beam_sizes=(1, 3), num_hypotheses=(1, 3),
     )  # fmt: skip
     metrics = pick(recipe)
     grid = [r for r in metrics["rows"] if "ctc_weight" in r]
-    assert [(r["beam_size"], r["ctc_weight"]) for r in grid] == [(1, 0.0), (1, 1.0), (3, 0.0), (3, 1.0)]
+    assert [(r["beam_size"], r["num_hypotheses"], r["ctc_weight"]) for r in grid] == [
+        (1, 1, 0.0), (1, 1, 1.0), (3, 1, 0.0), (3, 1, 1.0), (3, 3, 0.0), (3, 3, 1.0)]  # fmt: skip
     best = min(grid, key=lambda r: r["mean"])  # the first of equals
-    assert (metrics["beam_size"], metrics["ctc_weight"], metrics["dev_wer_ungated"]) == (best["beam_size"], best["ctc_weight"], best["mean"])
+    assert (metrics["beam_size"], metrics["num_hypotheses"], metrics["ctc_weight"], metrics["dev_wer_ungated"]) == (
+        best["beam_size"], best["num_hypotheses"], best["ctc_weight"], best["mean"])  # fmt: skip
     # Whisper's reading alone, per beam
     assert [r["beam_size"] for r in metrics["rows"] if r["setting"].startswith("whisper, beam")] == [1, 3]
-    assert read_transcriber_config(recipe.out_dir).beam_size == best["beam_size"]
+    written = read_transcriber_config(recipe.out_dir)
+    assert (written.beam_size, written.num_hypotheses) == (best["beam_size"], best["num_hypotheses"])
+    assert metrics["dev_wer_oracle"] <= min(r["mean"] for r in grid)
+    # a beam of 3 alone: its readings are dumped with the beam's further ones, and the rule's choices come back from them
+    import jiwer
+
+    wide = replace(recipe, out_dir=str(tmp_path / "wide"), beam_sizes=(3,), num_hypotheses=(3,))
+    metrics = pick(wide)
+    written = read_transcriber_config(wide.out_dir)
+    assert (written.beam_size, written.num_hypotheses) == (3, 3)
+    dumped = [json.loads(line) for line in (tmp_path / "wide" / "readings.jsonl").read_text().splitlines()]
+    chunks = [_chunk_readings(d["chunks"][0]) for d in dumped]
+    assert any(c.others for c in chunks) and all(1 <= a.rank < 3 for c in chunks for a in c.others)
+    assert jiwer.wer([d["ref"] for d in dumped], [c.choose(written) for c in chunks]) == pytest.approx(metrics["dev_wer_ungated"])
+    with pytest.raises(ValueError, match=r"^num_hypotheses \[4\]: none fits a beam of \[1, 3\]$"):
+        replace(recipe, num_hypotheses=(4,)).validate()
+    with pytest.raises(ValueError, match=r"^num_hypotheses must be ints in \[1, 16\], got \[1, 0\]$"):
+        replace(recipe, num_hypotheses=(1, 0)).validate()
 
 
 def test_the_gate_rows_skip_the_surest_chunks_and_never_a_hopeless_one():
