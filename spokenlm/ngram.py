@@ -15,6 +15,13 @@ left neighbour), and D = n1 / (n1 + 2 n2) from the count-of-counts of that order
 interpolate with the uniform distribution over the vocabulary plus <unk>. In ARPA form an interpolated
 model is exact: a seen n-gram stores its interpolated probability, and a context stores
 D * N1+(h .) / c(h .) as its backoff weight, which is what an unseen word after h gets.
+
+`min_top_count` prunes the highest order: n-grams seen fewer times are left out after estimation
+(the discounts and lower orders are those of the whole model) and each context's backoff weight is
+renormalized so its distribution still sums to one, (1 - sum of its kept p(w | h)) / (1 - sum of
+their p(w | h')), as count cutoffs are applied to backoff models (SRILM's -gtNmin). Singletons are
+most of the top order's n-grams (on the ~118k sentences of the shared English text, 80 % of the
+trigrams), so pruning them takes an ARPA file to a fraction of its size.
 """
 
 from __future__ import annotations
@@ -81,11 +88,31 @@ def _discount(counts: Iterable[int]) -> float:
     return n1 / (n1 + 2 * n2)
 
 
-def fit_ngram(sentences: Iterable[str], order: int = 3) -> NGramLM:
+def _pruned(probs: dict, counts: Counter, min_count: int, lower: dict, backoffs: dict) -> dict:
+    """The top order's `probs` without the n-grams seen fewer than `min_count` times (`counts`), each
+    context's backoff weight (log10, in `backoffs`, updated) renormalized over what is kept."""
+    kept = {g: p for g, p in probs.items() if counts[g] >= min_count}
+    mass: dict[tuple[str, ...], float] = defaultdict(float)  # sum of kept p(w | h) per context
+    base: dict[tuple[str, ...], float] = defaultdict(float)  # ... and of their p(w | h')
+    for gram, p in kept.items():
+        mass[gram[:-1]] += p
+        base[gram[:-1]] += lower[gram[1:]]
+    for history in backoffs:
+        if history in mass:
+            backoffs[history] = math.log10(max(1.0 - mass[history], 1e-12) / max(1.0 - base[history], 1e-12))
+        else:  # nothing after h is kept: every word backs off whole, p(w | h) = p(w | h')
+            backoffs[history] = 0.0
+    return kept
+
+
+def fit_ngram(sentences: Iterable[str], order: int = 3, *, min_top_count: int = 1) -> NGramLM:
     """Estimate an interpolated Kneser-Ney model of ``order`` from whitespace-tokenized sentences
-    (already normalized as the recognizer writes: the caller decides case and punctuation)."""
+    (already normalized as the recognizer writes: the caller decides case and punctuation); the
+    highest order's n-grams seen fewer than `min_top_count` times pruned (module docstring)."""
     if not isinstance(order, int) or not 1 <= order <= MAX_ORDER:
         raise ValueError(f"order must be an int in [1, {MAX_ORDER}], got {order!r}")
+    if not isinstance(min_top_count, int) or isinstance(min_top_count, bool) or min_top_count < 1:
+        raise ValueError(f"min_top_count must be an int >= 1, got {min_top_count!r}")
     raw: list[Counter] = [Counter() for _ in range(order + 1)]
     seen = 0
     for sentence in sentences:
@@ -138,6 +165,8 @@ def fit_ngram(sentences: Iterable[str], order: int = 3) -> NGramLM:
                 probs[gram] = max(count - discount, 0.0) / totals[history] + mass * lower[gram[1:]]
             for history, total in totals.items():
                 backoffs[k - 1][history] = math.log10(discount * types[history] / total)
+            if k == order and order > 1 and min_top_count > 1:
+                probs = _pruned(probs, raw[order], min_top_count, lower, backoffs[k - 1])
         logprobs[k] = {g: math.log10(p) for g, p in probs.items()}
         if k == 1:
             logprobs[1][(BOS,)] = NEVER

@@ -23,6 +23,36 @@ def test_every_history_gives_a_distribution(order):
         assert _sum_over_vocab(lm, history) == pytest.approx(1.0, abs=1e-9), history
 
 
+@pytest.mark.parametrize("order", [2, 3])
+def test_pruning_the_top_order_keeps_every_history_a_distribution(order, tmp_path):
+    from flashlight.lib.text.decoder.kenlm import KenLM
+    from flashlight.lib.text.dictionary import Dictionary
+
+    corpus = CORPUS * 2 + ["b a d c", "c c b", "a b c d"]
+    full, pruned = fit_ngram(corpus, order), fit_ngram(corpus, order, min_top_count=2)
+    top = order
+    assert set(pruned.logprobs[top]) < set(full.logprobs[top])  # the singletons are gone ...
+    for gram, logprob in pruned.logprobs[top].items():  # ... the rest keep their interpolated probability
+        assert logprob == pytest.approx(full.logprobs[top][gram])
+    for k in range(1, top):
+        assert pruned.logprobs[k] == full.logprobs[k]
+    for history in [(BOS,), ("a",), ("b",), ("d",), ("a", "b"), ("b", "a"), ("c", "c"), (BOS, "b"), ("x", "y")]:
+        assert _sum_over_vocab(pruned, history) == pytest.approx(1.0, abs=1e-9), history
+    # KenLM reads the pruned file as the model scores
+    path = pruned.write_arpa(tmp_path / "pruned.arpa")
+    words = sorted(pruned.vocabulary)
+    dictionary = Dictionary(words)
+    kenlm = KenLM(str(path), dictionary)
+    for sentence in ["b a d c", "c c b", "d a b"]:
+        state, history = kenlm.start(0), (BOS,)
+        for word in [*sentence.split(), EOS]:
+            state, score = kenlm.score(state, dictionary.get_index(word))
+            assert score == pytest.approx(pruned.log10_prob(word, history), abs=1e-5), (sentence, word)
+            history = (*history, word)
+    with pytest.raises(ValueError, match=r"^min_top_count must be an int >= 1, got 0$"):
+        fit_ngram(corpus, order, min_top_count=0)
+
+
 def test_bigram_values_by_hand():
     # two sentences "a b", "a c": bigram counts <s>a:2 ab:1 ac:1 b</s>:1 c</s>:1
     lm = fit_ngram(["a b", "a c"], 2)

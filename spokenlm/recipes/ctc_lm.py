@@ -3,7 +3,12 @@
     spokenlm train ctc-lm --config configs/ctc_lm.yaml
 
 1. Estimate an interpolated Kneser-Ney n-gram model (`spokenlm.ngram`) from the transcripts of the
-   train split only: dev and test sentences stay unseen, so their figures are held-out ones.
+   train split only: dev and test sentences stay unseen, so their figures are held-out ones. With
+   `extra_text`, the shared English text sources it names (spokenlm.data.text: LJSpeech, Tatoeba,
+   ...) add their sentences, normalized as the corpus's, except every sentence of any other split
+   of the manifests (and the train split's own, which the transcripts already count): the LM knows
+   English beyond the corpus's ~18k train sentences, and still no dev or test sentence.
+   `min_top_count` prunes the highest order's rare n-grams to keep the file small.
 2. Encode `dev_utterances` dev recordings once with the frozen encoder, take the CTC compressor's
    log-probabilities, and read them greedily and with the lexicon beam search
    (`spokenlm.compress.beam`) at every (lm_weight, word_score) of the grid.
@@ -11,7 +16,7 @@
    gzipped ARPA file, so `compressor_dir: OUT/compressor` gives the speechlm recipe and the bundle
    the LM's transcripts; plus metrics.json with every setting's dev WER / CER and examples.
 4. With `folds: K`, also OUT/folds/fold<i>.arpa.gz: K more LMs, fold i's without the train sentences
-   of fold i (`transcript_fold`). The speechlm recipe reads each train utterance's prompt transcript
+   of fold i (`transcript_fold`; the extra text holds no train sentence). The speechlm recipe reads each train utterance's prompt transcript
    with the LM that never saw its sentence (`train_transcript_lms: OUT/folds`), so its transcripts
    in training are as wrong as dev's and test's are with the full LM (a jackknife). With the full LM
    they would be far cleaner (measured on 200 train utterances: WER 0.096 against dev's 0.209), and
@@ -89,6 +94,9 @@ class CTCLMConfig:
     max_duration_s: float = 30.0
     examples: int = 8
     folds: int = 0  # > 1: also write the jackknife LMs of step 4 (OUT/folds)
+    extra_text: tuple[str, ...] = ()  # shared text sources (spokenlm.data.text.TEXT_FILES) the LM also counts
+    data_dir: str | None = None  # the shared data folder (default: ../shared/data beside the repository)
+    min_top_count: int = 1  # the highest order's n-grams seen fewer times are pruned (spokenlm.ngram)
 
     def validate(self) -> None:
         check_encoder_source("ctc-lm", self.encoder_base, self.encoder_dir)
@@ -101,6 +109,24 @@ class CTCLMConfig:
             raise ValueError(f"folds must be 0 (none) or an int in [2, 20], got {self.folds!r}")
         if not isinstance(self.dev_utterances, int) or self.dev_utterances < 1:
             raise ValueError(f"dev_utterances must be a positive int, got {self.dev_utterances!r}")
+        from spokenlm.data.text import TEXT_FILES
+
+        unknown = [name for name in self.extra_text if name not in TEXT_FILES]
+        if unknown:
+            raise ValueError(f"unknown extra_text source(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(TEXT_FILES)}")
+        if not isinstance(self.min_top_count, int) or isinstance(self.min_top_count, bool) or self.min_top_count < 1:
+            raise ValueError(f"min_top_count must be an int >= 1, got {self.min_top_count!r}")
+
+
+def extra_sentences(config: CTCLMConfig, utts: list) -> list[str]:
+    """The `extra_text` sources' sentences, normalized, each once: none that is the transcript of an
+    utterance of `utts` (every split: the held-out ones stay unseen, the train split's are counted
+    from its transcripts)."""
+    from spokenlm.data.text import load_text_source, normalize
+
+    known = {u.labels["text"] for u in utts if u.labels.get("text")}
+    sentences = (normalize(s.text) for name in config.extra_text for s in load_text_source(name, config.data_dir))
+    return [t for t in dict.fromkeys(sentences) if t and t not in known]
 
 
 def check_encoder_source(recipe: str, encoder_base: str | None, encoder_dir: str | None) -> None:
@@ -139,7 +165,8 @@ def train(config: CTCLMConfig) -> dict:
     started = time.monotonic()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    utts = read_manifest(config.manifest, splits=(config.train_split, config.dev_split))
+    every = read_manifest(config.manifest)
+    utts = [u for u in every if u.split in (config.train_split, config.dev_split)]
     texts = [u.labels["text"] for u in utts if u.split == config.train_split and u.labels.get("text")]
     dev = [u for u in utts if u.split == config.dev_split and u.labels.get("text")
            and u.duration_s <= config.max_duration_s]  # fmt: skip
@@ -149,15 +176,17 @@ def train(config: CTCLMConfig) -> dict:
     seen = set(texts)
     leaked = sum(u.labels["text"] in seen for u in dev)  # the corpus holds none; a user's may
 
-    # 1. the LM, from train transcripts only
-    lm = fit_ngram(texts, config.order)
+    # 1. the LM, from train transcripts (and the extra text) only
+    extra = extra_sentences(config, every)
+    lm = fit_ngram(texts + extra, config.order, min_top_count=config.min_top_count)
     lm_path = _write_gzipped_arpa(lm, out / "lm.arpa.gz")
     if config.folds > 1:  # step 4: the jackknife LMs
         (out / "folds").mkdir(exist_ok=True)
         files = []
         for fold in range(config.folds):
-            kept = [t for t in texts if transcript_fold(t, config.folds) != fold]
-            files.append(_write_gzipped_arpa(fit_ngram(kept, config.order), out / "folds" / f"fold{fold}.arpa.gz").name)
+            kept = [t for t in texts if transcript_fold(t, config.folds) != fold] + extra
+            fold_lm = fit_ngram(kept, config.order, min_top_count=config.min_top_count)
+            files.append(_write_gzipped_arpa(fold_lm, out / "folds" / f"fold{fold}.arpa.gz").name)
         (out / "folds" / FOLDS_FILE).write_text(json.dumps({"folds": config.folds, "files": files}, indent=2) + "\n")
 
     # 2. dev: encode once, then read the same log-probabilities every way
@@ -205,6 +234,9 @@ def train(config: CTCLMConfig) -> dict:
         "compressor_dir": config.compressor_dir,
         "order": config.order,
         "lm_sentences": len(texts),
+        "extra_text": list(config.extra_text),
+        "extra_sentences": len(extra),
+        "min_top_count": config.min_top_count,
         "lm_ngrams": {str(k): len(lm.logprobs[k]) for k in range(1, config.order + 1)},
         "lexicon_words": len(compressor.beam.words),
         "lm_file_mb": round((out / "compressor" / beam.lm_file).stat().st_size / 1e6, 2),

@@ -176,6 +176,41 @@ def test_ctc_lm_gives_the_compressor_a_word_lm_picked_on_dev(trained, tiny_corpu
         train_lm(dataclasses.replace(lm_config, encoder_base="whisper-tiny.en"))
 
 
+def test_ctc_lm_counts_extra_text_but_never_a_held_out_sentence(trained, tiny_corpus, tmp_path):
+    """`extra_text`: the shared text sources' sentences join the LM's, normalized as the corpus's;
+    a dev sentence among them stays out, a train one is not counted twice, and every fold LM has them."""
+    from spokenlm.compress import load_compressor
+    from spokenlm.compress.beam import arpa_unigrams
+    from spokenlm.recipes.ctc_lm import CTCLMConfig, fold_lm_files
+    from spokenlm.recipes.ctc_lm import train as train_lm
+
+    from tests.recipes.conftest import HELDOUT, SENTENCES
+
+    data = tmp_path / "data"
+    (data / "text").mkdir(parents=True)
+    (data / "text" / "harvard.txt").write_text(
+        "The Zebra grazed near 2 lakes.\n" + HELDOUT[0].capitalize() + ".\n" + SENTENCES[0] + "\nA quiet Zebra slept.\n"
+    )  # fmt: skip
+    config, _ = trained
+    out = Path(config.out_dir)
+    lm_config = CTCLMConfig(
+        out_dir=str(tmp_path / "lm"), manifest=str(tiny_corpus), compressor_dir=str(out / "compressor"),
+        encoder_dir=str(out / "encoder"), lm_weights=(1.0,), word_scores=(0.0,), dev_utterances=2, folds=2,
+        extra_text=("harvard",), data_dir=str(data), min_top_count=2,
+    )  # fmt: skip
+    metrics = train_lm(lm_config)
+    assert (metrics["extra_sentences"], metrics["extra_text"], metrics["min_top_count"]) == (2, ["harvard"], 2)
+    words = set(load_compressor(tmp_path / "lm" / "compressor").beam.words)
+    assert {"zebra", "grazed", "two", "lakes", "quiet", "slept"} <= words  # "2" spoken, as the corpus writes it
+    assert not {"pup", "gnawed", "sock"} & words  # the dev sentence's words that nothing else has
+    for path in fold_lm_files(tmp_path / "lm" / "folds"):
+        assert {"zebra", "slept"} <= set(arpa_unigrams(path))
+    with pytest.raises(ValueError, match=r"^unknown extra_text source\(s\) 'novels'; expected some of ljspeech, harvard"):
+        dataclasses.replace(lm_config, extra_text=("novels",)).validate()
+    with pytest.raises(ValueError, match=r"^min_top_count must be an int >= 1, got 0$"):
+        dataclasses.replace(lm_config, min_top_count=0).validate()
+
+
 def test_frozen_encoder_steps_train_the_head_alone_with_masking_and_bf16(tiny_corpus, tmp_path):
     config = _config(
         tmp_path / "out", tiny_corpus, freeze_encoder_steps=3, mask_time_prob=0.3, mask_channel_prob=0.1,
