@@ -16,7 +16,7 @@ them, and they depend on it, never the other way round. `bench` runs a script of
     spokenlm demo [--model DIR]
     spokenlm bases {fetch,list} [--model DIR]
     spokenlm bundle set DIR [--transcriber OUT|none] [--asr-from-transcript on|off] [--head DIR]
-                        [--drop-head TASK] [--translator DIR|none]
+                        [--drop-head TASK] [--translator DIR|none] [--grounded on|off]
 
 Bad input files get one line on stderr and exit code 2; the other files of the call still run (a FIFO
 or device given as a file is refused at once, never opened). ^C, and SIGTERM for the commands that
@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     bundle.add_argument("--translator", metavar="DIR|none",
                         help="a translator (the translator recipe's OUT/translator): translate requests into its "
                         "language are answered by Apertium over the prompt's transcript; none: the LLM decodes them")  # fmt: skip
+    bundle.add_argument("--grounded", choices=("on", "off"),
+                        help="on: entities and QA answers are held to spans of the prompt's transcript, and a summary "
+                        "naming what it does not hold is replaced by it (spokenlm.grounding)")  # fmt: skip
 
     demo = commands.add_parser("demo", help="run every task on the example clips")
     demo.add_argument("--model", help="a bundle (default: models/default, else the best trained part, else an untrained one)")
@@ -181,14 +184,14 @@ def _sigterm_as_interrupt(enabled: bool):
 
 def _bundle(args: argparse.Namespace) -> int:
     from spokenlm.model import (
-        drop_bundle_head, read_bundle_meta, set_bundle_asr_from_transcript, set_bundle_head, set_bundle_transcriber,
-        set_bundle_translator,
+        drop_bundle_head, read_bundle_meta, set_bundle_asr_from_transcript, set_bundle_grounded, set_bundle_head,
+        set_bundle_transcriber, set_bundle_translator,
     )  # fmt: skip
     from spokenlm.transcriber import read_transcriber_config
 
     if (args.transcriber is None and args.asr_from_transcript is None and not args.head and not args.drop_head
-            and args.translator is None):  # fmt: skip
-        raise ValueError("bundle set: give --transcriber, --asr-from-transcript, --head, --drop-head and/or --translator")
+            and args.translator is None and args.grounded is None):  # fmt: skip
+        raise ValueError("bundle set: give --transcriber, --asr-from-transcript, --head, --drop-head, --translator and/or --grounded")
     read_bundle_meta(args.model)
     for task in args.drop_head:
         drop_bundle_head(args.model, task)
@@ -201,10 +204,13 @@ def _bundle(args: argparse.Namespace) -> int:
         set_bundle_asr_from_transcript(args.model, args.asr_from_transcript == "on")
     if args.translator is not None:
         set_bundle_translator(args.model, None if args.translator == "none" else args.translator)
+    if args.grounded is not None:
+        set_bundle_grounded(args.model, args.grounded == "on")
     meta = read_bundle_meta(args.model)
     print(json.dumps({"transcriber": meta.get("transcriber"),
                       "asr_from_transcript": meta["llm"].get("asr_from_transcript", False),
-                      "heads": meta["llm"].get("heads") or {}, "translator": meta["llm"].get("translator")}))  # fmt: skip
+                      "heads": meta["llm"].get("heads") or {}, "translator": meta["llm"].get("translator"),
+                      "grounded": meta["llm"].get("grounded", False)}))  # fmt: skip
     return 0
 
 

@@ -98,6 +98,9 @@ class SpeechLLM(nn.Module):
         # spokenlm.translator.Translator: translate requests into its language are answered by it,
         # from the prompt's transcript, instead of decoded; a bundle records it.
         self.translator = None
+        # Entities, QA answers and summaries are held to the prompt's transcript (spokenlm.grounding);
+        # a bundle records it.
+        self.grounded = False
         if tokenizer.convert_tokens_to_ids(AUDIO_TOKEN) in (None, tokenizer.unk_token_id):
             raise ValueError(f"tokenizer has no {AUDIO_TOKEN} token; build the LLM with load_llm or build_llm")
         if tokenizer.pad_token_id is None:
@@ -682,8 +685,8 @@ def speed_up_llm(llm: SpeechLLM, options: LLMSpeedups) -> SpeechLLM:
 
 
 def _answering_as(llm: SpeechLLM, new: SpeechLLM) -> SpeechLLM:
-    """`new` (the same LLM changed) with `llm`'s task heads and translator: it answers as `llm` did."""
-    new.heads, new.translator = dict(llm.heads), llm.translator
+    """`new` (the same LLM changed) with `llm`'s task heads, translator and grounding: it answers as `llm` did."""
+    new.heads, new.translator, new.grounded = dict(llm.heads), llm.translator, llm.grounded
     return new
 
 

@@ -73,6 +73,7 @@ from spokenlm.encoders.dinosr import DinoSREncoderConfig
 from spokenlm.encoders.sylber import SylberEncoderConfig
 from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig, load_wav2vec2_encoder
 from spokenlm.encoders.whisper import WhisperEncoderConfig, load_whisper_encoder
+from spokenlm.grounding import ground
 from spokenlm.heads import HeadError, TaskHead, load_head, save_head
 from spokenlm.lm import (
     DraftLM,
@@ -114,7 +115,7 @@ __all__ = [
     "encode_chunks", "join_chunks",
     "load_bundle", "load_bundle_compressor", "load_bundle_draft", "load_bundle_encoder", "load_bundle_llm",
     "load_bundle_transcriber", "load_bundle_transcriber_config", "locate_entities", "locate_text",
-    "read_bundle_meta", "request_prompts", "save_bundle", "set_bundle_asr_from_transcript", "set_bundle_head",
+    "read_bundle_meta", "request_prompts", "save_bundle", "set_bundle_asr_from_transcript", "set_bundle_grounded", "set_bundle_head",
     "set_bundle_transcriber", "set_bundle_translator",
     "stream_speech",
 ]  # fmt: skip
@@ -343,7 +344,7 @@ def decode_speech(
         )
         for k, o in zip(todo, llm.generate(prompts, projected, lengths, generation, draft=draft)):
             texts[k] = o.text
-    return _run_outputs(requests, texts, speech, rows, (time.perf_counter() - t0) * 1e3)
+    return _run_outputs(llm, requests, texts, speech, rows, (time.perf_counter() - t0) * 1e3)
 
 
 def _direct_answers(llm: SpeechLLM, speech: SpeechTokens, requests, rows: list[int]) -> list[str | None]:
@@ -393,7 +394,7 @@ def stream_speech(
     if given[0] is not None:  # the transcript or a head is the answer: all of it at once
         if given[0]:
             yield given[0]
-        yield _run_outputs([request], given, speech, [recording], (time.perf_counter() - t0) * 1e3)[0]
+        yield _run_outputs(llm, [request], given, speech, [recording], (time.perf_counter() - t0) * 1e3)[0]
         return
     prompts, projected, lengths, draft, rec = decoding_inputs(llm, speech, [request], generation, [recording], draft)
     ids: list[int] = []
@@ -405,7 +406,7 @@ def stream_speech(
             yield decoded[len(text) :] if decoded.startswith(text) else decoded
             text = decoded
     full = llm.tokenizer.decode(ids, skip_special_tokens=True)
-    yield _run_outputs([request], [full], speech, rec, (time.perf_counter() - t0) * 1e3)[0]
+    yield _run_outputs(llm, [request], [full], speech, rec, (time.perf_counter() - t0) * 1e3)[0]
 
 
 def decoding_inputs(llm, speech: SpeechTokens, requests, generation: GenerationConfig, recording=None, draft=None):
@@ -439,10 +440,16 @@ def _llm_inputs(llm, speech: SpeechTokens, requests, recording: list[int], what:
     return prompts, projected.to(device), lengths.to(device)
 
 
-def _run_outputs(requests, texts, speech: SpeechTokens, recording, llm_ms: float) -> list[RunOutput]:
+def _run_outputs(llm: SpeechLLM, requests, texts, speech: SpeechTokens, recording, llm_ms: float) -> list[RunOutput]:
+    """The typed results of the LLM's (or the direct answers') `texts`: parsed, held to the prompt's
+    transcript where the bundle is grounded (spokenlm.grounding), given audio times."""
+    heard = speech.prompt_texts if speech.prompt_texts is not None else speech.transcripts
+    restore = llm.translator.truecase if llm.translator is not None else None
     outputs = []
     for request, text, item in zip(requests, texts, recording):
         result: TaskResult = parse_output(request, text)
+        if llm.grounded and heard is not None:
+            result = ground(result, heard[item], restore)
         if isinstance(result, Entities) and speech.char_times is not None:
             result = locate_entities(result, speech.char_times[item])
         if isinstance(result, Answer) and speech.char_times is not None:
@@ -608,6 +615,7 @@ def save_bundle(
         llm_meta = {"base": llm_base.to_json(), "lora": "lora" if has_lora else None}
     llm_meta["prompt_transcript"] = model.llm.prompt_transcript
     llm_meta["asr_from_transcript"] = model.llm.asr_from_transcript
+    llm_meta["grounded"] = model.llm.grounded
     llm_meta["heads"] = {task: f"heads/{task}" for task in sorted(model.llm.heads)}
     for task, head in model.llm.heads.items():
         save_head(head, path / "heads" / task)
@@ -759,6 +767,7 @@ def load_bundle_llm(path: str | Path) -> SpeechLLM:
         llm = load_lora(llm, Path(path) / part["lora"])
     llm.prompt_transcript = bool(part.get("prompt_transcript", False))
     llm.asr_from_transcript = bool(part.get("asr_from_transcript", False))
+    llm.grounded = bool(part.get("grounded", False))
     for task, rel in (part.get("heads") or {}).items():
         llm.heads[task] = _bundle_head(path, task, rel, llm.model_dim)
     if part.get("translator"):
@@ -860,6 +869,16 @@ def set_bundle_asr_from_transcript(path: str | Path, on: bool) -> None:
     if on and not meta.get("llm", {}).get("prompt_transcript"):
         raise BundleError(f"{path}: its LLM reads no transcript in the prompt; there is none to answer ASR with")
     meta["llm"]["asr_from_transcript"] = bool(on)
+    (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def set_bundle_grounded(path: str | Path, on: bool) -> None:
+    """Hold a saved bundle's entities, QA answers and summaries to its prompt's transcript
+    (spokenlm.grounding), or let them be as the LLM writes them."""
+    meta = read_bundle_meta(path)
+    if on and not meta.get("llm", {}).get("prompt_transcript"):
+        raise BundleError(f"{path}: its LLM reads no transcript in the prompt; there is none to hold its answers to")
+    meta["llm"]["grounded"] = bool(on)
     (Path(path) / "spokenlm.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
