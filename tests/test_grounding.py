@@ -5,13 +5,13 @@ import json
 import pytest
 
 from spokenlm.grounding import (
+    SHORT_WORDS,
     best_span,
     ground,
     ground_answer,
     ground_entities,
     ground_summary,
     transcript_sentence,
-    unheard_names,
 )
 from spokenlm.tasks import Answer, Entities, Sentiment, Summary, parse_entities
 
@@ -61,22 +61,18 @@ def test_a_qa_answer_becomes_the_span_it_matches_or_stays_as_written():
     assert ground_answer(unheard, transcript) is unheard
 
 
-def test_a_summary_naming_what_was_not_said_is_replaced_by_the_transcript():
+def test_a_one_sentence_recording_is_its_own_summary_and_a_passage_keeps_the_llm_s():
     heard = "he was not an ill disposed young man"
-    assert unheard_names("Eric Johnson was not a young man.", heard) == ["Eric Johnson"]
-    assert unheard_names("It seems that King James II might have been made a prisoner of war.", heard) == ["King James II"]
-    assert unheard_names("He was not a young man. I think Paris is far.", heard) == ["Paris"]
-    summary = ground_summary(Summary("Eric Johnson was not a young man."), heard, restore=None)
-    assert summary.text == "He was not an ill disposed young man."
-    # a name the LLM half-heard takes the heard words; the rest of the summary stays
-    passage = "amanda works at smith foods and is learning bengali before moving to new wayneview"
-    half = Summary("Amanda works at Smith Foods and is learning Bengali before moving to New Haven.")
-    assert unheard_names(half.text, passage) == ["New Haven"]
-    assert ground_summary(half, passage).text == "Amanda works at Smith Foods and is learning Bengali before moving to New Wayneview."
-    # a faithful summary stays, names and sentence openers alike
-    passage = "darren johnson published swan lake in twenty fourteen it was translated into french"
-    faithful = Summary("Darren Johnson's novel Swan Lake was translated into French. It sold well.")
-    assert unheard_names(faithful.text, passage) == [] and ground_summary(faithful, passage) is faithful
+    # make demo's first clip: the LLM's summary invents a name
+    assert ground_summary(Summary("Eric Johnson was not a young man."), heard).text == "He was not an ill disposed young man."
+    passage = ("amanda wakes up at three in the afternoon she runs one hundred fifty one miles before breakfast and then "
+               "takes the train to smith foods after work she studies bengali with a tutor")  # fmt: skip
+    assert len(passage.split()) > SHORT_WORDS
+    written = Summary("Amanda works at Smith Foods and is learning Bengali.")
+    assert ground_summary(written, passage) is written
+    assert ground_summary(written, "   ") is written  # nothing heard: nothing to say instead
+    twenty = " ".join(["word"] * SHORT_WORDS)
+    assert ground_summary(written, twenty).text == twenty[0].upper() + twenty[1:] + "."
 
 
 def test_the_transcript_as_a_sentence_is_restored_when_a_truecaser_is_given():
