@@ -11,7 +11,11 @@ answer to it:
   most like it (character similarity, `MIN_SIMILARITY`); found, it takes that span's words and
   offsets; found nowhere, it is dropped. The result's text is the transcript.
 - a QA answer (`ground_answer`): SLUE's answers are spans of the passage, so an answer like a span
-  becomes that span; one like none is kept as written (the question may ask for what is not said).
+  becomes that span. An answer like none ("hugh albert" for "who is the speaker talking about?"
+  on "he was not an ill disposed young man") is replaced before that by the span the LLM itself
+  finds likeliest as its reply to the same prompt (`answer_spans`, every run of at most
+  `MAX_ANSWER_WORDS` words, each scored by `SpeechLLM.reply_log_probs`): extractive QA with the
+  LLM as the scorer (`spokenlm.model.decode_speech`).
 - a summary (`ground_summary`): a recording of one sentence (at most `SHORT_WORDS` words heard)
   has nothing to condense, so its summary is that sentence, restored (`transcript_sentence`); a
   passage's is the LLM's. (Holding a passage's summary to its transcript cost more than it saved:
@@ -42,6 +46,10 @@ SHORT_WORDS = 20
 ~15-20 words; the LibriVox clips run 8-23, `make demo`'s two 8 each); the corpus's passages, several
 sentences, run 25-58."""
 
+MAX_ANSWER_WORDS = 6
+"""The longest span `answer_spans` offers; the corpus's answers run 1-5 words ("one hundred eighty
+nine feet")."""
+
 _WORD = re.compile(r"\S+")
 
 
@@ -68,6 +76,19 @@ def best_span(phrase: str, transcript: str) -> tuple[tuple[int, int], float] | N
         if best is None or ratio > best[1]:
             best = ((start, end), ratio)
     return best
+
+
+def answer_spans(transcript: str, max_words: int = MAX_ANSWER_WORDS) -> list[str]:
+    """Every run of 1 to `max_words` words of `transcript`, each text once, in order of where it first starts."""
+    words = transcript.split()
+    runs = (" ".join(words[i : i + n]) for i in range(len(words)) for n in range(1, max_words + 1) if i + n <= len(words))
+    return list(dict.fromkeys(runs))
+
+
+def is_heard(phrase: str, transcript: str, min_similarity: float = MIN_SIMILARITY) -> bool:
+    """Whether some transcript span is at least `min_similarity` like `phrase`."""
+    match = best_span(phrase, transcript)
+    return match is not None and match[1] >= min_similarity
 
 
 def ground_entities(result: Entities, transcript: str, min_similarity: float = MIN_SIMILARITY) -> Entities:

@@ -24,6 +24,7 @@ Loading never unpickles and never runs remote code.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import shutil
@@ -310,6 +311,38 @@ class SpeechLLM(nn.Module):
         )
         # left padding: the last columns are real for every row
         return (out.logits[:, -1] if token_ids is None else out.logits[:, -keep:]), state
+
+    @torch.inference_mode()
+    def reply_log_probs(self, prompt: str, speech: Tensor | None, speech_lengths: Tensor | None,
+                        replies: Sequence[str], batch_size: int = 64) -> list[float]:  # fmt: skip
+        """log p(reply | prompt) of each reply: its tokens and the end of the turn (or eos), natural
+        log. The prompt (one; speech (1, N, D) spliced at ``<audio>``) is read once and its KV cache
+        shared; the replies follow it in batches of `batch_size`, each padded at its end (a pad
+        after a reply's last token changes none of its probabilities)."""
+        if not replies:
+            return []
+        embeds, mask = self.embed_prompts([prompt], speech, speech_lengths)
+        first_logits, state = self.prefill(embeds, mask)
+        first = first_logits[0].float().log_softmax(-1)  # the reply's first token
+        end_id = self.eos_token_ids[0] if self.end_of_turn_id is None else self.end_of_turn_id
+        out: list[float] = []
+        for start in range(0, len(replies), batch_size):
+            ids = [self.tokenizer(r, add_special_tokens=False).input_ids + [end_id] for r in replies[start : start + batch_size]]
+            width = max(len(i) for i in ids)
+            scores = [float(first[i[0]]) for i in ids]
+            if width > 1:
+                tokens = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long, device=embeds.device)
+                for row, reply in enumerate(ids):
+                    tokens[row, : len(reply)] = torch.tensor(reply)
+                cache = copy.deepcopy(state.past_key_values)
+                cache.batch_repeat_interleave(len(ids))
+                shared = DecodingState(cache, state.attention_mask.repeat(len(ids), 1), state.next_positions.repeat(len(ids)))
+                logits, _ = self.decode_step(tokens[:, :-1], shared)  # (R, W-1, V): the tokens after the first
+                picked = logits.float().log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]  # (R, W-1)
+                for row, reply in enumerate(ids):
+                    scores[row] += float(picked[row, : len(reply) - 1].sum())
+            out += scores
+        return out
 
     def decode_step(self, token_ids: Tensor, state: DecodingState) -> tuple[Tensor, DecodingState]:
         """Feed (B, K) tokens after ``state``; returns logits (B, K, V) and the advanced state.

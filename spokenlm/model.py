@@ -73,7 +73,7 @@ from spokenlm.encoders.dinosr import DinoSREncoderConfig
 from spokenlm.encoders.sylber import SylberEncoderConfig
 from spokenlm.encoders.wav2vec2 import Wav2Vec2EncoderConfig, load_wav2vec2_encoder
 from spokenlm.encoders.whisper import WhisperEncoderConfig, load_whisper_encoder
-from spokenlm.grounding import ground
+from spokenlm.grounding import answer_spans, ground, is_heard
 from spokenlm.heads import HeadError, TaskHead, load_head, save_head
 from spokenlm.lm import (
     DraftLM,
@@ -344,7 +344,22 @@ def decode_speech(
         )
         for k, o in zip(todo, llm.generate(prompts, projected, lengths, generation, draft=draft)):
             texts[k] = o.text
+    for k in todo:
+        texts[k] = _heard_answer(llm, speech, requests[k], rows[k], texts[k])
     return _run_outputs(llm, requests, texts, speech, rows, (time.perf_counter() - t0) * 1e3)
+
+
+def _heard_answer(llm: SpeechLLM, speech: SpeechTokens, request: TaskRequest, row: int, text: str) -> str:
+    """`text`, the LLM's reply to `request`; but for a QA request of a grounded bundle whose answer is
+    like no span of the prompt's transcript, the span the LLM finds likeliest as its reply
+    (spokenlm.grounding: extractive QA, the LLM scoring every run of a few words)."""
+    heard = speech.prompt_texts if speech.prompt_texts is not None else speech.transcripts
+    if not llm.grounded or request.task != "qa" or heard is None or not heard[row].split() or is_heard(text, heard[row]):
+        return text
+    spans = answer_spans(heard[row])
+    prompts, projected, lengths = _llm_inputs(llm, speech, [request], [row], "grounded QA")
+    scores = llm.reply_log_probs(prompts[0], projected, lengths, spans)
+    return spans[max(range(len(spans)), key=scores.__getitem__)]
 
 
 def _direct_answers(llm: SpeechLLM, speech: SpeechTokens, requests, rows: list[int]) -> list[str | None]:
@@ -388,7 +403,9 @@ def stream_speech(
     recording: int = 0,
 ) -> Iterator[str | RunOutput]:
     """`decode_speech` of one request, as it is decoded: each new piece of text (a UTF-8 character is
-    never split), then the RunOutput. Beam search gives its text at the end (its best prefix changes)."""
+    never split), then the RunOutput. Beam search gives its text at the end (its best prefix changes).
+    A grounded bundle's RunOutput holds its answer to the transcript, which may differ from the text
+    streamed (a QA answer heard nowhere becomes the likeliest span: `_heard_answer`)."""
     t0 = time.perf_counter()
     given = _direct_answers(llm, speech, [request], [recording])
     if given[0] is not None:  # the transcript or a head is the answer: all of it at once
@@ -405,7 +422,7 @@ def stream_speech(
         if decoded != text and not decoded.endswith("\ufffd"):  # hold back half a UTF-8 character
             yield decoded[len(text) :] if decoded.startswith(text) else decoded
             text = decoded
-    full = llm.tokenizer.decode(ids, skip_special_tokens=True)
+    full = _heard_answer(llm, speech, request, rec[0], llm.tokenizer.decode(ids, skip_special_tokens=True))
     yield _run_outputs(llm, [request], [full], speech, rec, (time.perf_counter() - t0) * 1e3)[0]
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from spokenlm.grounding import (
     SHORT_WORDS,
+    answer_spans,
     best_span,
     ground,
     ground_answer,
@@ -59,6 +60,12 @@ def test_a_qa_answer_becomes_the_span_it_matches_or_stays_as_written():
     assert ground_answer(Answer("half past nine", "when?"), transcript).text == "half past nine"
     unheard = Answer("hugh albert", "who?")
     assert ground_answer(unheard, transcript) is unheard
+
+
+def test_answer_spans_are_every_short_run_of_words_once():
+    assert answer_spans("a b a b", max_words=2) == ["a", "a b", "b", "b a"]
+    assert answer_spans("x y z") == ["x", "x y", "x y z", "y", "y z", "z"]
+    assert answer_spans("   ") == []
 
 
 def test_a_one_sentence_recording_is_its_own_summary_and_a_passage_keeps_the_llm_s():
@@ -138,3 +145,60 @@ def test_a_grounded_bundle_holds_the_llm_s_entities_to_its_transcript(hybrid_bun
     (plain / "spokenlm.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match=r"its LLM reads no transcript in the prompt; there is none to hold its answers to$"):
         set_bundle_grounded(plain, True)
+
+
+def test_reply_log_probs_match_teacher_forcing_one_reply_at_a_time(tiny_bundle):
+    """The shared-prefix scorer against a plain forward of prompt + reply, per reply (parity)."""
+    import torch
+
+    from spokenlm.lm import IGNORE_INDEX
+    from spokenlm.model import load_bundle
+
+    llm = load_bundle(tiny_bundle).llm
+    torch.manual_seed(0)
+    speech, lengths = torch.randn(1, 5, llm.model_dim), torch.tensor([4])
+    prompt = "<audio>\nAnswer the question about the speech. Question: who?"
+    replies = ["", "the", "a cat sat on the mat", "sat", "the birch canoe slid"]
+    fast = llm.reply_log_probs(prompt, speech, lengths, replies, batch_size=2)
+    for reply, score in zip(replies, fast):
+        batch = llm._assemble([prompt], speech, lengths, [reply], padding_side="right")
+        with torch.no_grad():
+            logits = llm.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits[0, :-1]
+        labels = batch.labels[0, 1:]
+        scored = labels != IGNORE_INDEX
+        expected = logits[scored].float().log_softmax(-1).gather(-1, labels[scored, None]).sum()
+        assert score == pytest.approx(expected.item(), abs=1e-3), reply
+    assert llm.reply_log_probs(prompt, speech, lengths, []) == []
+
+
+def test_a_grounded_qa_answer_heard_nowhere_becomes_the_likeliest_span(hybrid_bundle, example_clips, tmp_path, monkeypatch):
+    import shutil
+
+    from spokenlm.audio import load_audio
+    from spokenlm.decoding import GenerationOutput
+    from spokenlm.lm import GenerationConfig
+    from spokenlm.model import load_bundle, request_prompts, set_bundle_grounded
+    from spokenlm.tasks import TaskRequest
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(hybrid_bundle, bundle)
+    set_bundle_grounded(bundle, True)
+    model = load_bundle(bundle)
+    wave = load_audio(example_clips[0])
+    speech = model.encode_recordings([wave])
+    heard = speech.prompt_texts[0] if speech.prompt_texts is not None else speech.transcripts[0]
+    assert heard.split(), "the tiny bundle's CTC head writes something for the example clip"
+    request = TaskRequest(task="qa", question="who is the speaker talking about?")
+    answers = iter(["hugh albert", heard.split()[-1]])
+
+    def generate(prompts, *args, **kwargs):
+        return [GenerationOutput(text=next(answers), token_ids=[], finished=True) for _ in prompts]
+
+    monkeypatch.setattr(model.llm, "generate", generate)
+    (out,) = model.run([wave], [request], GenerationConfig(max_new_tokens=8))
+    spans = answer_spans(heard)
+    prompt = request_prompts(model.llm, [request], speech.char_times, [0], prompt_texts=speech.prompt_texts)[0]
+    scores = model.llm.reply_log_probs(prompt, speech.projected[:1], speech.lengths[:1], spans)
+    assert out.result.text == spans[scores.index(max(scores))]  # the LLM's likeliest span, not the invented name
+    (kept,) = model.run([wave], [request], GenerationConfig(max_new_tokens=8))
+    assert kept.result.text == heard.split()[-1]  # an answer that was heard stays
