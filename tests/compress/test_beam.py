@@ -159,3 +159,20 @@ def test_sentence_lm_scores_each_word_then_the_end_as_the_model_does(lm_path, tm
     assert lm.log10_prob("hello hop") > lm.log10_prob("hop hello")
     with pytest.raises(FileNotFoundError, match=r"^word LM .*missing\.arpa not found$"):
         SentenceLM(tmp_path / "missing.arpa")
+
+
+def test_the_committed_part_s_word_lm_is_the_one_its_ctc_lm_run_picked():
+    """models/parts/speechlm: the bundle's compressor searches with the LM and setting that its ctc-lm
+    run (metrics in models/parts/speechlm/ctc_lm) picked on dev, over a lexicon of that run's size."""
+    import json
+    from pathlib import Path
+
+    from spokenlm.compress import load_compressor
+
+    part = Path(__file__).resolve().parents[2] / "models" / "parts" / "speechlm"
+    metrics = json.loads((part / "ctc_lm" / "metrics.json").read_text())
+    compressor = load_compressor(part / "bundle" / "compressor")
+    beam = compressor.config.beam
+    assert {"lm_weight": beam.lm_weight, "word_score": beam.word_score, "beam_size": beam.beam_size} == metrics["best"]
+    assert len(compressor.beam.words) == metrics["lexicon_words"]
+    assert (part / "bundle" / "compressor" / beam.lm_file).stat().st_size / 1e6 == pytest.approx(metrics["lm_file_mb"], abs=0.01)
