@@ -136,6 +136,9 @@ def test_a_grounded_bundle_holds_the_llm_s_entities_to_its_transcript(hybrid_bun
     assert [(e.tag, e.text) for e in out.result.entities] == [("ORG", word)]
     assert out.result.entities[0].start_s is not None  # located in the audio through the CTC characters
     assert load_bundle(save_bundle(model, tmp_path / "saved")).llm.grounded
+    from spokenlm.lm import LLMSpeedups, speed_up_llm
+
+    assert speed_up_llm(model.llm, LLMSpeedups(dtype="bfloat16")).grounded  # sped up, it answers as before
     set_bundle_grounded(bundle, False)
     assert not load_bundle(bundle).llm.grounded
     plain = tmp_path / "plain"
@@ -202,3 +205,16 @@ def test_a_grounded_qa_answer_heard_nowhere_becomes_the_likeliest_span(hybrid_bu
     assert out.result.text == spans[scores.index(max(scores))]  # the LLM's likeliest span, not the invented name
     (kept,) = model.run([wave], [request], GenerationConfig(max_new_tokens=8))
     assert kept.result.text == heard.split()[-1]  # an answer that was heard stays
+
+
+def test_the_bundle_command_turns_grounding_on_and_off(hybrid_bundle, tmp_path, capsys):
+    import shutil
+
+    from spokenlm.cli import main
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(hybrid_bundle, bundle)
+    assert main(["bundle", "set", str(bundle), "--grounded", "on"]) == 0
+    assert json.loads(capsys.readouterr().out)["grounded"] is True
+    assert main(["bundle", "set", str(bundle), "--grounded", "off"]) == 0
+    assert json.loads(capsys.readouterr().out)["grounded"] is False
