@@ -235,7 +235,7 @@ def test_a_bundle_naming_its_bases_holds_only_trained_parts_and_runs(fake, cache
     assert names == {"spokenlm.json", "compressor", "adapter.safetensors", "lora"}
     meta = json.loads((bundle / "spokenlm.json").read_text())
     assert meta["llm"] == {"base": refs["llm"].to_json(), "lora": "lora", "prompt_transcript": False,
-                           "asr_from_transcript": False, "heads": {}}  # fmt: skip
+                           "asr_from_transcript": False, "grounded": False, "heads": {}}  # fmt: skip
     assert meta["encoder"] == {"base": refs["encoder"].to_json(), "kind": "wav2vec2", "layer": "last"}
     assert bundle_bases(bundle) == [refs["encoder"], refs["llm"]]
 
