@@ -122,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="a translator (the translator recipe's OUT/translator): translate requests into its "
                         "language are answered by Apertium over the prompt's transcript; none: the LLM decodes them")  # fmt: skip
     bundle.add_argument("--grounded", choices=("on", "off"),
-                        help="on: entities and QA answers are held to spans of the prompt's transcript, and a summary "
-                        "naming what it does not hold is replaced by it (spokenlm.grounding)")  # fmt: skip
+                        help="on: entities and QA answers are held to spans of the prompt's transcript, and a "
+                        "recording of one sentence is its own summary (spokenlm.grounding)")  # fmt: skip
 
     demo = commands.add_parser("demo", help="run every task on the example clips")
     demo.add_argument("--model", help="a bundle (default: models/default, else the best trained part, else an untrained one)")

@@ -131,7 +131,7 @@ def transcript_sentence(transcript: str, restore: Callable[[str], str] | None = 
 
 def ground_summary(result: Summary, transcript: str, restore: Callable[[str], str] | None = None) -> Summary:
     """The transcript as a sentence where it is one (at most `SHORT_WORDS` words, not empty); else `result`."""
-    if not transcript.split() or len(transcript.split()) > SHORT_WORDS:
+    if not 0 < len(transcript.split()) <= SHORT_WORDS:
         return result
     return dataclasses.replace(result, text=transcript_sentence(transcript, restore))
 

@@ -353,7 +353,7 @@ def _heard_answer(llm: SpeechLLM, speech: SpeechTokens, request: TaskRequest, ro
     """`text`, the LLM's reply to `request`; but for a QA request of a grounded bundle whose answer is
     like no span of the prompt's transcript, the span the LLM finds likeliest as its reply
     (spokenlm.grounding: extractive QA, the LLM scoring every run of a few words)."""
-    heard = speech.prompt_texts if speech.prompt_texts is not None else speech.transcripts
+    heard = speech.heard
     if not llm.grounded or request.task != "qa" or heard is None or not heard[row].split() or is_heard(text, heard[row]):
         return text
     spans = answer_spans(heard[row])
@@ -374,7 +374,7 @@ def _direct_answers(llm: SpeechLLM, speech: SpeechTokens, requests, rows: list[i
                   if translator is not None and r.task == "translate" and r.target_lang == translator.config.target_lang]  # fmt: skip
     asr = [k for k, r in enumerate(requests) if llm.asr_from_transcript and r.task == "asr"]
     if asr or translated:
-        texts = speech.prompt_texts if speech.prompt_texts is not None else speech.transcripts
+        texts = speech.heard
         if texts is None:
             raise ValueError("this bundle answers ASR and translations from the prompt's transcript, but the compressor gave none")
         for k in asr:
@@ -460,7 +460,7 @@ def _llm_inputs(llm, speech: SpeechTokens, requests, recording: list[int], what:
 def _run_outputs(llm: SpeechLLM, requests, texts, speech: SpeechTokens, recording, llm_ms: float) -> list[RunOutput]:
     """The typed results of the LLM's (or the direct answers') `texts`: parsed, held to the prompt's
     transcript where the bundle is grounded (spokenlm.grounding), given audio times."""
-    heard = speech.prompt_texts if speech.prompt_texts is not None else speech.transcripts
+    heard = speech.heard
     restore = llm.translator.truecase if llm.translator is not None else None
     outputs = []
     for request, text, item in zip(requests, texts, recording):

@@ -61,6 +61,12 @@ class SpeechTokens:
     timing_ms: list[dict[str, float]] = field(default_factory=list)  # per recording: ms per stage so far
 
     @property
+    def heard(self) -> list[str] | None:
+        """Per recording, the transcript the prompt reads: the transcriber's (`prompt_texts`), else
+        the CTC head's; None with neither."""
+        return self.prompt_texts if self.prompt_texts is not None else self.transcripts
+
+    @property
     def tokens_per_second(self) -> list[float]:
         return [n / d for n, d in zip(self.lengths.tolist(), self.durations_s)]
 

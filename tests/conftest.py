@@ -155,6 +155,17 @@ def tiny_bundle(tmp_path_factory) -> Path:
     return build_untrained_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
 
 
+@pytest.fixture(scope="module")
+def hybrid_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle with an LLM that reads a transcript in its prompt (the hybrid prompt). Module
+    scope: a module may change it in place (`spokenlm bundle set`), never another module's."""
+    from spokenlm.model import load_bundle, save_bundle
+
+    model = load_bundle(tiny_bundle)
+    model.llm.prompt_transcript = True
+    return save_bundle(model, tmp_path_factory.mktemp("hybrid") / "bundle")
+
+
 @pytest.fixture(scope="session")
 def example_clips() -> list[Path]:
     assert EXAMPLE_CLIPS, "examples/*.wav are part of the repository"

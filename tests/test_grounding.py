@@ -97,15 +97,6 @@ def test_ground_leaves_other_results_and_missing_transcripts_alone():
     assert ground(tagged, None) is tagged
 
 
-@pytest.fixture(scope="module")
-def hybrid_bundle(tiny_bundle, tmp_path_factory):
-    from spokenlm.model import load_bundle, save_bundle
-
-    model = load_bundle(tiny_bundle)
-    model.llm.prompt_transcript = True
-    return save_bundle(model, tmp_path_factory.mktemp("hybrid") / "bundle")
-
-
 def test_a_grounded_bundle_holds_the_llm_s_entities_to_its_transcript(hybrid_bundle, example_clips, tmp_path, monkeypatch):
     """End to end on the tiny bundle: the LLM's text (stubbed: an invented name and a heard word) is
     parsed, grounded to the prompt's transcript and located in the audio; the option survives a save."""

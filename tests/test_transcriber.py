@@ -43,14 +43,6 @@ def _config(tiny_whisper, **changes) -> TranscriberConfig:
                              max_tokens_per_second=1000.0, **changes)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def hybrid_bundle(tiny_bundle, tmp_path_factory):
-    """The tiny bundle with an LLM that reads a transcript in its prompt."""
-    model = load_bundle(tiny_bundle)
-    model.llm.prompt_transcript = True
-    return save_bundle(model, tmp_path_factory.mktemp("hybrid") / "bundle")
-
-
 def _ctc_inputs(vocab, waves, frames_per_s=50, seed=0):
     """Random CTC log-probabilities (T, V) for each wave, and a CTC transcript for each."""
     gen = torch.Generator().manual_seed(seed)

@@ -130,13 +130,10 @@ def _waves():
 
 
 @pytest.fixture(scope="module")
-def translating(tiny_bundle, tmp_path_factory, apertium):
+def translating(hybrid_bundle, tmp_path_factory, apertium):
     """The tiny bundle with the hybrid prompt (a translator needs a transcript), and a translator dir."""
     root = tmp_path_factory.mktemp("translating")
-    model = load_bundle(tiny_bundle)
-    model.llm.prompt_transcript = True
-    bundle = save_bundle(model, root / "bundle")
-    return bundle, save_translator(root / "translator", TranslatorConfig(), Truecaser({"tom": "Tom"}))
+    return hybrid_bundle, save_translator(root / "translator", TranslatorConfig(), Truecaser({"tom": "Tom"}))
 
 
 def test_a_bundle_answers_translations_into_its_language_with_the_translator(translating, capsys):
