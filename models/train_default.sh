@@ -8,6 +8,7 @@
 #   bash models/train_default.sh                       # corpus, fsdd, ctc, ctc-fsdd, ctc-lm, whisper-tune, transcriber, speechlm, heads, translator
 #   STAGES="speechlm" bash models/train_default.sh
 #   STAGES="ctc-dinosr speechlm-speech-only" bash models/train_default.sh   # ablations (encoder-ssl first)
+#   STAGES="ablate-asr-average ablate-asr-blanks ablate-asr-stack4" bash models/train_default.sh   # the compressor ablation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -42,6 +43,11 @@ for stage in $STAGES; do
                    "$BIN/spokenlm" bundle set runs/speechlm/bundle --translator runs/translator/translator >>runs/translator.log ;;
     # ablations and the from-scratch path (DESIGN.md §4)
     speechlm-speech-only) run_stage speechlm-speech-only "$BIN/spokenlm" train speechlm --config configs/speechlm_speech_only.yaml ;;
+    ablate-asr-average) run_stage ablate-asr-average "$BIN/spokenlm" train speechlm --config configs/ablation_asr.yaml ;;
+    ablate-asr-blanks)  run_stage ablate-asr-blanks "$BIN/spokenlm" train speechlm --config configs/ablation_asr.yaml \
+                          --set out_dir=runs/ablate-asr-blanks --set "compressor_overrides={mode: blank_removal}" ;;
+    ablate-asr-stack4)  run_stage ablate-asr-stack4 "$BIN/spokenlm" train speechlm --config configs/ablation_asr.yaml \
+                          --set out_dir=runs/ablate-asr-stack4 --set compressor_dir=configs/compressors/stack4 ;;
     speechlm-full) run_stage speechlm-full "$BIN/spokenlm" train speechlm --config configs/speechlm_full.yaml ;;
     text-lm)       run_stage text-lm "$BIN/spokenlm" train text-lm --config configs/text_lm.yaml ;;
     encoder-ssl)   run_stage encoder-ssl "$BIN/spokenlm" train encoder-ssl --config configs/encoder_ssl.yaml ;;

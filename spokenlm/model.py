@@ -53,6 +53,7 @@ from spokenlm.compress import (
     compressor_config_to_json,
     load_compressor,
     save_compressor,
+    with_compressor_config,
 )
 from spokenlm.compress.base import Compressor
 from spokenlm.compress.ctc import CTCCompressorConfig
@@ -141,7 +142,8 @@ class Pretrained:
     `save_compressor` directory."""
 
     overrides: dict = field(default_factory=dict)
-    """Encoder config fields replaced with the weights kept (e.g. {"bf16": true}); see `with_config`."""
+    """Config fields replaced with the weights kept: an encoder's (e.g. {"bf16": true}; see `with_config`)
+    or a compressor's (e.g. {"mode": "blank_removal"}; see `with_compressor_config`)."""
 
     def validate(self) -> None:
         if not self.path:
@@ -576,7 +578,8 @@ def build_speechlm(config: SpeechLMConfig) -> SpeechLM:
     else:
         encoder = build_encoder(config.encoder)
     if isinstance(config.compressor, Pretrained):
-        compressor = load_compressor(config.compressor.path)
+        source = config.compressor.path
+        compressor = with_compressor_config(load_compressor(source), config.compressor.overrides, source=source)
     else:
         compressor = build_compressor(config.compressor)
     if config.llm.path is not None:

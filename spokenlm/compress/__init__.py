@@ -45,6 +45,7 @@ __all__ = [
     "load_compressor",
     "read_compressor_config",
     "save_compressor",
+    "with_compressor_config",
 ]
 
 CompressorConfig = CTCCompressorConfig | StackCompressorConfig | SyllableCompressorConfig
@@ -131,6 +132,25 @@ def load_compressor(directory: str | Path, *, device: str = "cpu") -> nn.Module:
     if beam is not None:
         compressor.attach_lm(directory / beam.lm_file)
     return compressor.to(device)
+
+
+def with_compressor_config(compressor: nn.Module, overrides: dict, *, source: str = "the compressor") -> nn.Module:
+    """`compressor` rebuilt with some config fields replaced and its weights (and word LM) kept: fields
+    that leave the weights' shapes alone, e.g. a CTC compressor's {"mode": "blank_removal"} (the
+    same head, one token per emitted character instead of one per run); ValueError naming `source`
+    otherwise."""
+    from spokenlm.encoders import with_overrides
+
+    if not overrides:
+        return compressor
+    rebuilt = build_compressor(with_overrides(compressor.config, overrides, what="compressor_overrides"))
+    try:
+        rebuilt.load_state_dict(compressor.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"compressor_overrides ({', '.join(sorted(overrides))}) change the weights of {source}: {e}") from e
+    if getattr(rebuilt.config, "beam", None) is not None:
+        rebuilt.attach_lm(compressor.lm_path)
+    return rebuilt.train(compressor.training)
 
 
 def _config_names() -> list[str]:

@@ -151,14 +151,15 @@ def _foreign_kind(path: Path) -> str | None:
     return None
 
 
-def with_overrides(config: Any, overrides: dict) -> Any:
-    """An encoder `config` with `overrides` replaced; YAML lists become tuples where the field holds a tuple."""
+def with_overrides(config: Any, overrides: dict, *, what: str = "encoder_overrides") -> Any:
+    """A part's `config` with `overrides` (named `what` in errors) replaced; YAML lists become tuples
+    where the field holds a tuple."""
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(f"unknown encoder_overrides for {type(config).__name__}: {', '.join(unknown)}")
+        raise ValueError(f"unknown {what} for {type(config).__name__}: {', '.join(unknown)}")
     values = {k: _as_tuples(v) if isinstance(getattr(config, k), tuple) else v for k, v in overrides.items()}
     return dataclasses.replace(config, **values)
 

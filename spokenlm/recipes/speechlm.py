@@ -81,6 +81,9 @@ class SpeechLMTrainConfig:
     out_dir: str
     manifest: str | tuple[str, ...]  # the corpus manifest.jsonl (`spokenlm data synth`), or several
     compressor_dir: str  # frozen: a save_compressor dir (the ctc recipe's OUT/compressor)
+    compressor_overrides: dict = field(default_factory=dict)
+    """Compressor config fields that keep its weights, e.g. {mode: blank_removal}: the same CTC head,
+    one token per emitted character instead of one per run (the compressor ablation)."""
     encoder_dir: str | None = None  # frozen: any dir load_encoder reads (the ctc recipe's OUT/encoder, a Whisper dir)
     encoder_base: str | None = None  # or a pinned base (spokenlm/bases.py KNOWN_BASES: "whisper-tiny.en")
     encoder_overrides: dict = field(default_factory=dict)  # config fields that keep the weights, e.g. {bf16: true}
@@ -157,6 +160,10 @@ class SpeechLMTrainConfig:
     """Steps between checkpoints taken without an evaluation (0: only at each evaluation and at the
     end). A long run with a rare eval_every loses no more than this many steps when it is killed."""
     dev_items_per_task: int = 32  # per task, for the periodic dev evaluation
+    first_eval: bool = True
+    """Evaluate the untrained adapter at step 0 (the baseline the dev curve is read against). It
+    decodes every dev item to max_new_tokens (an untrained model rarely stops) and counts in
+    max_minutes: a short run (an ablation arm) can leave it out."""
     final_items_per_task: int = 0  # per task, for the final evaluation; 0 = every item
     eval_batch_size: int = 32
     max_new_tokens: int = 128  # greedy decoding limit in evaluation
@@ -333,14 +340,14 @@ def transcript_readers(config: SpeechLMTrainConfig, compressor: nn.Module):
     tokens are the same either way: the LM changes the transcript only)."""
     if not config.train_transcript_lms:
         return lambda utts: [(compressor, list(utts))]
-    from spokenlm.compress import load_compressor
+    from spokenlm.compress import load_compressor, with_compressor_config
     from spokenlm.recipes.ctc_lm import fold_lm_files, transcript_fold
 
     if getattr(compressor.config, "beam", None) is None:
         raise ValueError(f"train_transcript_lms needs a compressor that reads with a word LM; {config.compressor_dir} has none")
     folds = []
     for path in fold_lm_files(config.train_transcript_lms):
-        reader = load_compressor(config.compressor_dir).eval()
+        reader = with_compressor_config(load_compressor(config.compressor_dir), dict(config.compressor_overrides)).eval()
         reader.attach_lm(path)
         for p in reader.parameters():
             p.requires_grad_(False)
@@ -601,7 +608,7 @@ def model_config(config: SpeechLMTrainConfig):
                           target_modules=tuple(config.lora_targets))  # fmt: skip
     return SpeechLMConfig(
         encoder=Pretrained(path=part_source(config, "encoder"), overrides=dict(config.encoder_overrides)),
-        compressor=Pretrained(path=config.compressor_dir),
+        compressor=Pretrained(path=config.compressor_dir, overrides=dict(config.compressor_overrides)),
         llm=LLMConfig(path=part_source(config, "llm"), lora=lora, prompt_transcript=config.prompt_transcript),
         adapter=AdapterConfig(hidden_dim=config.adapter_hidden_dim, kind=config.adapter_kind),
         max_chunk_s=config.max_chunk_s,
@@ -737,7 +744,7 @@ def train(config: SpeechLMTrainConfig) -> dict:
             print(f"speechlm: step {step} val_loss {result['loss']:.3f} {json.dumps(result['metrics'])}", flush=True)
         barrier()
 
-    if step == 0:  # the untrained adapter's dev figures: the baseline the curve is read against
+    if step == 0 and config.first_eval:  # the untrained adapter's dev figures: the baseline the curve is read against
         dev_eval()
     adapter.train()
     llm.model.train()

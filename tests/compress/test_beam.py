@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from spokenlm.compress import CharVocab, CTCCompressor, CTCCompressorConfig, load_compressor, save_compressor
+from spokenlm.compress import CharVocab, CTCCompressor, CTCCompressorConfig, load_compressor, save_compressor, with_compressor_config
 from spokenlm.compress.beam import CTCBeamConfig, CTCBeamDecoder, arpa_unigrams
 from spokenlm.encoders.base import EncoderOutput
 from spokenlm.ngram import fit_ngram
@@ -176,3 +176,13 @@ def test_the_committed_part_s_word_lm_is_the_one_its_ctc_lm_run_picked():
     assert {"lm_weight": beam.lm_weight, "word_score": beam.word_score, "beam_size": beam.beam_size} == metrics["best"]
     assert len(compressor.beam.words) == metrics["lexicon_words"]
     assert (part / "bundle" / "compressor" / beam.lm_file).stat().st_size / 1e6 == pytest.approx(metrics["lm_file_mb"], abs=0.01)
+
+
+def test_overrides_keep_the_word_lm(lm_path):
+    with_lm = _compressor(CTCBeamConfig(lm_weight=1.0))
+    with_lm.attach_lm(lm_path)
+    removal = with_compressor_config(with_lm, {"mode": "blank_removal"})
+    assert removal.lm_path == lm_path and removal.config.mode == "blank_removal"
+    log_probs = emissions(HELO + SPACE + HOP)
+    encoded = EncoderOutput(features=log_probs, lengths=torch.tensor([log_probs.shape[1]]), frame_rate_hz=50.0)
+    assert removal(encoded).chars == with_lm(encoded).chars

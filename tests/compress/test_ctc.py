@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,6 +17,7 @@ from spokenlm.compress import (
     build_compressor,
     load_compressor,
     save_compressor,
+    with_compressor_config,
 )
 from spokenlm.encoders.base import EncoderOutput
 
@@ -350,3 +352,27 @@ def test_context_layer_config_errors() -> None:
         CTCCompressorConfig(input_dim=8, num_layers=1, num_heads=3).validate()
     with pytest.raises(ValueError, match=r"CTCCompressorConfig.num_layers must be an int >= 0, got -1"):
         CTCCompressorConfig(input_dim=8, num_layers=-1).validate()
+
+
+# ------------------------------------------------------------------------------ config overrides
+
+
+def test_overrides_switch_the_mode_and_keep_the_head() -> None:
+    averaging = hand_set("frame_averaging")
+    removal = with_compressor_config(averaging, {"mode": "blank_removal"})
+    assert removal.config == dataclasses.replace(averaging.config, mode="blank_removal")
+    assert all(torch.equal(a, b) for a, b in zip(averaging.state_dict().values(), removal.state_dict().values()))
+    x = encoded(frames(PATH))
+    # "_aa_ccc_": one token per run of a character (2) against one per emitting frame (5), the same transcript
+    assert averaging(x).lengths.tolist() == [2] and removal(x).lengths.tolist() == [5]
+    assert averaging(x).chars == removal(x).chars
+    assert torch.equal(removal(x).embeddings, hand_set("blank_removal")(x).embeddings)
+    assert with_compressor_config(averaging, {}) is averaging
+
+
+def test_overrides_that_change_weights_or_name_no_field_are_refused() -> None:
+    compressor = hand_set("frame_averaging")
+    with pytest.raises(ValueError, match=r"^unknown compressor_overrides for CTCCompressorConfig: speed$"):
+        with_compressor_config(compressor, {"speed": 2})
+    with pytest.raises(ValueError, match=r"^compressor_overrides \(alphabet\) change the weights of ctc/: "):
+        with_compressor_config(compressor, {"alphabet": "abcd"}, source="ctc/")

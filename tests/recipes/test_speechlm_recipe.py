@@ -179,6 +179,31 @@ def test_task_weights_choose_the_tasks_and_bad_configs_are_named(tmp_path, tiny_
         _config(out, tiny_corpus, frozen_parts, text_warmup_steps=5).validate()
 
 
+def test_compressor_overrides_and_a_stack_compressor_give_the_ablation_arms(tmp_path, tiny_corpus, frozen_parts):
+    from spokenlm.compress import StackCompressor, StackCompressorConfig, save_compressor
+
+    short = {"task_weights": {"sentiment": 0}, "eval_every": 100, "optim": OptimConfig(lr=3e-3, warmup_steps=1, max_steps=2)}
+    rates = {}
+    for name, changes in {"average": {}, "blanks": {"compressor_overrides": {"mode": "blank_removal"}}}.items():
+        out = tmp_path / name
+        train(_config(out, tiny_corpus, frozen_parts, **short, **changes))
+        saved = json.loads((out / "bundle" / "compressor" / "compressor.json").read_text())
+        assert saved["mode"] == ("blank_removal" if name == "blanks" else "frame_averaging")
+        rates[name] = json.loads((out / "metrics.json").read_text())["data"]["fine-tune"]["speech_tokens_per_second"]
+    assert rates["blanks"] >= rates["average"] > 0  # a token per emitting frame, not per run
+    stack = tmp_path / "stack2"
+    save_compressor(StackCompressor(StackCompressorConfig(input_dim=64, k=2)), stack)
+    out = tmp_path / "stack"
+    train(_config(out, tiny_corpus, {**frozen_parts, "compressor": stack}, **short, first_eval=False))
+    evaluated = {name: [r["step"] for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
+                        if "val_loss" in r] for name in ("average", "stack")}  # fmt: skip
+    assert evaluated == {"average": [0, 2], "stack": [2]}  # first_eval: the untrained adapter's figures first, or only the final ones
+    assert json.loads((out / "bundle" / "compressor" / "compressor.json").read_text()) == {"kind": "stack", "input_dim": 64, "k": 2}
+    assert json.loads((out / "metrics.json").read_text())["data"]["fine-tune"]["speech_tokens_per_second"] == pytest.approx(25, rel=0.05)
+    with pytest.raises(ValueError, match=r"^unknown compressor_overrides for CTCCompressorConfig: k$"):
+        train(_config(tmp_path / "bad", tiny_corpus, frozen_parts, **short, compressor_overrides={"k": 4}))
+
+
 def test_a_run_checkpoints_between_evaluations_and_a_killed_run_resumes_there(tmp_path, tiny_corpus, frozen_parts,
                                                                              monkeypatch):  # fmt: skip
     import spokenlm.recipes.speechlm as recipe
@@ -265,6 +290,19 @@ def test_shipped_configs_parse(name):
     assert config.prompt_transcript == ("speech_only" not in name)
     if config.prompt_transcript:  # the transcript read with the ctc-lm stage's word LM, jackknifed in training
         assert config.compressor_dir == "runs/ctc_lm/compressor" and config.train_transcript_lms == "runs/ctc_lm/folds"
+
+
+def test_the_compressor_ablation_config_parses_and_its_stack_compressor_loads():
+    from spokenlm.compress import StackCompressor, load_compressor
+    from spokenlm.train.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "configs" / "ablation_asr.yaml", SpeechLMTrainConfig)
+    assert not config.prompt_transcript and not config.first_eval and config.final_items_per_task == 200
+    assert config.optim.max_steps == 200 and config.optim.max_minutes == 0 and not config.optim.lr_over_minutes
+    assert {t for t, w in config.task_weights.items() if w > 0} == {"asr"}
+    stack = load_compressor(root / "configs" / "compressors" / "stack4")
+    assert isinstance(stack, StackCompressor) and stack.config.k == 4 and stack.output_dim == 4 * 384
 
 
 def test_items_follow_the_labels():
