@@ -15,6 +15,17 @@
 4. Write OUT/head (`spokenlm.heads.save_head`), metrics.json, metrics.jsonl and loss.png (the train
    and dev log-loss of each grid point, in grid order).
 
+With `narration_streams`, read prose joins the fit (`narration_items`): the corpus's own dialog acts
+are bank calls and its sentiments product reviews, so a head fitted on them alone has never met a line
+of narration, and answers one (the demo's LibriVox clips) with acts of a bank call. Whole declarative
+sentences of those streams are labelled as a reader of prose would label them: the dialog act
+`statement_general`; the sentiment by VADER (a well-kept rule-based sentiment lexicon): `Neutral`
+where it finds no polarity, `Negative` or `Positive` where it finds a strong one, and the sentences
+between left out rather than guessed (prose that is all Neutral would teach the head that prose is
+never anything else). They are read as splits of their own
+(`narration-<split>`), added to the train states only; the grid is still picked on the task's own dev
+items, and the narration items of each held-out split are scored apart.
+
 No gradient steps and no worker split: the states are one forward per utterance, the fit is
 scikit-learn's on 2 cores (seconds). The LLM and its LoRA stay as they are.
 """
@@ -35,6 +46,8 @@ from torch import Tensor
 from spokenlm.heads import HEAD_LABELS, MULTI_LABEL, POOLINGS, TaskHead, TaskHeadConfig, fit_head, pool_states, save_head
 
 _LABEL_KEY = {"dialog-act": "dialog_acts", "sentiment": "sentiment"}
+NARRATION_LABELS = {"dialog-act": {"dialog_acts": ["statement_general"]}, "sentiment": {"sentiment": "Neutral"}}  # VADER's where polar
+NARRATION = "narration-"  # the prefix of the narration items' split names
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +66,12 @@ class HeadsRecipeConfig:
     batch_size: int = 16  # utterances per bundle call
     max_new_tokens: int = 32  # for the bundle's decoded answers (the baseline)
     seed: int = 0
+    narration_streams: tuple[str, ...] = ()
+    """Corpus streams of read prose that carry no label for this task (e.g. ljspeech, harvard): their
+    whole declarative sentences join the fit, labelled as prose (`narration_items`); () = none."""
+    narration_share: float = 0.2  # narration items per split, as a share of the task's own items there
+    narration_max_polarity: float = 0.05  # sentiment: |VADER compound| below this is Neutral prose ...
+    narration_min_polarity: float = 0.5  # ... and at least this is Negative / Positive by its sign
 
     def validate(self) -> None:
         if self.task not in HEAD_LABELS:
@@ -70,11 +89,52 @@ class HeadsRecipeConfig:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if not self.max_duration_s > 0:
             raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s}")
+        if not (isinstance(self.narration_share, (int, float)) and 0 < self.narration_share <= 1):
+            raise ValueError(f"narration_share must be in (0, 1], got {self.narration_share!r}")
+        low, high = self.narration_max_polarity, self.narration_min_polarity
+        if not (all(isinstance(v, (int, float)) for v in (low, high)) and 0 < low < high <= 1):
+            raise ValueError(f"narration_max_polarity and narration_min_polarity must satisfy 0 < max < min <= 1, "
+                             f"got {low!r} and {high!r}")  # fmt: skip
 
     def grid(self) -> list[tuple[str, float, float]]:
         """Every (pooling, c, threshold) in the order tried (a tie keeps the earlier)."""
         thresholds = self.thresholds if self.task in MULTI_LABEL else (0.5,)
         return [(p, float(c), float(t)) for p in self.poolings for c in self.cs for t in thresholds]
+
+
+def is_declarative(raw_text: str) -> bool:
+    """A whole sentence that states something: capitalised, ending in a full stop, at least four words,
+    no question, exclamation or quoted speech in it (a fragment of prose or a line of dialogue is not)."""
+    text = raw_text.strip()
+    return (len(text.split()) >= 4 and text[0].isupper() and text.endswith(".") and text[-2:] != ".."
+            and not any(c in text for c in '?!"\u201c\u201d;:'))  # fmt: skip
+
+
+def narration_items(task: str, utts: list, count: int, *, max_polarity: float, min_polarity: float) -> list:
+    """Up to `count` of `utts` (read prose, in the order given) as items of `task`: each a whole
+    declarative sentence (`is_declarative`) relabelled as prose is heard (NARRATION_LABELS); a
+    sentiment by VADER's compound score c: Neutral where |c| < max_polarity, Negative / Positive by
+    its sign where |c| >= min_polarity, and left out between."""
+    vader = None
+    if task == "sentiment":
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        vader = SentimentIntensityAnalyzer()
+    out = []
+    for u in utts:
+        if len(out) >= count:
+            break
+        raw = u.labels.get("raw_text") or ""
+        if not is_declarative(raw):
+            continue
+        labels = NARRATION_LABELS[task]
+        if vader is not None:
+            c = vader.polarity_scores(raw)["compound"]
+            if max_polarity <= abs(c) < min_polarity:
+                continue
+            labels = {"sentiment": "Neutral" if abs(c) < max_polarity else ("Positive" if c > 0 else "Negative")}
+        out.append(dataclasses.replace(u, labels={**u.labels, **labels}, tasks=(*u.tasks, task)))
+    return out
 
 
 def label_sets(task: str, labels: list[dict]) -> list[tuple[str, ...]]:
@@ -191,16 +251,32 @@ def train(config: HeadsRecipeConfig) -> dict:
     for split in (config.train_split, config.dev_split):
         if not by_split[split]:
             raise ValueError(f"{config.manifest}: no {config.task} utterances in {split!r}")
+    if config.narration_streams:
+        prose = read_manifest(config.manifest, splits=splits, max_duration_s=config.max_duration_s)
+        prose = [u for u in prose if u.stream in config.narration_streams and config.task not in u.tasks]
+        for s in splits:
+            count = round(config.narration_share * len(by_split[s]))
+            by_split[NARRATION + s] = narration_items(config.task, id_hash_order([u for u in prose if u.split == s]),
+                                                      count, max_polarity=config.narration_max_polarity,
+                                                      min_polarity=config.narration_min_polarity)  # fmt: skip
+        if not by_split[NARRATION + config.train_split]:
+            raise ValueError(f"{config.manifest}: no declarative sentences of streams {list(config.narration_streams)} "
+                             f"in {config.train_split!r} to read as narration")  # fmt: skip
     model = load_bundle(config.bundle).eval()
     if config.task not in model.info.tasks:
         raise ValueError(f"{config.bundle} does not do {config.task!r}; its tasks are {list(model.info.tasks)}")
     model.llm.heads = {}  # the states and the baseline answers are the LLM's own, whatever heads the bundle has
     fingerprint = bundle_fingerprint(config.bundle)
-    read = {s: _split_states(out, s, model, by_split[s], config, decode=s != config.train_split, fingerprint=fingerprint)
-            for s in splits if by_split[s]}  # fmt: skip
+    # the narration splits are not decoded: the LLM's own answer is the baseline of the task's items only
+    read = {s: _split_states(out, s, model, group, config, decode=s in splits and s != config.train_split,
+                             fingerprint=fingerprint)
+            for s, group in by_split.items() if group}  # fmt: skip
     read_minutes = (time.monotonic() - started) / 60
     labels = {s: [u.labels for u in by_split[s]] for s in read}
     sets = {s: label_sets(config.task, labels[s]) for s in read}
+    train_states = {p: torch.cat([read[s]["states"][p] for s in (config.train_split, NARRATION + config.train_split)
+                                  if s in read]) for p in config.poolings}  # fmt: skip
+    train_sets = sets[config.train_split] + sets.get(NARRATION + config.train_split, [])
     headline = "accuracy" if config.task == "dialog-act" else "macro_f1"
 
     (out / "metrics.jsonl").unlink(missing_ok=True)  # the grid is refitted whole on every run
@@ -209,14 +285,13 @@ def train(config: HeadsRecipeConfig) -> dict:
     for k, (pooling, c, threshold) in enumerate(config.grid()):
         head_config = TaskHeadConfig(task=config.task, model_dim=model.llm.model_dim, pooling=pooling, threshold=threshold)
         if (pooling, c) not in fitted:
-            fitted[pooling, c] = fit_head(head_config, read[config.train_split]["states"][pooling],
-                                          sets[config.train_split], c=c, seed=config.seed)  # fmt: skip
+            fitted[pooling, c] = fit_head(head_config, train_states[pooling], train_sets, c=c, seed=config.seed)
         head = TaskHead(head_config)
         head.linear.load_state_dict(fitted[pooling, c].linear.state_dict())
         head.eval()
         dev = task_score(config.task, labels[config.dev_split], head.answer(read[config.dev_split]["states"][pooling]))
         row = {"pooling": pooling, "c": c, "threshold": threshold, "dev": dev,
-               "train_loss": head_loss(head, read[config.train_split]["states"][pooling], sets[config.train_split]),
+               "train_loss": head_loss(head, train_states[pooling], train_sets),
                "dev_loss": head_loss(head, read[config.dev_split]["states"][pooling], sets[config.dev_split])}  # fmt: skip
         grid.append((row, head))
         print(f"heads: {pooling} c={c} threshold={threshold}: dev {headline} {dev[headline]:.1f}", flush=True)
@@ -230,11 +305,16 @@ def train(config: HeadsRecipeConfig) -> dict:
                 "items": len(labels[split])}  # fmt: skip
 
     held_out = {s: scores(s) for s in (config.dev_split, *config.test_splits) if s in read}
+    # narration: how often the head answers a held-out line of prose as prose is labelled
+    narration = {s: {"head": task_score(config.task, labels[NARRATION + s], best.answer(read[NARRATION + s]["states"][pooling])),
+                     "items": len(labels[NARRATION + s])}
+                 for s in (config.dev_split, *config.test_splits) if NARRATION + s in read}  # fmt: skip
     summary = {
         "task": config.task, "bundle": config.bundle, "headline": headline,
         "pick": {k: best_row[k] for k in ("pooling", "c", "threshold")},
         "splits": held_out,
         "train_items": len(labels[config.train_split]),
+        "narration": {"train_items": len(labels.get(NARRATION + config.train_split, [])), "splits": narration},
         "grid": [row for row, _ in grid],
         "read_minutes": round(read_minutes, 2),
         "wall_minutes": round((time.monotonic() - started) / 60, 2),

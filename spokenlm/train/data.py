@@ -38,6 +38,7 @@ class Utterance:
     tasks: tuple[str, ...] = ("asr",)
     voice: dict = field(default_factory=dict, repr=False)
     audio_ref: AudioRef | None = field(default=None, repr=False)  # other formats: a cut or a table row of `audio`
+    stream: str = ""  # the corpus stream it was made from (`spokenlm.data.synth.STREAMS`; "" where unknown)
 
 
 def id_hash_order(utts: Sequence[Utterance]) -> list[Utterance]:
@@ -85,6 +86,7 @@ def read_manifest(path: str | Path | Sequence[str | Path], *, splits: tuple[str,
                 labels=row["task_labels"],
                 tasks=tuple(row.get("tasks", ["asr"])),
                 voice=row.get("voice", {}),
+                stream=row.get("stream", ""),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise ValueError(f"{path}:{n}: not a manifest row ({e})") from e
