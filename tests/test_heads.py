@@ -206,3 +206,7 @@ def test_the_committed_part_carries_the_head_its_recipe_picked():
         assert head.config.task == task
         assert (head.config.pooling, head.config.threshold) == (pick["pooling"], pick["threshold"])
         assert head.config.model_dim == meta["adapter"]["output_dim"]  # the LLM's width: what the adapter feeds it
+        # fitted on read prose too, as the shipped configs say, and scored on held-out prose apart
+        metrics = json.loads((part / "heads" / task / "metrics.json").read_text())
+        assert metrics["config"]["narration_streams"] == ["ljspeech", "harvard", "arctic"]
+        assert metrics["narration"]["train_items"] > 0 and metrics["narration"]["splits"]["test"]["items"] > 0
