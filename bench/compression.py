@@ -9,7 +9,8 @@ frames, stacked frames, CTC blank removal, CTC frame averaging, Sylber syllables
 compressor under a trained LLM measures nothing. Train one ASR bundle per compressor with the
 speechlm recipe (`--set compressor_dir=... --set task_weights={asr: 1, ...: 0}`) from the same LLM
 and data. For every bundle: the mean number of compressed tokens per second of audio fed to the
-LLM, and its corpus WER on the clips (greedy, batches of 8).
+LLM, its corpus WER on the clips (greedy, batches of 8), and the LLM's time per second of audio (its
+stage of `RunOutput.timing_ms`, summed over the batches): what fewer tokens save.
 
 "best" is the bundle with the fewest tokens per second whose WER is within --max-loss-pct relative
 of the --reference bundle's (default: the one with the most tokens per second, the least
@@ -30,12 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import manifest_clips, run_asr  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
 
-def measure(model_dir: Path, clips, batch: int, max_new_tokens: int) -> tuple[float, float]:
-    """(tokens per second into the LLM, WER %) of one bundle on `clips`."""
-    outputs = run_asr(load_bundle(model_dir), clips, batch, max_new_tokens)
+def measure(model_dir: Path, clips, batch: int, max_new_tokens: int) -> tuple[float, float, float]:
+    """(tokens per second into the LLM, WER %, LLM ms per second of audio) of one bundle on `clips`."""
+    timings: list[dict] = []
+    outputs = run_asr(load_bundle(model_dir), clips, batch, max_new_tokens, batch_timings=timings)
+    seconds = sum(c.seconds for c in clips)
     tokens = sum(o.tokens_per_second * c.seconds for o, c in zip(outputs, clips))
     hyps = [normalize(o.result.text) for o in outputs]
-    return tokens / sum(c.seconds for c in clips), word_error_rate([c.reference for c in clips], hyps).wer
+    llm_ms = sum(t.get("llm", 0.0) for t in timings)
+    return tokens / seconds, word_error_rate([c.reference for c in clips], hyps).wer, llm_ms / seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,19 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     reference = args.reference or max(rows, key=lambda n: rows[n][0])
     if reference not in rows:
         parser.error(f"--reference {reference!r} is not one of the bundles: {', '.join(rows)}")
-    ref_rate, ref_wer = rows[reference]
+    ref_rate, ref_wer, ref_llm = rows[reference]
     print(f"{len(clips)} {args.split} clips, {sum(c.seconds for c in clips) / 60:.1f} min; reference: {reference}")
-    print("| compressor | tokens/s | WER % | relative WER loss % |\n|---|---|---|---|")
+    print("| compressor | tokens/s | WER % | relative WER loss % | LLM ms per audio s | LLM time saved % |\n"
+          "|---|---|---|---|---|---|")  # fmt: skip
     losses = {}
-    for name, (rate, wer) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
+    for name, (rate, wer, llm) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
         losses[name] = 100 * (wer - ref_wer) / ref_wer if ref_wer > 0 else (0.0 if wer == 0 else float("inf"))
-        print(f"| {name} | {rate:.2f} | {wer:.2f} | {losses[name]:+.1f} |")
+        saved = 100 * (ref_llm - llm) / ref_llm if ref_llm > 0 else 0.0
+        print(f"| {name} | {rate:.2f} | {wer:.2f} | {losses[name]:+.1f} | {llm:.1f} | {saved:+.1f} |")
     within = [n for n in rows if losses[n] <= args.max_loss_pct]
     best = min(within, key=lambda n: rows[n][0])  # the reference itself always qualifies
     print(
         f"bench compression: clips={len(clips)} reference={reference} reference_tokens_s={ref_rate:.2f} "
         f"reference_wer={ref_wer:.2f} best={best} best_tokens_s={rows[best][0]:.2f} best_wer={rows[best][1]:.2f} "
-        f"best_loss_pct={losses[best]:.1f} ratio={ref_rate / rows[best][0]:.2f}"
+        f"best_loss_pct={losses[best]:.1f} best_llm_ms_per_s={rows[best][2]:.1f} ratio={ref_rate / rows[best][0]:.2f}"
     )
     return 0
 

@@ -131,9 +131,11 @@ def load_clips(args: argparse.Namespace) -> list[Clip]:
     return clips
 
 
-def run_asr(model, clips: list[Clip], batch: int, max_new_tokens: int, ctc_draft: bool = False) -> list:
+def run_asr(model, clips: list[Clip], batch: int, max_new_tokens: int, ctc_draft: bool = False,
+            batch_timings: list | None = None) -> list:  # fmt: skip
     """The bundle's ASR RunOutput per clip (in clip order), greedy, in length-sorted batches;
-    ctc_draft: speculative, drafted by a lookup of each clip's CTC transcript (the same output)."""
+    ctc_draft: speculative, drafted by a lookup of each clip's CTC transcript (the same output).
+    batch_timings: each batch's stage times (`RunOutput.timing_ms`, shared by its outputs) are appended."""
     from spokenlm.lm import GenerationConfig
     from spokenlm.tasks import TaskRequest
 
@@ -142,8 +144,11 @@ def run_asr(model, clips: list[Clip], batch: int, max_new_tokens: int, ctc_draft
     config = GenerationConfig(max_new_tokens=max_new_tokens, ctc_draft=ctc_draft)
     for start in range(0, len(order), batch):
         index = order[start : start + batch]
-        for i, out in zip(index, model.run([clips[i].wav for i in index], [TaskRequest(task="asr")] * len(index), config)):
+        outs = model.run([clips[i].wav for i in index], [TaskRequest(task="asr")] * len(index), config)
+        for i, out in zip(index, outs):
             outputs[i] = out
+        if batch_timings is not None and outs:
+            batch_timings.append(dict(outs[0].timing_ms))
     return outputs
 
 

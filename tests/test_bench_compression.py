@@ -32,10 +32,14 @@ def test_bench_compression_reports_every_bundle_and_the_best(tiny_bundle, manife
     assert code == 0
     assert "| a |" in out and "| b |" in out
     m = re.search(r"bench compression: clips=2 reference=(\w+) reference_tokens_s=(\S+) reference_wer=(\S+) "
-                  r"best=(\w+) best_tokens_s=(\S+) best_wer=(\S+) best_loss_pct=(\S+) ratio=(\S+)$", out.strip())  # fmt: skip
+                  r"best=(\w+) best_tokens_s=(\S+) best_wer=(\S+) best_loss_pct=(\S+) best_llm_ms_per_s=(\S+) ratio=(\S+)$",
+                  out.strip())  # fmt: skip
     assert m, out.strip().splitlines()[-1]
     # the same bundle twice: equal rates and WERs, so the reference is the best and the ratio 1
-    assert m[2] == m[5] and m[3] == m[6] and float(m[8]) == 1.0 and float(m[7]) == 0.0
+    assert m[2] == m[5] and m[3] == m[6] and float(m[9]) == 1.0 and float(m[7]) == 0.0
+    assert float(m[8]) > 0  # the LLM's decoding took time: its ms per second of audio
+    rows = [line for line in out.splitlines() if line.startswith("| a |") or line.startswith("| b |")]
+    assert all(len(line.strip("|").split("|")) == 6 for line in rows)  # tokens/s, WER, loss, LLM ms/s, saved
 
 
 def test_bench_compression_refuses_a_malformed_bundle_argument(manifest, capsys):
