@@ -46,6 +46,7 @@ import re
 import string
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -298,11 +299,14 @@ def tasks_of(utts: list[Utterance]) -> list[str]:
     return [t for t in TASK_NAMES if t in found]
 
 
-def heldout_items(utts: list[Utterance], per_task: int) -> dict[str, list[Item]]:
-    """Per task, the first `per_task` items (0: all) in id-hash order: the same items on every call."""
+def heldout_items(utts: list[Utterance], per_task: int, tasks: Sequence[str] | None = None) -> dict[str, list[Item]]:
+    """Per task (of `tasks` only, when given: the ones the run trains), the first `per_task` items (0:
+    all) in id-hash order: the same items on every call."""
     out = {}
     ordered = id_hash_order(utts)
     for task in tasks_of(utts):
+        if tasks is not None and task not in tasks:
+            continue
         items = [i for u in ordered if task in u.tasks for i in items_of(u, task)]
         out[task] = items[:per_task] if per_task else items
     return out
@@ -701,7 +705,7 @@ def train(config: SpeechLMTrainConfig) -> dict:
     # how wrong the training prompts' transcripts are (with train_transcript_lms: as dev's, by design)
     train_ctc_wer = ctc_stage_scores(train_utts, ctc_text).get("ctc_wer")
     dev_utts = [u for u in utts if u.split == config.dev_split]
-    dev_sample = heldout_items(dev_utts, config.dev_items_per_task)
+    dev_sample = heldout_items(dev_utts, config.dev_items_per_task, tasks)  # a task weighted 0 is not scored
 
     # 3. optimiser: the adapter and LoRA learn at optim.lr, full-mode LLM weights at llm_lr_scale of it
     # (param groups: house build_optimizer gives one lr; here the two groups need their own scales)
@@ -827,7 +831,7 @@ def _finish(config, out, utts, train_utts, tokens, ctc_text, adapter, llm, metri
         if not split_utts:
             continue
         transcripts = ctc_text if config.prompt_transcript else None
-        result = evaluate(adapter, llm, tokens, heldout_items(split_utts, config.final_items_per_task),
+        result = evaluate(adapter, llm, tokens, heldout_items(split_utts, config.final_items_per_task, summary["tasks"]),
                           batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
                           num_examples=config.num_examples, transcripts=transcripts)  # fmt: skip
         result = {"split": split, "step": step, "utterances": len(split_utts), **result}

@@ -161,6 +161,8 @@ def test_task_weights_choose_the_tasks_and_bad_configs_are_named(tmp_path, tiny_
     summary = train(_config(out, tiny_corpus, frozen_parts, task_weights={"sentiment": 0}, eval_every=100,
                             optim=OptimConfig(lr=3e-3, warmup_steps=1, max_steps=2)))  # fmt: skip
     assert summary["tasks"] == ["asr"]
+    # only what the run trains is scored: the final evaluation (and any dev sample) leaves sentiment out
+    assert set(json.loads((out / "eval_dev.json").read_text())["tasks"]) == {"asr"}
 
     with pytest.raises(ValueError, match=re.escape("task_weights names unknown task(s) ['asrr']")):
         _config(out, tiny_corpus, frozen_parts, task_weights={"asrr": 1.0}).validate()
@@ -299,7 +301,7 @@ def test_the_compressor_ablation_config_parses_and_its_stack_compressor_loads():
     root = Path(__file__).resolve().parents[2]
     config = load_config(root / "configs" / "ablation_asr.yaml", SpeechLMTrainConfig)
     assert not config.prompt_transcript and not config.first_eval and config.final_items_per_task == 200
-    assert config.optim.max_steps == 200 and config.optim.max_minutes == 0 and not config.optim.lr_over_minutes
+    assert config.optim.max_steps == 1000 and config.optim.max_minutes == 0 and not config.optim.lr_over_minutes
     assert {t for t, w in config.task_weights.items() if w > 0} == {"asr"}
     stack = load_compressor(root / "configs" / "compressors" / "stack4")
     assert isinstance(stack, StackCompressor) and stack.config.k == 4 and stack.output_dim == 4 * 384
