@@ -24,6 +24,7 @@ from spokenlm.compress.ctc import CharSpan, CTCCompressor, CTCCompressorConfig
 from spokenlm.compress.stack import StackCompressor, StackCompressorConfig
 from spokenlm.compress.syllable import SyllableCompressor, SyllableCompressorConfig
 from spokenlm.compress.vocab import BLANK, DEFAULT_ALPHABET, CharVocab
+from spokenlm.overrides import rebuilt_with
 
 __all__ = [
     "BLANK",
@@ -139,18 +140,10 @@ def with_compressor_config(compressor: nn.Module, overrides: dict, *, source: st
     that leave the weights' shapes alone, e.g. a CTC compressor's {"mode": "blank_removal"} (the
     same head, one token per emitted character instead of one per run); ValueError naming `source`
     otherwise."""
-    from spokenlm.encoders import with_overrides
-
-    if not overrides:
-        return compressor
-    rebuilt = build_compressor(with_overrides(compressor.config, overrides, what="compressor_overrides"))
-    try:
-        rebuilt.load_state_dict(compressor.state_dict(), strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"compressor_overrides ({', '.join(sorted(overrides))}) change the weights of {source}: {e}") from e
-    if getattr(rebuilt.config, "beam", None) is not None:
-        rebuilt.attach_lm(compressor.lm_path)
-    return rebuilt.train(compressor.training)
+    rebuilt = rebuilt_with(compressor, overrides, build_compressor, what="compressor_overrides", source=source)
+    if rebuilt is not compressor and getattr(rebuilt.config, "beam", None) is not None:
+        rebuilt.attach_lm(compressor.lm_path)  # the word LM is a file beside the weights, not in them
+    return rebuilt
 
 
 def _config_names() -> list[str]:

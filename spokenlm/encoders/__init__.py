@@ -44,6 +44,7 @@ from spokenlm.encoders.wav2vec2 import (
     load_wav2vec2_encoder,
     save_wav2vec2_encoder,
 )
+from spokenlm.overrides import as_tuples, rebuilt_with, with_overrides
 
 __all__ = [
     "EncoderOutput", "SpeechEncoder", "build_encoder", "load_encoder", "save_encoder", "with_config", "with_overrides",
@@ -101,7 +102,7 @@ def encoder_config_from_json(fields: dict) -> Any:
         raise ValueError(f"unknown encoder kind {kind!r}; expected one of {', '.join(ENCODER_KINDS)}")
     config_type = ENCODER_KINDS[kind].config_type
     tuples = {f.name for f in dataclasses.fields(config_type) if "tuple" in str(f.type)}
-    return config_type(**{k: _as_tuples(v) if k in tuples else v for k, v in fields.items()})
+    return config_type(**{k: as_tuples(v) if k in tuples else v for k, v in fields.items()})
 
 
 def build_encoder(config: Any) -> nn.Module:
@@ -151,33 +152,8 @@ def _foreign_kind(path: Path) -> str | None:
     return None
 
 
-def with_overrides(config: Any, overrides: dict, *, what: str = "encoder_overrides") -> Any:
-    """A part's `config` with `overrides` (named `what` in errors) replaced; YAML lists become tuples
-    where the field holds a tuple."""
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown {what} for {type(config).__name__}: {', '.join(unknown)}")
-    values = {k: _as_tuples(v) if isinstance(getattr(config, k), tuple) else v for k, v in overrides.items()}
-    return dataclasses.replace(config, **values)
-
-
 def with_config(encoder: nn.Module, overrides: dict, *, source: str = "the encoder") -> nn.Module:
     """`encoder` rebuilt with some config fields replaced and its weights kept: only fields that do
     not change the weights' shapes (dropout, layer_drop, Whisper's bf16, ...); ValueError naming
     `source` (where the encoder came from) otherwise."""
-    if not overrides:
-        return encoder
-    rebuilt = build_encoder(with_overrides(encoder.config, overrides))
-    try:
-        rebuilt.load_state_dict(encoder.state_dict(), strict=True)
-    except RuntimeError as e:
-        keys = ", ".join(sorted(overrides))
-        raise ValueError(f"encoder_overrides ({keys}) change the weights of {source}: {e}") from e
-    return rebuilt.train(encoder.training)
-
-
-def _as_tuples(value: Any) -> Any:
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+    return rebuilt_with(encoder, overrides, build_encoder, what="encoder_overrides", source=source)

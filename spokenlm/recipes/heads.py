@@ -46,7 +46,8 @@ from torch import Tensor
 from spokenlm.heads import HEAD_LABELS, MULTI_LABEL, POOLINGS, TaskHead, TaskHeadConfig, fit_head, pool_states, save_head
 
 _LABEL_KEY = {"dialog-act": "dialog_acts", "sentiment": "sentiment"}
-NARRATION_LABELS = {"dialog-act": {"dialog_acts": ["statement_general"]}, "sentiment": {"sentiment": "Neutral"}}  # VADER's where polar
+# prose's labels; a sentiment is VADER's where the sentence is polar (`narration_items`)
+NARRATION_LABELS = {"dialog-act": {"dialog_acts": ["statement_general"]}, "sentiment": {"sentiment": "Neutral"}}
 NARRATION = "narration-"  # the prefix of the narration items' split names
 
 
@@ -246,14 +247,14 @@ def train(config: HeadsRecipeConfig) -> dict:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     splits = (config.train_split, config.dev_split, *config.test_splits)
-    utts = read_manifest(config.manifest, splits=splits, tasks=(config.task,), max_duration_s=config.max_duration_s)
+    every = read_manifest(config.manifest, splits=splits, max_duration_s=config.max_duration_s)  # the prose too
+    utts = [u for u in every if config.task in u.tasks]
     by_split = {s: id_hash_order([u for u in utts if u.split == s]) for s in splits}
     for split in (config.train_split, config.dev_split):
         if not by_split[split]:
             raise ValueError(f"{config.manifest}: no {config.task} utterances in {split!r}")
     if config.narration_streams:
-        prose = read_manifest(config.manifest, splits=splits, max_duration_s=config.max_duration_s)
-        prose = [u for u in prose if u.stream in config.narration_streams and config.task not in u.tasks]
+        prose = [u for u in every if u.stream in config.narration_streams and config.task not in u.tasks]
         for s in splits:
             count = round(config.narration_share * len(by_split[s]))
             by_split[NARRATION + s] = narration_items(config.task, id_hash_order([u for u in prose if u.split == s]),
@@ -306,9 +307,9 @@ def train(config: HeadsRecipeConfig) -> dict:
 
     held_out = {s: scores(s) for s in (config.dev_split, *config.test_splits) if s in read}
     # narration: how often the head answers a held-out line of prose as prose is labelled
-    narration = {s: {"head": task_score(config.task, labels[NARRATION + s], best.answer(read[NARRATION + s]["states"][pooling])),
-                     "items": len(labels[NARRATION + s])}
-                 for s in (config.dev_split, *config.test_splits) if NARRATION + s in read}  # fmt: skip
+    narration = {s: {"head": task_score(config.task, labels[p], best.answer(read[p]["states"][pooling])),
+                     "items": len(labels[p])}
+                 for s in (config.dev_split, *config.test_splits) if (p := NARRATION + s) in read}  # fmt: skip
     summary = {
         "task": config.task, "bundle": config.bundle, "headline": headline,
         "pick": {k: best_row[k] for k in ("pooling", "c", "threshold")},
