@@ -15,8 +15,9 @@ prompt's `<audio>` marker; only the adapter and LoRA (Hu et al., 2021) on the LL
 2. The encoder runs ONCE per utterance, not per step: it is frozen, so its output never changes. Its
    features (cut into chunks as at inference) go to the feature cache (spokenlm/train/features.py,
    shared with the ctc recipe: a Whisper encoder's features from that stage are reused), and the
-   frozen compressor turns them into (N, D) speech tokens and CTC transcripts on every start, as
-   `SpeechLM.encode_recordings` joins chunks. On this CPU that removes the encoder from the training
+   frozen compressor turns them into (N, D) speech tokens and CTC transcripts, as
+   `SpeechLM.encode_recordings` joins chunks; those are kept too (`TokenCache`, keyed by the features
+   and the compressor), so a restarted run reads them instead of compressing 20 h again (~10 min). On this CPU that removes the encoder from the training
    step entirely (it would otherwise cost more than the small LLM), and the float16 rounding of the
    features is far below what the adapter can resolve. With N workers each encodes 1/N of them.
    Optionally the prompt is hybrid (`prompt_transcript`: the CTC transcript as text after the speech),
@@ -57,7 +58,7 @@ from torch import Tensor, nn
 from spokenlm.tasks import TASK_NAMES, TASKS, TaskRequest, build_prompt, parse_output
 from spokenlm.train.config import to_dict
 from spokenlm.train.data import AudioCache, Utterance, id_hash_order, read_manifest
-from spokenlm.train.features import FeatureCache
+from spokenlm.train.features import FeatureCache, TokenCache
 from spokenlm.train.loop import (
     Checkpointer,
     MetricsLog,
@@ -91,6 +92,7 @@ class SpeechLMTrainConfig:
     llm_dir: str | None = None  # an HF causal-LM dir with its tokenizer (text-lm's OUT/llm) or a .gguf file
     llm_base: str | None = None  # or a pinned base ("smollm2-135m-instruct")
     feature_cache: str | None = None  # root of the encoder feature cache (default <cache>/features, shared with ctc)
+    token_cache: str | None = None  # root of the speech-token cache (default <cache>/tokens; TokenCache)
     init_from: str | None = None
     """A speechlm bundle (an earlier run's OUT/bundle, a committed part) whose adapter and LoRA weights
     this run starts from instead of fresh ones, so training goes on across sessions and machines; its
@@ -320,8 +322,7 @@ def speech_tokens(compressor: nn.Module, features: FeatureCache, utts: list[Utte
                   batch_size: int) -> tuple[dict[str, Tensor], dict[str, str | None]]:  # fmt: skip
     """id -> (N, D) float16 compressed speech tokens, and id -> the CTC transcript (None without a CTC
     head), from cached encoder features: each recording's chunks are compressed and joined exactly as
-    `SpeechLM.encode_recordings` does at inference (`join_chunks`). The compressor is cheap next to the
-    encoder (seconds per audio-hour), so tokens are recomputed from the features on every start."""
+    `SpeechLM.encode_recordings` does at inference (`join_chunks`). `train` keeps them in a `TokenCache`."""
     from spokenlm.model import join_chunks
 
     tokens: dict[str, Tensor] = {}
@@ -692,12 +693,22 @@ def train(config: SpeechLMTrainConfig) -> dict:
     barrier()  # every worker's shards are on disk
     tokens, ctc_text = {}, {}
     readers = transcript_readers(config, compressor)  # train utterance -> the compressor to read it with
-    # one shard at a time: the tokens (~13/s) are all training reads, the features (50/s) never all held
-    for group in features.by_shard(used):
-        for reader, members in readers(group):
-            shard_tokens, shard_text = speech_tokens(reader, features, members, batch_size=config.encode_batch_size)
-            tokens.update(shard_tokens)
-            ctc_text.update(shard_text)
+    for reader, members in readers(used):
+        # the tokens on disk from an earlier start with the same features and compressor, the rest
+        # computed one shard at a time: the tokens (~13/s) are all training reads, the features (50/s)
+        # never all held
+        def compute(shard: list[Utterance], reader=reader) -> tuple[dict[str, Tensor], dict[str, str | None]]:
+            out: tuple[dict, dict] = ({}, {})
+            for group in features.by_shard(shard):
+                shard_tokens, shard_text = speech_tokens(reader, features, group, batch_size=config.encode_batch_size)
+                out[0].update(shard_tokens)
+                out[1].update(shard_text)
+            return out
+
+        cached = TokenCache(config.token_cache or cache_dir() / "tokens", features, reader)
+        reader_tokens, reader_text = cached.tokens(members, compute)
+        tokens.update(reader_tokens)
+        ctc_text.update(reader_text)
     transcripts = ctc_text if config.prompt_transcript else None
     if transcripts is not None and any(t is None for t in transcripts.values()):
         raise ValueError("prompt_transcript needs a compressor with a CTC head (its greedy transcript goes in the prompt)")

@@ -73,6 +73,7 @@ def _config(out: Path, manifest: Path, parts: dict[str, Path], **changes) -> Spe
         compressor_dir=str(parts["compressor"]),
         llm_dir=str(parts["llm"]),
         feature_cache=str(out.parent / "features"),
+        token_cache=str(out.parent / "tokens"),
         lora_rank=4,
         lora_alpha=8,
         adapter_hidden_dim=64,
@@ -106,12 +107,17 @@ def test_lora_run_learns_keeps_the_llm_frozen_resumes_and_ships_a_bundle(
     lora = load_file(str(out / "bundle" / "lora" / "adapter_model.safetensors"))
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in lora.items())  # B starts at zero
 
-    # the encoder ran once per utterance; a resumed run reads its features back and never encodes
+    # the encoder ran once per utterance and the compressor once; a resumed run reads the features'
+    # tokens back and neither encodes nor compresses
     shards = sorted((tmp_path / "features").rglob("shard-*.safetensors"))
     assert shards and sum(len(load_file(str(s))) for s in shards) == 22  # one chunk per clip
+    token_shards = sorted((tmp_path / "tokens").rglob("shard-*.safetensors"))
+    assert token_shards and sum(len(load_file(str(s))) for s in token_shards) == 22  # one entry per clip
+    from spokenlm.recipes import speechlm as recipe
     from spokenlm.train.features import FeatureCache
 
     monkeypatch.setattr(FeatureCache, "_encode", lambda *a, **k: pytest.fail("re-encoded a cached utterance"))
+    monkeypatch.setattr(recipe, "speech_tokens", lambda *a, **k: pytest.fail("re-compressed a cached utterance"))
     resumed = train(_config(out, tiny_corpus, frozen_parts, optim=OptimConfig(lr=3e-3, warmup_steps=5, max_steps=50)))
     monkeypatch.undo()
     assert resumed["steps"] == 50
@@ -380,7 +386,7 @@ def test_speechlm_runs_under_ray_train_with_two_workers(tmp_path, tiny_corpus, f
     config = tmp_path / "speechlm.yaml"
     config.write_text(yaml.safe_dump({
         "out_dir": str(out), "manifest": str(tiny_corpus), "encoder_dir": str(frozen_parts["encoder"]),
-        "feature_cache": str(tmp_path / "features"),
+        "feature_cache": str(tmp_path / "features"), "token_cache": str(tmp_path / "tokens"),
         "compressor_dir": str(frozen_parts["compressor"]), "llm_dir": str(frozen_parts["llm"]),
         "lora_rank": 4, "lora_alpha": 8, "adapter_hidden_dim": 64, "batch_size": 4, "log_every": 5,
         "eval_every": 10, "eval_batch_size": 4, "max_new_tokens": 8,

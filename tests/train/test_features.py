@@ -1,6 +1,7 @@
 """The encoder feature cache (spokenlm/train/features.py): what it stores equals what the encoder
 gives, chunked as SpeechLM chunks long recordings; it resumes without re-encoding; its key follows
-the weights."""
+the weights. The token cache beside it: computed once, read back equal, keyed by the compressor's
+weights and word-LM file."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from spokenlm.encoders.whisper import build_whisper_encoder, whisper_test
 from spokenlm.model import encode_chunks
 from spokenlm.train.data import AudioCache, Utterance
-from spokenlm.train.features import FeatureCache, encoder_fingerprint
+from spokenlm.train.features import FeatureCache, TokenCache, module_fingerprint
 
 SECONDS = [1.5, 2.25, 0.8, 3.1]
 
@@ -86,7 +87,7 @@ def test_build_resumes_and_the_key_follows_the_weights(tmp_path, utts, encoder) 
         again.get(replace(utts[0], id="other"))
 
     other = build_whisper_encoder(whisper_test()).eval()  # different random weights
-    assert encoder_fingerprint(other) != encoder_fingerprint(encoder)
+    assert module_fingerprint(other) != module_fingerprint(encoder)
     assert FeatureCache(tmp_path, other).dir != cache.dir
     assert FeatureCache(tmp_path, encoder, max_chunk_s=10.0).dir != cache.dir
 
@@ -111,3 +112,64 @@ def test_by_shard_holds_one_shard_at_a_time(tmp_path, utts, encoder) -> None:
     held_before = [u.id in held for u in utts]
     assert sum(1 for _ in held.by_shard(utts)) >= 1
     assert [u.id in held for u in utts] == held_before  # what was held before stays held
+
+
+class _Compressor(torch.nn.Module):
+    """Stands in for a compressor: the token cache reads only its weights, config and lm_path."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.proj = torch.nn.Linear(3, 4)
+        self.config = {"mode": "average"}
+        self.lm_path = None
+
+
+def _computer(calls: list[list[str]]):
+    def compute(utts):
+        calls.append([u.id for u in utts])
+        tokens = {u.id: torch.full((int(u.duration_s * 10), 4), u.duration_s) for u in utts}
+        return tokens, {u.id: (None if u.id == "c2" else f"text of {u.id}") for u in utts}
+
+    return compute
+
+
+def test_token_cache_computes_once_and_reads_back_the_same(tmp_path, utts, encoder) -> None:
+    features, compressor = FeatureCache(tmp_path / "features", encoder), _Compressor(0)
+    calls: list[list[str]] = []
+    tokens, texts = TokenCache(tmp_path / "tokens", features, compressor).tokens(utts[:3], _computer(calls))
+    assert sorted(i for call in calls for i in call) == ["c0", "c1", "c2"]
+    assert texts == {"c0": "text of c0", "c1": "text of c1", "c2": None}
+    assert tokens["c1"].shape == (22, 4) and tokens["c1"].dtype == torch.float16
+
+    calls.clear()  # a restart: a new cache object over the same features and compressor
+    again, again_texts = TokenCache(tmp_path / "tokens", features, _Compressor(0)).tokens(utts, _computer(calls))
+    assert calls == [["c3"]]  # only the utterance not cached before is computed
+    assert again_texts == {**texts, "c3": "text of c3"}
+    for utt in utts[:3]:
+        assert torch.equal(again[utt.id], tokens[utt.id])
+
+
+def test_token_cache_key_follows_the_compressor_and_its_lm(tmp_path, utts, encoder) -> None:
+    features = FeatureCache(tmp_path / "features", encoder)
+    compressor = _Compressor(0)
+    dirs = {TokenCache(tmp_path, features, compressor).dir, TokenCache(tmp_path, features, _Compressor(1)).dir}
+    lm = tmp_path / "lm.arpa"
+    lm.write_text("one")
+    compressor.lm_path = lm
+    dirs.add(TokenCache(tmp_path, features, compressor).dir)
+    lm.write_text("two")  # the same path, another LM: other transcripts
+    dirs.add(TokenCache(tmp_path, features, compressor).dir)
+    other_features = FeatureCache(tmp_path / "features", encoder, max_chunk_s=10.0)
+    dirs.add(TokenCache(tmp_path, other_features, compressor).dir)
+    assert len(dirs) == 5
+
+
+def test_token_cache_refuses_a_computation_that_leaves_one_out(tmp_path, utts, encoder) -> None:
+    features = FeatureCache(tmp_path / "features", encoder)
+
+    def forgetful(group):
+        return {u.id: torch.zeros(1, 4) for u in group if u.id != "c1"}, {u.id: "" for u in group}
+
+    with pytest.raises(KeyError, match="the token computation gave nothing for utterance c1"):
+        TokenCache(tmp_path / "tokens", features, _Compressor(0)).tokens(utts, forgetful)
