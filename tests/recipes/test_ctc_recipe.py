@@ -354,9 +354,9 @@ def test_the_shipped_configs_parse():
     default = load_config(root / "ctc.yaml", CTCTrainConfig)
     dinosr = load_config(root / "ctc_dinosr.yaml", CTCTrainConfig)
     scratch = load_config(root / "ctc_scratch.yaml", CTCTrainConfig)
-    fsdd = load_config(root / "ctc_fsdd.yaml", CTCTrainConfig)
-    fsdd.validate()
-    assert fsdd.init_from == default.out_dir + "/compressor" and fsdd.repeat == {"../corpus-fsdd/manifest.jsonl": 10}
+    default.validate()
+    assert default.repeat == {"../corpus-fsdd/manifest.jsonl": 10} and default.init_from is None
+    assert default.optim.max_steps == 750 and not default.optim.lr_over_minutes and not default.optim.max_minutes  # steps, not minutes
     assert default.encoder_base == "whisper-tiny.en" and default.freeze_encoder and default.compressor_layers == 2
     assert default.mode == "frame_averaging" and default.out_dir == "runs/ctc"
     assert dinosr.encoder_dir == "runs/encoder-ssl/encoder" and dinosr.optim.max_minutes == 60
@@ -366,7 +366,7 @@ def test_the_shipped_configs_parse():
 
     lm = load_config(root / "ctc_lm.yaml", CTCLMConfig)
     lm.validate()
-    assert lm.compressor_dir == fsdd.out_dir + "/compressor" and lm.encoder_base == default.encoder_base
+    assert lm.compressor_dir == default.out_dir + "/compressor" and lm.encoder_base == default.encoder_base
 
     from spokenlm.recipes.transcriber import TranscriberRecipeConfig
 

@@ -290,8 +290,13 @@ def test_shipped_configs_parse(name):
     from spokenlm.train.config import load_config
 
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / name, SpeechLMTrainConfig)
-    assert config.mode == ("full" if "full" in name else "lora") and config.optim.max_minutes == 75
-    assert config.optim.lr_over_minutes and config.bf16
+    assert config.mode == ("full" if "full" in name else "lora") and config.bf16
+    if "full" in name:
+        assert config.optim.max_minutes == 75 and config.optim.lr_over_minutes
+    else:  # the chain's stage and its speech-only ablation: the same budget in steps and task mix
+        hybrid = load_config(Path(__file__).resolve().parents[2] / "configs" / "speechlm.yaml", SpeechLMTrainConfig)
+        assert config.optim == hybrid.optim and config.optim.max_steps == 350 and not config.optim.lr_over_minutes
+        assert config.task_weights == hybrid.task_weights and not config.first_eval
     assert config.bundle_dtype == ("float32" if "full" in name else "bfloat16")  # a LoRA bundle is committed
     assert config.manifest == ("../corpus/manifest.jsonl", "../corpus-fsdd/manifest.jsonl")
     assert config.encoder_base == "whisper-tiny.en" and config.llm_base == "smollm2-135m-instruct"
