@@ -510,7 +510,8 @@ def _parser() -> argparse.ArgumentParser:
     slue.add_argument("--skip-bad", action="store_true",
                       help="leave bad rows (missing audio, no text, a segment past its recording) out and count "
                       "them, instead of stopping at the first")
-    slue.add_argument("--model", required=True, help="a spokenlm bundle directory")
+    slue.add_argument("--model", help="a spokenlm bundle directory (default: models/default, else the best "
+                      "trained part, else an untrained one: spokenlm.demo.default_bundle)")
     slue.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
     slue.add_argument("--split", choices=SPLITS, default=DEFAULT_SPLIT)
     slue.add_argument("--workers", type=int, default=1, help="actors in the Ray Data pool")
@@ -537,6 +538,13 @@ def eval_main(argv: list[str] | None = None) -> int:
     from spokenlm.slue.readers import SlueDataError
 
     args = _parser().parse_args(argv)
+    if args.model is None:
+        from spokenlm.demo import default_bundle, default_bundle_note
+
+        args.model = str(default_bundle(on_build=lambda path: print(f"building an untrained demo bundle in {path} ...",
+                                                                    file=sys.stderr)))  # fmt: skip
+        note = default_bundle_note(args.model)
+        print(f"spokenlm eval: model {args.model}" + (f"\nNOTE: {note}" if note else ""), file=sys.stderr)
     try:
         generation = GenerationConfig(
             strategy=args.strategy, max_new_tokens=args.max_new_tokens,

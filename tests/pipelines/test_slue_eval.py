@@ -440,6 +440,16 @@ def test_eval_main_rejects_a_wrong_data_directory_before_starting_ray(tmp_path, 
     assert "spokenlm eval: error: no slue-voxpopuli dev split under" in capsys.readouterr().err
 
 
+def test_eval_main_without_a_model_uses_the_default_bundle(tmp_path, tiny_bundle, capsys, monkeypatch):
+    import spokenlm.demo
+
+    monkeypatch.setattr(spokenlm.demo, "default_bundle", lambda on_build=None: tiny_bundle)
+    code = eval_main(["slue", "--suite", "voxpopuli", "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"spokenlm eval: model {tiny_bundle}" in err  # the bundle it read, then the data's error
+    assert "spokenlm eval: error: no slue-voxpopuli dev split under" in err
+
+
 def test_eval_main_rejects_a_directory_that_is_not_a_bundle(tmp_path, capsys):
     code = eval_main(["slue", "--suite", "hvb", "--data", str(tmp_path), "--model", str(tmp_path),
                       "--out", str(tmp_path / "out")])  # fmt: skip
