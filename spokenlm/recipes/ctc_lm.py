@@ -68,9 +68,11 @@ def fold_lm_files(folds_dir: str | Path) -> list[Path]:
 
 
 def _write_gzipped_arpa(lm, path: Path) -> Path:
+    """The LM as gzipped ARPA, byte for byte the same for the same LM: no time in the gzip header
+    (mtime=0), since the speechlm recipe's token cache keys on the LM file's bytes."""
     arpa = path.with_suffix("")  # lm.arpa.gz -> lm.arpa
     lm.write_arpa(arpa)
-    with open(arpa, "rb") as src, gzip.open(path, "wb", compresslevel=9) as dst:
+    with open(arpa, "rb") as src, open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as dst:
         shutil.copyfileobj(src, dst)
     arpa.unlink()
     return path

@@ -637,3 +637,23 @@ def test_transcriber_recipe_names_an_unknown_encoder_base():
     config = TranscriberRecipeConfig(out_dir="-", manifest="-", compressor_dir="-", encoder_base="whisper-huge")
     with pytest.raises(ValueError, match=r"^unknown encoder_base 'whisper-huge'; expected one of whisper-tiny.en"):
         config.validate()
+
+
+def test_the_gzipped_lm_is_the_same_bytes_whenever_it_is_written(tmp_path):
+    """The token cache keys on the LM file's bytes: a rerun of ctc-lm must not change them."""
+    import gzip
+    import time
+
+    from spokenlm.recipes.ctc_lm import _write_gzipped_arpa
+
+    class _LM:
+        def write_arpa(self, path):
+            Path(path).write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0\thello\n\n\\end\\\n")
+
+    (tmp_path / "a").mkdir()
+    first = _write_gzipped_arpa(_LM(), tmp_path / "a" / "lm.arpa.gz")
+    written = first.read_bytes()
+    time.sleep(1.1)  # a gzip header with a time in it would now differ
+    again = _write_gzipped_arpa(_LM(), first)
+    assert again.read_bytes() == written and gzip.decompress(written).startswith(b"\\data\\")
+    assert not (tmp_path / "a" / "lm.arpa").exists()  # the plain ARPA is not left behind
