@@ -32,14 +32,24 @@ run_stage() {  # name, command...
   echo "$(stamp) done $name in $(( (SECONDS - t0) / 60 )) min" | tee -a runs/chain.log
 }
 
+fresh() {  # output, inputs...: true when the output exists and is newer than every input
+  local out=$1; shift
+  [ -e "$out" ] || return 1
+  for input in "$@"; do [ "$out" -nt "$input" ] || return 1; done
+}
+
 for stage in $STAGES; do
   case $stage in
     corpus)        run_stage corpus "$BIN/spokenlm" data synth --out "$CORPUS" --hours "$HOURS" --seed 0 --workers 2 --no-progress ;;
     fsdd)          run_stage fsdd "$BIN/spokenlm" data fsdd --out ../corpus-fsdd ;;
     ctc)           run_stage ctc "$BIN/spokenlm" train ctc --config configs/ctc.yaml ;;
-    ctc-lm)        run_stage ctc-lm "$BIN/spokenlm" train ctc-lm --config configs/ctc_lm.yaml ;;
+    # ctc-lm and transcriber have no checkpoints: rerun only when what they read has changed (a finished ctc
+    # stage still rewrites its compressor when rerun, so ctc-lm reruns; its LM files come out byte-identical)
+    ctc-lm)        fresh runs/ctc_lm/metrics.json runs/ctc/compressor/model.safetensors ||
+                     run_stage ctc-lm "$BIN/spokenlm" train ctc-lm --config configs/ctc_lm.yaml ;;
     whisper-tune)  run_stage whisper-tune "$BIN/spokenlm" train whisper-tune --config configs/whisper_tune.yaml ;;
-    transcriber)   run_stage transcriber "$BIN/spokenlm" train transcriber --config configs/transcriber.yaml ;;
+    transcriber)   fresh runs/transcriber/metrics.json runs/ctc_lm/metrics.json runs/whisper_tune/lora/adapter_model.safetensors ||
+                     run_stage transcriber "$BIN/spokenlm" train transcriber --config configs/transcriber.yaml ;;
     speechlm)      run_stage speechlm "$BIN/spokenlm" train speechlm --config configs/speechlm.yaml ;;
     heads)         run_stage heads "$BIN/spokenlm" train heads --config configs/heads.yaml --set bundle=runs/speechlm/bundle
                    run_stage heads-sentiment "$BIN/spokenlm" train heads --config configs/heads_sentiment.yaml --set bundle=runs/speechlm/bundle
