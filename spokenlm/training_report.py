@@ -34,9 +34,12 @@ PEERS = ("pocketsphinx", "faster-whisper", "cascade")
 @dataclass
 class StageTime:
     minutes: float = 0.0
-    starts: int = 0
     finished: bool = False
-    parts: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)  # one per start: its minutes, or why it has none
+
+    @property
+    def starts(self) -> int:
+        return len(self.parts)
 
 
 def stage_times(chain_log: Path) -> dict[str, StageTime]:
@@ -57,7 +60,6 @@ def stage_times(chain_log: Path) -> dict[str, StageTime]:
         if kind != "start":
             continue
         entry = times.setdefault(stage, StageTime())
-        entry.starts += 1
         end = events[i + 1] if i + 1 < len(events) else None
         if end is None or end[1] == "start" or end[2] != stage:
             entry.parts.append("no end logged")
