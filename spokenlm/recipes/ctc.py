@@ -45,6 +45,7 @@ from spokenlm.train.loop import (
     OptimConfig,
     WallClock,
     clip_and_step,
+    finished_summary,
     is_main,
     lr_now,
     mean_across_workers,
@@ -471,6 +472,8 @@ def train(config: CTCTrainConfig) -> dict:
     config.validate()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (finished := finished_summary(out, config.optim.max_steps)) is not None:
+        return finished  # rewriting the compressor would make the chain rerun ctc-lm after it
     torch.manual_seed(config.seed)
     encoder = build_start_encoder(config)
     compressor_config = CTCCompressorConfig(

@@ -125,6 +125,19 @@ class Checkpointer:
         return json.loads((latest / "state.json").read_text())
 
 
+def finished_summary(out_dir: str | Path, max_steps: int) -> dict | None:
+    """The metrics.json summary of the run in `out_dir` when it already ran to `max_steps` (its latest
+    checkpoint and its summary both say so), else None. A recipe rerun on a finished run returns this
+    and writes nothing: the chain's later stages compare file times to see whether to run again."""
+    latest = Checkpointer(out_dir).latest()
+    summary_path = Path(out_dir) / "metrics.json"
+    if latest is None or not summary_path.is_file():
+        return None
+    step = json.loads((latest / "state.json").read_text())["step"]
+    summary = json.loads(summary_path.read_text())
+    return summary if step >= max_steps and summary.get("steps") == step else None
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 

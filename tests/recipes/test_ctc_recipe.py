@@ -94,6 +94,18 @@ def test_resume_continues_where_the_run_stopped(trained):
     assert sum(1 for r in rows if r["step"] == 0) == 1  # the baseline is measured once, not on resume
 
 
+def test_a_finished_run_returns_its_summary_and_rewrites_nothing(trained, tmp_path):
+    config, _ = trained
+    out = tmp_path / "out"
+    shutil.copytree(config.out_dir, out)
+    config = replace(config, out_dir=str(out))
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert train(config) == json.loads((out / "metrics.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == written
+    # a larger budget continues the run
+    assert train(replace(config, optim=replace(config.optim, max_steps=160)))["steps"] == 160
+
+
 def test_outputs_load_and_run_asr_in_a_bundle(trained, tiny_corpus, tmp_path, capsys):
     from spokenlm.audio import batch_audio, load_audio
     from spokenlm.cli import main
