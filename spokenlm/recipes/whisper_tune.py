@@ -259,6 +259,7 @@ def train(config: WhisperTuneConfig) -> dict:
         WallClock,
         build_optimizer,
         clip_and_step,
+        finished_summary,
         lr_at,
         set_lr,
         world_size,
@@ -273,6 +274,8 @@ def train(config: WhisperTuneConfig) -> dict:
         raise ValueError("transcriber.decoder_lora is what this recipe trains: leave it out")
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (finished := finished_summary(out, config.optim.max_steps)) is not None:
+        return finished  # rewriting the LoRA would make the chain rerun the transcriber stage after it
     manifests = (config.manifest,) if isinstance(config.manifest, str) else tuple(config.manifest)
     splits: dict[str, dict[str, list]] = {config.train_split: {}, config.dev_split: {}}
     for path in manifests:

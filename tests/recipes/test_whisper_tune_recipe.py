@@ -39,6 +39,9 @@ def test_the_recipe_lowers_the_held_out_loss_and_resumes(tiny_whisper, tiny_corp
     shards = sorted((out / "examples").rglob("shard-*.safetensors"))
     stamps = {p: p.stat().st_mtime_ns for p in shards}
     assert len(shards) == 4  # 20 train utterances by 8, and the dev pair
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert train(_config(tiny_whisper, tiny_corpus, out)) == json.loads((out / "metrics.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == written  # finished: nothing rewritten
 
     again = train(_config(tiny_whisper, tiny_corpus, out, optim=_config(
         tiny_whisper, tiny_corpus, out).optim.__class__(lr=3e-2, warmup_steps=5, max_steps=60)))  # fmt: skip
