@@ -44,7 +44,7 @@ for stage in $STAGES; do
     fsdd)          run_stage fsdd "$BIN/spokenlm" data fsdd --out ../corpus-fsdd ;;
     ctc)           run_stage ctc "$BIN/spokenlm" train ctc --config configs/ctc.yaml ;;
     # ctc-lm and transcriber have no checkpoints: rerun only when what they read has changed (a finished ctc
-    # stage still rewrites its compressor when rerun, so ctc-lm reruns; its LM files come out byte-identical)
+    # or whisper-tune run returns at once and rewrites nothing; a rerun ctc-lm writes byte-identical LMs)
     ctc-lm)        fresh runs/ctc_lm/metrics.json runs/ctc/compressor/model.safetensors ||
                      run_stage ctc-lm "$BIN/spokenlm" train ctc-lm --config configs/ctc_lm.yaml ;;
     whisper-tune)  run_stage whisper-tune "$BIN/spokenlm" train whisper-tune --config configs/whisper_tune.yaml ;;
