@@ -18,8 +18,9 @@ prompt's `<audio>` marker; only the adapter and LoRA (Hu et al., 2021) on the LL
    frozen compressor turns them into (N, D) speech tokens and CTC transcripts, as
    `SpeechLM.encode_recordings` joins chunks; those are kept too (`TokenCache`, keyed by the features
    and the compressor), so a restarted run reads them instead of compressing 20 h again (~10 min).
-   On this CPU that removes the encoder from the training step entirely (it would otherwise cost more than the small LLM), and the float16 rounding of the
-   features is far below what the adapter can resolve. With N workers each encodes 1/N of them.
+   On this CPU that removes the encoder from the training step entirely (it would otherwise cost more
+   than the small LLM), and the float16 rounding of the features is far below what the adapter can
+   resolve. With N workers each encodes 1/N of them.
    Optionally the prompt is hybrid (`prompt_transcript`: the CTC transcript as text after the speech),
    and the first `text_warmup_steps` train the LoRA on text alone (noisy label transcripts, no speech).
 3. Each step draws `batch_size` (utterance, task) pairs: a task by `task_weights` among the tasks the
