@@ -57,7 +57,7 @@ for stage in $STAGES; do
     translator)    run_stage translator "$BIN/spokenlm" train translator --config configs/translator.yaml
                    "$BIN/spokenlm" bundle set runs/speechlm/bundle --translator runs/translator/translator >>runs/translator.log ;;
     bench)         # once per bundle: skipped while runs/bench_default.json is newer than the bundle
-                   [ runs/bench_default.json -nt runs/speechlm/bundle/spokenlm.json ] ||
+                   fresh runs/bench_default.json runs/speechlm/bundle/spokenlm.json ||
                      run_stage bench "$BIN/spokenlm" bench default --model runs/speechlm/bundle --json runs/bench_default.json ;;
     report)        "$BIN/python" -m spokenlm.training_report --runs runs --bench runs/bench_default.json --out runs/TRAINING.md
                    echo "$(stamp) wrote runs/TRAINING.md" | tee -a runs/chain.log ;;
