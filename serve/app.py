@@ -25,7 +25,7 @@ traceback, an actor id or a pid. Limits, each named in its refusal (SECURITY.md 
 - the request body is read in full before a request counts as work (`_Limits`): streamed to a
   spooled file and refused with 413 the moment it passes `max_upload_mb` (with or without a
   Content-Length), cut off with 408 when it stalls for `upload_idle_timeout_s` or is still arriving
-  after `upload_timeout_s`; at most `max_uploads` bodies arrive at once (then 503). A slow or stalled
+  after `upload_timeout_s` (503 + Retry-After when not a byte arrived: see _Body.read); at most `max_uploads` bodies arrive at once (then 503). A slow or stalled
   upload holds no slot of `max_inflight`.
 - every text field is at most `max_text_chars` characters (400); recordings last at most
   `max_duration_s` (400), and recordings over LONG_AUDIO_S wait (at most `max_queue_wait_s`, then
@@ -229,9 +229,11 @@ def internal_error(e: BaseException) -> dict:
 class _Refusal(Exception):
     """A request refused while its body was arriving: status and message of the reply."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param = status, message, type, param
+        self.headers = headers or {}
 
 
 class _ClientLeft(Exception):
@@ -254,6 +256,16 @@ class _Body:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(0.0, min(settings.upload_idle_timeout_s, left)))
             except TimeoutError:
+                if self.size == 0:
+                    # Not a byte: a client that sent its headers and stalled, or a request Serve sent again
+                    # to a new replica after the one that had read its body died (Ray retries a request
+                    # whose replica died before it reported taking it, and the proxy hands a body out only
+                    # once). The ingress cannot tell the two apart, and only a retry helps either.
+                    raise _Refusal(503, f"no request body arrived in {settings.upload_idle_timeout_s:g} s "
+                                        f"(upload_idle_timeout_s): if it was sent, it was lost when the server "
+                                        f"replica that first took the request stopped; send it again, retry "
+                                        f"after {settings.retry_after_s} s", type="server_error",
+                                   headers={"Retry-After": str(settings.retry_after_s)})  # fmt: skip
                 if left <= settings.upload_idle_timeout_s:
                     raise _Refusal(408, f"upload too slow: {self.size} bytes in {settings.upload_timeout_s:g} s "
                                         f"(upload_timeout_s), the body is still incomplete") from None  # fmt: skip
@@ -327,7 +339,7 @@ class _Limits:
                 state.inflight -= 1
         except _Refusal as e:
             reply = JSONResponse(error_body(e.message, type=e.type, param=e.param), status_code=e.status,
-                                 headers={"Connection": "close"})  # fmt: skip
+                                 headers={"Connection": "close", **e.headers})  # fmt: skip
             await reply(scope, receive, send)
         except _ClientLeft:
             pass

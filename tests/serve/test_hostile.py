@@ -379,7 +379,8 @@ def test_a_replica_killed_under_load_gives_clean_errors_and_recovers(server, cli
     assert _replica(deployment)._actor_id != before  # Serve started a new replica by itself
     counts = {status: sum(a[0] == status for a in answers) for status in sorted({a[0] for a in answers})}
     print(f"{deployment} replica killed under load: a request sent after the kill succeeded {recovery_s:.1f} s "
-          f"after it; answers by status {counts}, slowest {max(a[3] for a in answers):.1f} s")  # fmt: skip
+          f"after it; answers by status {counts}, slowest {max(a[3] for a in answers):.1f} s; errors "
+          f"{sorted({(a[0], a[2][:160]) for a in answers if a[0] != 200})}")  # fmt: skip
     # None hangs past its timeout: a request caught on the dead replica ends in a 503, or a 504 at its
     # deadline (request_timeout_s) where Ray only notices the death then; on a dead ingress, a 500.
     assert all(seconds <= DEADLINE_S + 30 for *_, seconds in answers)

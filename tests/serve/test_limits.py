@@ -68,6 +68,19 @@ def test_a_stalled_body_gets_408_after_the_idle_timeout():
         408, "upload stalled: no data for 0.2 s (upload_idle_timeout_s) after 100 bytes")
 
 
+def test_a_body_that_never_starts_gets_503_to_retry_not_408():
+    # What the ingress sees when Serve sends a request again to a new replica after the one that had
+    # read its body died: not a byte, ever. It is no client's fault, so no 408.
+    settings = _settings(upload_idle_timeout_s=0.2, upload_timeout_s=5, retry_after_s=2)
+    body = _Body()
+    with pytest.raises(_Refusal) as info:
+        asyncio.run(body.read(_receiver([], then_stall=True), settings))
+    assert (info.value.status, info.value.type, info.value.headers) == (503, "server_error", {"Retry-After": "2"})
+    assert info.value.message == (
+        "no request body arrived in 0.2 s (upload_idle_timeout_s): if it was sent, it was lost when the server "
+        "replica that first took the request stopped; send it again, retry after 2 s")
+
+
 def test_a_slow_drip_gets_408_after_the_upload_timeout():
     settings = _settings(upload_idle_timeout_s=0.2, upload_timeout_s=0.5)
     body = _Body()
