@@ -42,7 +42,9 @@ return that form). The headline WER is then SLUE's (``normalize_asr_text``); ``w
 is the WER after ``english_normal_form`` on both sides (Whisper's English normalizer, bench/pipeline's
 measure: "Mr." = "mister", "25" = "twenty five"), which does not count a recognizer's choice of
 written form as an error. FSDD digit accuracy: the normalized transcript equals the digit word
-(``acc_enf``: equal after ``english_normal_form``, so "8" counts as "eight").
+(``acc_enf``: equal after ``english_normal_form``, so "8" counts as "eight"). The test split's ASR WER
+is also given per voice group (``voice_group``: engine, seen or held-out setting), every recognizer
+beside the others, in a table and under "asr_by_voice" in the JSON.
 
 The last line (percent everywhere; absent numbers are ``none``):
 
@@ -445,6 +447,34 @@ def asr_scores(items: list, hyps: list[str]) -> dict[str, float]:
     return scores
 
 
+def voice_group(utt) -> str:
+    """The voice group of a synthetic clip, from its manifest `voice`: the engine, whether its setting is
+    one training never used (the test split's held-out piper tempo band and espeak voice), and for
+    held-out espeak the voice, e.g. "espeak held-out en-gb-x-gbcwmd+f3"; "other" without a voice."""
+    voice = utt.voice or {}
+    if "engine" not in voice:
+        return "other"
+    if not voice.get("held_out"):
+        return f"{voice['engine']} seen"
+    return f"{voice['engine']} held-out" + (f" {voice['voice']}" if voice["engine"] == "espeak" else "")
+
+
+def asr_by_voice(items: list, hyps: list[str]) -> dict[str, dict[str, float]]:
+    """SLUE WER (percent) per voice group (`voice_group`), with its items and reference words: where a
+    recognizer's errors sit, since one group can carry most of a test WER."""
+    from spokenlm.recipes.speechlm import score_task
+    from spokenlm.tasks import Transcript
+
+    groups: dict[str, list[int]] = {}
+    for k, item in enumerate(items):
+        groups.setdefault(voice_group(item.utt), []).append(k)
+    out = {}
+    for group, ks in sorted(groups.items()):
+        scores = score_task("asr", [items[k] for k in ks], [Transcript(text=hyps[k]) for k in ks])
+        out[group] = {"items": len(ks), "wer": scores["wer"], "reference_words": scores.get("reference_words")}
+    return out
+
+
 def score_row(row: tuple[str, str], items: list, results: list) -> dict[str, float]:
     """The metrics of one (set, task) row, percent, with "items"."""
     from spokenlm.peers import english_normal_form
@@ -619,8 +649,23 @@ def print_report(args, sets: Sets, runs: dict[str, SystemRun], scores: dict[str,
             print(f"  {label(row[0])}/{row[1]} {items[k].utt.id}\n    reference: {items[k].target}")
             for name, run in ((n, r) for n, r in runs.items() if row in r.results):
                 print(f"    {name}: {output_record(items[k], run.results[row][k])['output']}")
+    by_voice = voice_tables(sets, runs)
+    if by_voice:
+        names = list(by_voice)
+        print(f"\n{label(TEST)}/asr WER % by voice group (items):\n| voice | {' | '.join(names)} |\n|{'---|' * (len(names) + 1)}")
+        for group in sorted({g for table in by_voice.values() for g in table}):
+            cells = [by_voice[n].get(group) for n in names]
+            print(f"| {group} | " + " | ".join(f"{c['wer']:.2f} ({c['items']})" if c else "" for c in cells) + " |")
     for note in notes:
         print(f"note: {note}")
+
+
+def voice_tables(sets: Sets, runs: dict[str, SystemRun]) -> dict[str, dict]:
+    """Per system that read the test split's ASR items, `asr_by_voice` of its transcripts."""
+    row = (TEST, "asr")
+    items = sets.items.get(TEST, {}).get("asr", [])
+    return {name: asr_by_voice(items, [scoring_form(r).text for r in run.results[row]])
+            for name, run in runs.items() if row in run.results}  # fmt: skip
 
 
 def last_line_fields(scores: dict[str, dict], beats: dict[str, bool], with_ours: bool) -> list[str]:
@@ -672,6 +717,7 @@ def json_report(args, sets: Sets, runs: dict[str, SystemRun], scores: dict[str, 
             for name, run in runs.items()
         },
         "beats_cascade": beats,
+        "asr_by_voice": voice_tables(sets, runs),
         "notes": notes,
         "last_line": dict(f.split("=", 1) for f in fields),
     }

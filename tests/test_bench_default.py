@@ -27,6 +27,10 @@ TEXTS = {
 }
 
 
+VOICES = [{"engine": "espeak", "voice": "en-gb-x-gbcwmd+f3", "held_out": True, "seed": 1},
+          {"engine": "piper", "voice": "en_US-joe-medium", "held_out": False, "seed": 2}]
+
+
 def _labels(text: str, k: int) -> dict:
     return {
         "text": text, "raw_text": text, "entities": [["PERSON", 0, 2]], "sentiment": ["Negative", "Positive"][k],
@@ -42,7 +46,7 @@ def manifest(tmp_path_factory) -> Path:
     for k, (name, text) in enumerate(TEXTS.items()):
         audio = str(EXAMPLES / name)  # absolute: read_manifest joins it to the manifest's dir unchanged
         rows.append({"id": f"syn{k}", "split": "test", "audio": audio, "duration_s": 3.0, "tasks": list(TASKS),
-                     "task_labels": _labels(text, k)})  # fmt: skip
+                     "task_labels": _labels(text, k), "voice": VOICES[k]})  # fmt: skip
         rows.append({"id": f"fsdd_{k}_x_{k}", "split": "test", "audio": audio, "duration_s": 3.0, "tasks": ["asr"],
                      "task_labels": {"text": ["zero", "one"][k]}})  # fmt: skip
     rows.append({**rows[0], "id": "dev0", "split": "dev"})
@@ -126,6 +130,18 @@ def test_bench_default_reports_ours_the_peers_and_the_cascade(tiny_bundle, tiny_
     assert set(cascade["transcripts"]) == {"syn0", "syn1"}
     assert cascade["outputs"]["test/qa"][0]["question"] == "who was it"
     assert report["last_line"] == line
+
+    # ASR by voice group: one clip each; reference-word weighted, the groups give the row's WER
+    groups = {"espeak held-out en-gb-x-gbcwmd+f3", "piper seen"}
+    for system in ("ours", "pocketsphinx", "faster_whisper"):
+        by_voice = report["asr_by_voice"][system]
+        assert set(by_voice) == groups and all(g["items"] == 1 for g in by_voice.values())
+        words = sum(g["reference_words"] for g in by_voice.values())
+        weighted = sum(g["wer"] * g["reference_words"] for g in by_voice.values()) / words
+        assert weighted == pytest.approx(report["systems"][system]["scores"]["test/asr"]["wer"], abs=1e-6)
+    assert "cascade" not in report["asr_by_voice"]
+    for group in groups:
+        assert re.search(rf"^\| {re.escape(group)} \| [\d.]+ \(1\) \| [\d.]+ \(1\) \| [\d.]+ \(1\) \|$", out, re.M), group
 
 
 def test_bench_default_without_a_bundle_runs_the_baselines_and_says_so(tiny_whisper, tiny_llm, manifest, capsys):
