@@ -204,3 +204,18 @@ def test_the_real_cascade_answers_in_the_formats_our_parsers_read(manifest, tmp_
     outputs = {task: rows[0]["output"] for task, rows in cascade["outputs"].items()}
     assert any(word in outputs["test/sentiment"] for word in ("Negative", "Neutral", "Positive")), outputs
     assert all(isinstance(o, str) and o.strip() for o in outputs.values()), outputs
+
+
+def test_asr_is_scored_on_every_test_item_unless_asr_items_says_otherwise(manifest):
+    from bench.default import TEST, load_sets, parse_args
+
+    def sizes(*extra):
+        parser, args = parse_args(["--manifest", str(manifest), "--tsv", *extra])
+        return {task: [i.utt.id for i in items] for task, items in load_sets(args, parser).items[TEST].items()}
+
+    every = sizes()
+    assert every["asr"] == every["ner"] and len(every["asr"]) == 2
+    one = sizes("--items-per-task", "1")
+    assert one["asr"] == every["asr"] and all(one[t] == every[t][:1] for t in TASKS if t != "asr")
+    assert sizes("--asr-items", "1")["asr"] == every["asr"][:1]
+
