@@ -64,6 +64,9 @@ class HeadsRecipeConfig:
     cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # inverse L2 strength over standardised states
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5)  # multi-label tasks only
     max_duration_s: float = 30.0
+    train_utterances: int = 0
+    """The first N of the task's train utterances in id-hash order are fitted on (0: all); the
+    narration items scale with them (`narration_share`). Reading them is most of the recipe's time."""
     batch_size: int = 16  # utterances per bundle call
     max_new_tokens: int = 32  # for the bundle's decoded answers (the baseline)
     seed: int = 0
@@ -86,6 +89,8 @@ class HeadsRecipeConfig:
         splits = (self.train_split, self.dev_split, *self.test_splits)
         if len(set(splits)) != len(splits):
             raise ValueError(f"train, dev and test splits must differ, got {list(splits)}")
+        if not isinstance(self.train_utterances, int) or self.train_utterances < 0:
+            raise ValueError(f"train_utterances must be an int >= 0 (0: all), got {self.train_utterances!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if not self.max_duration_s > 0:
@@ -215,23 +220,27 @@ def bundle_fingerprint(path: str | Path) -> str:
 
 
 def _split_states(out: Path, split: str, model, utts, config: HeadsRecipeConfig, decode: bool, fingerprint: str) -> dict:
-    """A split's states, from OUT/states-<split>.* when they were read before for the same task,
-    utterances and bundle."""
+    """A split's states, from OUT/states-<split>.* when they were read before for the same task and
+    bundle and those utterances (or more: a run with fewer train_utterances reads nothing)."""
     from safetensors.torch import load_file, save_file
 
     tensors, info = out / f"states-{split}.safetensors", out / f"states-{split}.json"
     ids = [u.id for u in utts]
-    key = {"task": config.task, "bundle": fingerprint, "ids": ids, "poolings": list(POOLINGS)}
+    key = {"task": config.task, "bundle": fingerprint, "poolings": list(POOLINGS)}
     if tensors.is_file() and info.is_file():
         meta = json.loads(info.read_text())
-        if {k: meta.get(k) for k in key} == key and (meta["answers"] or not decode):
-            return {"states": load_file(str(tensors)), "texts": meta["texts"], "answers": meta["answers"]}
+        row = {i: k for k, i in enumerate(meta.get("ids") or [])}
+        if {k: meta.get(k) for k in key} == key and all(i in row for i in ids) and (meta["answers"] or not decode):
+            rows = torch.tensor([row[i] for i in ids], dtype=torch.long)
+            return {"states": {p: v[rows] for p, v in load_file(str(tensors)).items()},
+                    "texts": [meta["texts"][k] for k in rows.tolist()],
+                    "answers": [meta["answers"][k] for k in rows.tolist()] if meta["answers"] else []}  # fmt: skip
     started = time.monotonic()
     read = read_states(model, utts, config.task, batch_size=config.batch_size, decode=decode,
                        max_new_tokens=config.max_new_tokens)  # fmt: skip
     print(f"heads: read {len(utts)} {split} utterances in {(time.monotonic() - started) / 60:.1f} min", flush=True)
     save_file({p: s.contiguous() for p, s in read["states"].items()}, str(tensors))
-    info.write_text(json.dumps({**key, "texts": read["texts"], "answers": read["answers"]}))
+    info.write_text(json.dumps({**key, "ids": ids, "texts": read["texts"], "answers": read["answers"]}))
     return read
 
 
@@ -250,6 +259,8 @@ def train(config: HeadsRecipeConfig) -> dict:
     every = read_manifest(config.manifest, splits=splits, max_duration_s=config.max_duration_s)  # the prose too
     utts = [u for u in every if config.task in u.tasks]
     by_split = {s: id_hash_order([u for u in utts if u.split == s]) for s in splits}
+    if config.train_utterances:
+        by_split[config.train_split] = by_split[config.train_split][: config.train_utterances]
     for split in (config.train_split, config.dev_split):
         if not by_split[split]:
             raise ValueError(f"{config.manifest}: no {config.task} utterances in {split!r}")

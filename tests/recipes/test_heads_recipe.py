@@ -68,6 +68,27 @@ def test_the_recipe_fits_a_head_that_tells_held_out_clips_apart(tiny_bundle, ton
     assert again["splits"] == summary["splits"] and again["pick"] == summary["pick"]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 6
 
+    # fewer train utterances: the first 10 in id-hash order, their rows of the cached states, nothing read
+    from spokenlm.train.data import id_hash_order, read_manifest
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").glob("states-*")}
+    fewer = train(dataclasses.replace(config, train_utterances=10))
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").glob("states-*")} == stamps
+    assert fewer["train_items"] == 10 and fewer["splits"]["test"]["items"] == 6
+    train_ids = [u.id for u in id_hash_order(read_manifest(str(tone_corpus), splits=("fine-tune",)))]
+    cached = json.loads((tmp_path / "run" / "states-fine-tune.json").read_text())
+    assert cached["ids"] == train_ids  # the full read stays on disk
+    states = load_file(str(tmp_path / "run" / "states-fine-tune.safetensors"))
+    from spokenlm.recipes.heads import _split_states
+
+    utts = id_hash_order(read_manifest(str(tone_corpus), splits=("fine-tune",)))[:10][::-1]
+    sliced = _split_states(tmp_path / "run", "fine-tune", None, utts, config, decode=False,
+                           fingerprint=bundle_fingerprint(tiny_bundle))  # fmt: skip
+    for pooling, rows in sliced["states"].items():  # in the order asked, not the file's
+        assert torch.equal(rows, states[pooling][[train_ids.index(u.id) for u in utts]])
+    with pytest.raises(ValueError, match="^train_utterances must be an int >= 0 \\(0: all\\), got -1$"):
+        train(dataclasses.replace(config, train_utterances=-1))
+
     # a head given to the bundle leaves its reading (and the cache) as it was; other weights do not
     import shutil
 
