@@ -224,7 +224,7 @@ def load_sets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Sets
     limit = {"asr": args.asr_items}  # the first N of each task's items in id-hash order (0: all)
     every = heldout_items(synthetic, 0) if synthetic else {}
     items = {
-        TEST: {t: v[: limit.get(t, args.items_per_task)] or v for t, v in every.items() if t in args.tasks},
+        TEST: {t: v[:n] if (n := limit.get(t, args.items_per_task)) else v for t, v in every.items() if t in args.tasks},
         FSDD: {"asr": heldout_items(fsdd, args.fsdd_items)["asr"]} if asr and fsdd and args.fsdd_items else {},
         LIBRIVOX: {"asr": [i for tsv in args.tsv for i in tsv_items(tsv)]} if asr and args.tsv else {},
     }
@@ -475,7 +475,7 @@ def asr_by_voice(items: list, hyps: list[str]) -> dict[str, dict[str, float]]:
     out = {}
     for group, ks in sorted(groups.items()):
         scores = score_task("asr", [items[k] for k in ks], [Transcript(text=hyps[k]) for k in ks])
-        out[group] = {"items": len(ks), "wer": scores["wer"], "reference_words": scores.get("reference_words")}
+        out[group] = {"items": len(ks), "wer": scores["wer"], "reference_words": scores["reference_words"]}
     return out
 
 
@@ -632,7 +632,7 @@ def compare_to_cascade(scores: dict[str, dict]) -> dict[str, bool]:
 
 
 def print_report(args, sets: Sets, runs: dict[str, SystemRun], scores: dict[str, dict], beats: dict[str, bool],
-                 notes: list[str]) -> None:  # fmt: skip
+                 notes: list[str], by_voice: dict[str, dict]) -> None:  # fmt: skip
     label = partial(set_label, args.split)
     print(f"\n| set | task | system | metric | value | target | items | other metrics |\n|{'---|' * 8}")
     for row in sets.rows():
@@ -655,7 +655,6 @@ def print_report(args, sets: Sets, runs: dict[str, SystemRun], scores: dict[str,
             print(f"  {label(row[0])}/{row[1]} {items[k].utt.id}\n    reference: {items[k].target}")
             for name, run in ((n, r) for n, r in runs.items() if row in r.results):
                 print(f"    {name}: {output_record(items[k], run.results[row][k])['output']}")
-    by_voice = voice_tables(sets, runs)
     if by_voice:
         names = list(by_voice)
         print(f"\n{label(TEST)}/asr WER % by voice group (items):\n| voice | {' | '.join(names)} |\n|{'---|' * (len(names) + 1)}")
@@ -698,7 +697,7 @@ def last_line_fields(scores: dict[str, dict], beats: dict[str, bool], with_ours:
 
 
 def json_report(args, sets: Sets, runs: dict[str, SystemRun], scores: dict[str, dict], beats: dict[str, bool],
-                notes: list[str], fields: list[str]) -> dict:  # fmt: skip
+                notes: list[str], fields: list[str], by_voice: dict[str, dict]) -> dict:  # fmt: skip
     def key(row: tuple[str, str]) -> str:
         return f"{set_label(args.split, row[0])}/{row[1]}"
 
@@ -723,7 +722,7 @@ def json_report(args, sets: Sets, runs: dict[str, SystemRun], scores: dict[str, 
             for name, run in runs.items()
         },
         "beats_cascade": beats,
-        "asr_by_voice": voice_tables(sets, runs),
+        "asr_by_voice": by_voice,
         "notes": notes,
         "last_line": dict(f.split("=", 1) for f in fields),
     }
@@ -764,11 +763,12 @@ def main(argv: list[str] | None = None) -> int:
     if "cascade" in runs:
         notes.append(f"the cascade's LLM: {args.cascade_llm}")
     beats = compare_to_cascade(scores)
-    print_report(args, sets, runs, scores, beats, notes)
+    by_voice = voice_tables(sets, runs)
+    print_report(args, sets, runs, scores, beats, notes, by_voice)
     fields = last_line_fields(scores, beats, with_ours="ours" in runs)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        report = json_report(args, sets, runs, scores, beats, notes, fields)
+        report = json_report(args, sets, runs, scores, beats, notes, fields, by_voice)
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"bench default: {' '.join(fields)}")
     return 0

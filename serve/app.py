@@ -25,8 +25,8 @@ traceback, an actor id or a pid. Limits, each named in its refusal (SECURITY.md 
 - the request body is read in full before a request counts as work (`_Limits`): streamed to a
   spooled file and refused with 413 the moment it passes `max_upload_mb` (with or without a
   Content-Length), cut off with 408 when it stalls for `upload_idle_timeout_s` or is still arriving
-  after `upload_timeout_s` (503 + Retry-After when not a byte arrived: see _Body.read); at most `max_uploads` bodies arrive at once (then 503). A slow or stalled
-  upload holds no slot of `max_inflight`.
+  after `upload_timeout_s` (503 + Retry-After when not a byte arrived: see _Body.read); at most
+  `max_uploads` bodies arrive at once (then 503). A slow or stalled upload holds no slot of `max_inflight`.
 - every text field is at most `max_text_chars` characters (400); recordings last at most
   `max_duration_s` (400), and recordings over LONG_AUDIO_S wait (at most `max_queue_wait_s`, then
   503 + Retry-After) until `max_long_audio_s` seconds of long audio are in the models, and run unbatched:
